@@ -1,0 +1,49 @@
+"""A bounded FIFO queue in front of the engine's slots.
+
+Up to ``capacity`` requests run at once; up to ``max_waiting`` more wait, in arrival order
+(trio's Semaphore wakes waiters first-in, first-out); past that a request is refused at once
+with 429 and a Retry-After, rather than waiting without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from router.errors import QueueFull
+
+
+class Admission:
+    def __init__(self, capacity: int, max_waiting: int) -> None:
+        self._slots = trio.Semaphore(capacity)
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    @property
+    def running(self) -> int:
+        return self.capacity - self._slots.value
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the duration of the block.
+
+        Raises QueueFull at once when all slots are busy and the queue is full.
+        Cancellation: a request cancelled while waiting leaves the queue and takes no slot.
+        """
+        if self._slots.value == 0 and self.waiting >= self.max_waiting:
+            raise QueueFull(
+                f"the model is busy: {self.capacity} running and {self.waiting} waiting, "
+                f"which is all its queue holds (--max-queue {self.max_waiting}); retry later"
+            )
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()

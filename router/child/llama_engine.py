@@ -1,0 +1,503 @@
+"""The Engine, implemented with llama-cpp-python: one shared model, one context per slot.
+
+``--parallel N`` gives N llama contexts that share one copy of the weights (llama-cpp-python's
+``Llama`` owns one model and one context; we build the extra contexts on its model). Each
+generation runs on a worker thread and hands its text to the Trio loop with
+``run_sync_soon`` (it never waits for the loop), and checks a cancellation flag between
+tokens, so a client that leaves stops its generation within one token.
+
+This module reaches into a few private parts of llama-cpp-python (``_internals``, the
+``Llama`` object's context and batch); the version is pinned in ``scripts/bootstrap.sh`` and
+``tests/child/test_engine.py`` covers every part used.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import trio
+from llama_cpp import _internals as internals
+from llama_cpp.llama_chat_format import (
+    CHATML_CHAT_TEMPLATE,
+    LLAMA3_INSTRUCT_CHAT_TEMPLATE,
+    MISTRAL_INSTRUCT_CHAT_TEMPLATE,
+    Jinja2ChatFormatter,
+)
+
+from router.child.engine import (
+    Embeddings,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    SamplingParams,
+    SlotState,
+    TextStream,
+)
+from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
+from router.child.options import EngineOptions, FlashAttention, Pooling
+from router.child.stops import StopScanner
+from router.errors import InvalidField, InvalidRequest, ModelLoadFailed
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+BUILTIN_CHAT_TEMPLATES = {
+    "chatml": CHATML_CHAT_TEMPLATE,
+    "gemma": GEMMA_CHAT_TEMPLATE,
+    "llama3": LLAMA3_INSTRUCT_CHAT_TEMPLATE,
+    "mistral": MISTRAL_INSTRUCT_CHAT_TEMPLATE,
+}
+# For a GGUF without tokenizer.chat_template: llama-server always falls back to chatml, which
+# turns a Gemma model's answers into nonsense; we pick the family's own format where we know it.
+FALLBACK_BY_ARCHITECTURE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+FALLBACK_CHAT_TEMPLATE = "chatml"
+
+_FLASH_ATTN_TYPES = {
+    FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    FlashAttention.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    FlashAttention.AUTO: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+}
+_POOLING_TYPES = {
+    Pooling.MODEL: llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    Pooling.NONE: llama_cpp.LLAMA_POOLING_TYPE_NONE,
+    Pooling.MEAN: llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+    Pooling.CLS: llama_cpp.LLAMA_POOLING_TYPE_CLS,
+    Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
+}
+
+
+class LlamaCppEngine:
+    """A loaded GGUF model; build it with :meth:`load`."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        """Load the model (blocking: call through :meth:`load`).
+
+        Raises ModelLoadFailed with one line that says why: missing file, not a GGUF, a
+        truncated or corrupt GGUF, a model llama.cpp cannot build, or no memory for the context.
+        """
+        check_gguf(options.model_path)
+        capture_llama_log()
+        recent_llama_errors()  # forget errors of earlier loads
+        self._options = options
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(options.model_path),
+                n_ctx=options.ctx_size,
+                n_batch=options.batch_size,
+                n_ubatch=options.ubatch_size,
+                n_threads=options.effective_threads,
+                n_threads_batch=options.effective_threads_batch,
+                n_gpu_layers=options.n_gpu_layers,
+                use_mmap=options.use_mmap,
+                use_mlock=options.use_mlock,
+                embedding=options.embeddings,
+                pooling_type=_POOLING_TYPES[options.pooling],
+                seed=options.seed if options.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+                chat_format="chatml",  # we render templates ourselves; skips its guessing
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            reason = recent_llama_errors() or str(exc)
+            raise ModelLoadFailed(
+                f"llama.cpp could not load {options.model_path}: {reason}"
+            ) from exc
+        # The Llama object made a context with flash attention forced on or off; our slots
+        # get the setting asked for (auto included), so we free that one.
+        self._llama._ctx.close()
+        params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
+        params.flash_attn_type = _FLASH_ATTN_TYPES[options.flash_attn]
+        self._slots = [_Slot.sharing_model_of(self._llama, params) for _ in range(options.parallel)]
+        self._free_slots = list(self._slots)
+        self._vocab = self._llama._model.vocab
+        model = self._llama._model
+        self._end_of_generation_tokens = [
+            token for token in (model.token_eos(), model.token_eot()) if token >= 0
+        ]
+        self._chat_formatter, template_source = self._chat_template()
+        self.info = self._model_info(template_source)
+
+    @classmethod
+    async def load(cls, options: EngineOptions) -> LlamaCppEngine:
+        """Load on a worker thread.
+
+        Cancellation: waits for the load to finish (llama.cpp cannot stop midway), then frees
+        the model and raises Cancelled.
+        """
+        engine = await trio.to_thread.run_sync(cls, options)
+        return engine
+
+    @property
+    def capacity(self) -> int:
+        return len(self._slots)
+
+    def slot_states(self) -> list[SlotState]:
+        return [
+            SlotState(id=index, is_processing=slot.is_processing, n_decoded=slot.n_decoded)
+            for index, slot in enumerate(self._slots)
+        ]
+
+    # ---- text <-> tokens -----------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        tokens: list[int] = self._llama._model.tokenize(
+            text.encode("utf-8"), add_bos=add_special, special=parse_special
+        )
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_piece(token) for token in tokens).decode(
+            "utf-8", errors="replace"
+        )
+
+    def token_piece(self, token: int) -> bytes:
+        if not 0 <= token < self.info.n_vocab:
+            raise InvalidField("tokens", f"contains {token}, outside the vocabulary")
+        return _token_piece(self._vocab, token)
+
+    def format_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> str:
+        try:
+            response = self._chat_formatter(messages=messages, **template_args)
+        except Exception as exc:  # jinja2 raises many types; all mean "these messages"
+            raise InvalidRequest(
+                f"the model's chat template could not render 'messages': {exc}", param="messages"
+            ) from exc
+        prompt: str = response.prompt
+        return prompt
+
+    # ---- generation ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextStream]:
+        """See ``engine.py``. Cancellation: stops the worker within one token, then raises."""
+        slot = self._free_slots.pop()
+        send, receive = trio.open_memory_channel[str | Finished | BaseException](math.inf)
+        is_cancelled = threading.Event()
+        deliver = partial(_deliver_from_thread, trio.lowlevel.current_trio_token(), send)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        trio.to_thread.run_sync,
+                        self._generate_blocking,
+                        slot,
+                        request,
+                        deliver,
+                        is_cancelled,
+                    )
+                )
+                try:
+                    yield TextStream(receive)
+                finally:
+                    is_cancelled.set()
+        finally:
+            receive.close()
+            self._free_slots.append(slot)
+
+    def _generate_blocking(
+        self,
+        slot: _Slot,
+        request: GenerationRequest,
+        deliver: Callable[[str | Finished | BaseException | None], None],
+        is_cancelled: threading.Event,
+    ) -> None:
+        """The per-token loop, on a worker thread; every outcome ends with ``deliver(None)``."""
+        try:
+            finished = self._run_generation(slot, request, deliver, is_cancelled)
+            deliver(finished)
+        except Exception as exc:
+            slot.forget_prompt()
+            deliver(exc)
+        finally:
+            deliver(None)
+
+    def _run_generation(
+        self,
+        slot: _Slot,
+        request: GenerationRequest,
+        deliver: Callable[[str], None],
+        is_cancelled: threading.Event,
+    ) -> Finished:
+        prompt = list(request.prompt_tokens)
+        n_ctx = self.info.n_ctx
+        budget = n_ctx - len(prompt)
+        if request.max_tokens is not None:
+            budget = min(budget, request.max_tokens)
+        sampler = self._sampler(request.sampling, ignore_eos=request.ignore_eos)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        scanner = StopScanner(request.stop)
+        reason = FinishReason.LENGTH
+        n_generated = 0
+        hit_stop_string = False
+        slot.is_processing, slot.n_decoded = True, 0
+        try:
+            if budget > 0:
+                slot.load_prompt(prompt)
+            while n_generated < budget:
+                if is_cancelled.is_set():
+                    reason = FinishReason.CANCELLED
+                    break
+                token = sampler.sample(slot.context, -1)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = FinishReason.STOP
+                    break
+                n_generated += 1
+                slot.n_decoded = n_generated
+                text, hit_stop_string = scanner.feed(
+                    decoder.decode(_token_piece(self._vocab, token))
+                )
+                if text:
+                    deliver(text)
+                if hit_stop_string:
+                    reason = FinishReason.STOP
+                    break
+                if n_generated < budget:
+                    slot.llama.eval([token])
+            if not hit_stop_string and reason is not FinishReason.CANCELLED:
+                tail = scanner.flush() + decoder.decode(b"", final=True)
+                if tail:
+                    deliver(tail)
+        finally:
+            slot.is_processing = False
+            sampler.close()
+        return Finished(reason=reason, prompt_tokens=len(prompt), completion_tokens=n_generated)
+
+    def _sampler(self, params: SamplingParams, *, ignore_eos: bool) -> internals.LlamaSampler:
+        """A llama.cpp sampler chain in llama-server's order."""
+        sampler = internals.LlamaSampler()
+        n_vocab = self.info.n_vocab
+        logit_bias = dict(params.logit_bias)
+        if ignore_eos:
+            logit_bias.update((token, -math.inf) for token in self._end_of_generation_tokens)
+        if logit_bias:
+            sampler.add_logit_bias(n_vocab, logit_bias)
+        if params.grammar is not None:
+            grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
+            sampler.add_grammar(self._llama._model, grammar)
+        sampler.add_penalties(
+            n_vocab=n_vocab,
+            penalty_last_n=params.repeat_last_n,
+            penalty_repeat=params.repeat_penalty,
+            penalty_freq=params.frequency_penalty,
+            penalty_present=params.presence_penalty,
+        )
+        if params.temperature <= 0.0:
+            sampler.add_greedy()
+            return sampler
+        seed = params.seed if params.seed is not None and params.seed >= 0 else self._llama._seed
+        sampler.add_top_k(params.top_k)
+        sampler.add_typical(params.typical_p, 1)
+        sampler.add_top_p(params.top_p, 1)
+        sampler.add_min_p(params.min_p, 1)
+        sampler.add_temp(params.temperature)
+        sampler.add_dist(seed)
+        return sampler
+
+    # ---- embeddings ----------------------------------------------------------------------
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        slot = self._free_slots.pop()
+        try:
+            return await trio.to_thread.run_sync(self._embed_blocking, slot, texts)
+        finally:
+            self._free_slots.append(slot)
+
+    def _embed_blocking(self, slot: _Slot, texts: list[str]) -> Embeddings:
+        slot.forget_prompt()
+        raw, n_tokens = slot.llama.embed(texts, normalize=False, truncate=True, return_count=True)
+        vectors = []
+        for item in raw:
+            array = np.asarray(item, dtype=np.float64)
+            if array.ndim == 2:  # a model without pooling gives one vector per token
+                array = array.mean(axis=0)
+            norm = float(np.linalg.norm(array))
+            vectors.append((array / norm if norm > 0 else array).tolist())
+        return Embeddings(vectors=vectors, prompt_tokens=int(n_tokens))
+
+    # ---- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.close()
+        self._llama.close()
+
+    # ---- facts ---------------------------------------------------------------------------
+
+    def _chat_template(self) -> tuple[Jinja2ChatFormatter, str]:
+        """The formatter for chat requests, and where its template came from."""
+        asked = self._options.chat_template
+        model_template = self._llama.metadata.get("tokenizer.chat_template")
+        if asked is not None and asked in BUILTIN_CHAT_TEMPLATES:
+            template, source = BUILTIN_CHAT_TEMPLATES[asked], asked
+        elif asked is not None and ("{{" in asked or "{%" in asked):
+            template, source = asked, "command line"
+        elif asked is not None:
+            known = ", ".join(sorted(BUILTIN_CHAT_TEMPLATES))
+            raise ModelLoadFailed(
+                f"unknown --chat-template {asked!r}: use one of {known}, or a Jinja template"
+            )
+        elif model_template:
+            template, source = model_template, "gguf"
+        else:
+            architecture = self._llama.metadata.get("general.architecture", "")
+            name = FALLBACK_BY_ARCHITECTURE.get(architecture, FALLBACK_CHAT_TEMPLATE)
+            template, source = BUILTIN_CHAT_TEMPLATES[name], name
+        model = self._llama._model
+        bos, eos = model.token_bos(), model.token_eos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            bos_token=model.token_get_text(bos) if bos >= 0 else "",
+            eos_token=model.token_get_text(eos) if eos >= 0 else "",
+            add_generation_prompt=True,
+        )
+        return formatter, source
+
+    def _model_info(self, template_source: str) -> ModelInfo:
+        model = self._llama._model
+        return ModelInfo(
+            model_path=str(self._options.model_path),
+            n_ctx=self._slots[0].context.n_ctx(),
+            n_ctx_train=model.n_ctx_train(),
+            n_vocab=model.n_vocab(),
+            n_embd=model.n_embd(),
+            n_params=model.n_params(),
+            size_bytes=model.size(),
+            vocab_type=model.vocab_type(),
+            chat_template=self._chat_formatter.template,
+            chat_template_source=template_source,
+            bos_token=self._chat_formatter.bos_token,
+            eos_token=self._chat_formatter.eos_token,
+            total_slots=len(self._slots),
+            n_threads=self._options.effective_threads,
+            embeddings=self._options.embeddings,
+        )
+
+
+class _Slot:
+    """One llama context (its KV cache and batch) on the shared model.
+
+    It is a ``Llama`` object that shares the primary's model, tokenizer and settings but owns
+    its own context, batch and token history, so llama-cpp-python's ``eval`` and ``embed``
+    work on it unchanged.
+    """
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        self.llama = llama
+        # Written by the worker thread, read by the loop: plain attribute stores are atomic.
+        self.is_processing = False
+        self.n_decoded = 0
+
+    @classmethod
+    def sharing_model_of(
+        cls, primary: llama_cpp.Llama, params: llama_cpp.llama_context_params
+    ) -> _Slot:
+        llama = llama_cpp.Llama.__new__(llama_cpp.Llama)
+        llama.__dict__.update(primary.__dict__)
+        llama._stack = contextlib.ExitStack()
+        llama.context_params = params
+        try:
+            llama._ctx = llama._stack.enter_context(
+                contextlib.closing(
+                    internals.LlamaContext(model=primary._model, params=params, verbose=False)
+                )
+            )
+        except ValueError as exc:
+            raise ModelLoadFailed(
+                f"could not create a context of {params.n_ctx} tokens: not enough memory? "
+                "Try a smaller --ctx-size or --parallel"
+            ) from exc
+        llama._batch = llama._stack.enter_context(
+            contextlib.closing(
+                internals.LlamaBatch(
+                    n_tokens=primary.n_batch, embd=0, n_seq_max=params.n_ctx, verbose=False
+                )
+            )
+        )
+        llama._candidates = internals.LlamaTokenDataArray(n_vocab=primary._n_vocab)
+        llama.input_ids = np.zeros((params.n_ctx,), dtype=np.intc)
+        llama.scores = np.zeros((1, primary._n_vocab), dtype=np.single)  # logits stay in C
+        llama._n_ctx = params.n_ctx
+        llama.n_tokens = 0
+        llama._requires_eval = True
+        llama._sampler = None
+        llama.cache = None
+        return cls(llama)
+
+    @property
+    def context(self) -> internals.LlamaContext:
+        return self.llama._ctx
+
+    def load_prompt(self, prompt: list[int]) -> None:
+        """Evaluate ``prompt``, reusing the longest prefix already in this slot's KV cache."""
+        llama = self.llama
+        reuse = _common_prefix_length(llama.input_ids[: llama.n_tokens], prompt)
+        reuse = min(reuse, len(prompt) - 1)  # the last prompt token must be decoded for logits
+        if reuse > 0 and llama._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llama.n_tokens = reuse
+        else:
+            llama.reset()
+        llama.eval(prompt[llama.n_tokens :])
+
+    def forget_prompt(self) -> None:
+        """Drop the cached prompt, after an error left the KV cache in an unknown state."""
+        self.llama.reset()
+
+    def close(self) -> None:
+        self.llama._stack.close()
+
+
+def _common_prefix_length(cached: np.ndarray[Any, Any], prompt: list[int]) -> int:
+    n = min(len(cached), len(prompt))
+    if n == 0:
+        return 0
+    mismatches = np.flatnonzero(cached[:n] != np.asarray(prompt[:n], dtype=np.intc))
+    return int(mismatches[0]) if mismatches.size else n
+
+
+def _token_piece(vocab: Any, token: int) -> bytes:
+    buffer = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, 64, 0, False)
+    if n < 0:
+        buffer = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, -n, 0, False)
+    return buffer.raw[:n]
+
+
+def _deliver_from_thread(
+    trio_token: trio.lowlevel.TrioToken,
+    send: trio.MemorySendChannel[str | Finished | BaseException],
+    item: str | Finished | BaseException | None,
+) -> None:
+    """Queue ``item`` for the loop without waiting for it; ``None`` closes the stream."""
+
+    def on_loop() -> None:
+        try:
+            if item is None:
+                send.close()
+            else:
+                send.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader left; the cancellation flag stops the worker
+
+    trio_token.run_sync_soon(on_loop)
+

@@ -1,0 +1,173 @@
+"""Run one model's server: load, listen, tell the parent, serve until told to stop.
+
+Exit status: 0 after a graceful stop (or when the parent died), 1 when the model could not
+be loaded (after one line on stderr that says why), 2 for bad command-line options.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from router.child.app import create_app
+from router.child.llama_engine import LlamaCppEngine
+from router.child.options import EngineOptions, ServeOptions
+from router.child.service import ModelService
+from router.errors import ModelLoadFailed
+from router.lifeline import ChildLifeline
+
+log = logging.getLogger("router.child")
+
+DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
+GRACE_FOR_ERROR_BODIES_S = 1.0
+
+
+def run_child(engine_options: EngineOptions, serve_options: ServeOptions) -> int:
+    """The ``llama-router child`` command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    lifeline = ChildLifeline.from_environment()
+    try:
+        return trio.run(serve_model, engine_options, serve_options, lifeline)
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve_model(
+    engine_options: EngineOptions, serve_options: ServeOptions, lifeline: ChildLifeline | None
+) -> int:
+    """Load the model and serve it until a stop command, SIGTERM or SIGINT.
+
+    Cancellation: stops serving at once (running requests are cancelled) and frees the model.
+    """
+    watch_parent_scope = trio.CancelScope()
+    stopped_while_loading = trio.Event()
+    async with trio.open_nursery() as nursery:
+        if lifeline is not None:
+            # Watch the parent from the start: if it dies while we load, we exit at once;
+            # if it asks us to stop, we do so as soon as the load is over.
+            nursery.start_soon(
+                _watch_parent, lifeline, watch_parent_scope, lambda _: stopped_while_loading.set()
+            )
+        try:
+            engine = await LlamaCppEngine.load(engine_options)
+        except ModelLoadFailed as exc:
+            print(f"error: {exc.message}", file=sys.stderr, flush=True)
+            watch_parent_scope.cancel()
+            return 1
+        try:
+            watch_parent_scope.cancel()
+            if stopped_while_loading.is_set():
+                return 0
+            return await _serve_loaded(engine, serve_options, lifeline)
+        finally:
+            engine.close()
+
+
+async def _serve_loaded(
+    engine: LlamaCppEngine,
+    serve_options: ServeOptions,
+    lifeline: ChildLifeline | None,
+) -> int:
+    model_id = serve_options.alias or Path(engine.info.model_path).stem
+    service = ModelService(engine, max_queue=serve_options.max_queue)
+    app = create_app(service, model_id=model_id, api_key=serve_options.api_key)
+    config = Config()
+    config.graceful_timeout = DEFAULT_GRACEFUL_TIMEOUT_S
+    config.keep_alive_timeout = 75
+    sockets = _listen(serve_options)
+    stop_requested = trio.Event()
+
+    def request_stop(timeout_s: float) -> None:
+        if not stop_requested.is_set():
+            log.info("stopping: finishing running requests (up to %gs)", timeout_s)
+            service.stop_within(timeout_s)
+            # Hypercorn waits a little longer than the service, so that requests cut short
+            # can still send their error body.
+            config.graceful_timeout = timeout_s + GRACE_FOR_ERROR_BODIES_S
+            app.extensions["llama_router_state"]["is_stopping"] = True
+            stop_requested.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, request_stop)
+
+        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                config,
+                sockets=sockets,
+                shutdown_trigger=stop_requested.wait,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(serve)
+        address = _address(serve_options, sockets)
+        info = engine.info
+        log.info(
+            "serving %s (%s, n_ctx %d, %d slot(s), %d threads) at %s",
+            model_id, info.model_path, info.n_ctx, info.total_slots, info.n_threads, address,
+        )
+        if lifeline is not None:
+            lifeline.announce_ready(address)
+            nursery.start_soon(_watch_parent, lifeline, trio.CancelScope(), request_stop)
+    return 0
+
+
+async def _watch_parent(
+    lifeline: ChildLifeline, scope: trio.CancelScope, request_stop: Callable[[float], None]
+) -> None:
+    with scope:
+        await lifeline.obey_parent(request_stop)
+
+
+async def _stop_on_signals(request_stop: Callable[[float], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async for _ in signals:
+            request_stop(DEFAULT_GRACEFUL_TIMEOUT_S)
+
+
+def _listen(options: ServeOptions) -> Sockets:
+    if options.unix_socket is not None:
+        sock = _unix_socket(options.unix_socket)
+    else:
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.host, options.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    """A Unix socket at ``path`` that only our user can connect to (mode 0600 from birth)."""
+    if path.is_socket():
+        path.unlink()  # a stale socket from a previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
+def _address(options: ServeOptions, sockets: Sockets) -> str:
+    sock = sockets.insecure_sockets[0]
+    if options.unix_socket is not None:
+        return f"unix:{options.unix_socket}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,350 @@
+"""Turn request bodies into typed requests, or an error that names the field at fault.
+
+Field names and defaults follow OpenAI, with llama-server's extras (``n_predict``,
+``ignore_eos``, ``grammar``, ``json_schema``, ``repeat_penalty``...). Nothing here touches
+the model; tokenizing and the context check happen in the app, which has the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router.child.engine import SamplingParams
+from router.errors import InvalidField, InvalidJSON, InvalidRequest, NotSupported
+
+_MISSING: Any = object()
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidJSON that says where it went wrong."""
+    if not raw.strip():
+        raise InvalidJSON("the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"the request body is not UTF-8: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidJSON(f"the request body must be a JSON object, not {_kind(body)}")
+    return body
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What completions and chat completions share."""
+
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    sampling: SamplingParams
+    ignore_eos: bool
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str | list[int]
+    settings: GenerationSettings
+    echo: bool
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    template_args: dict[str, Any]  # tools, tool_choice, chat_template_kwargs
+    settings: GenerationSettings
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    inputs: list[str | list[int]]
+    encoding_format: str
+
+
+def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
+    prompt = body.get("prompt", _MISSING)
+    if prompt is _MISSING:
+        raise InvalidField("prompt", "is required")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        parsed: str | list[int] = prompt
+    elif isinstance(prompt, list) and all(_is_int(token) for token in prompt):
+        parsed = list(prompt)
+    elif isinstance(prompt, list):
+        raise NotSupported("'prompt' holds several prompts; send one prompt per request")
+    else:
+        raise InvalidField("prompt", f"must be a string or a list of token ids, not {_kind(prompt)}")
+    return CompletionRequest(
+        prompt=parsed,
+        settings=_generation_settings(body, max_tokens_names=("max_tokens", "n_predict")),
+        echo=_bool(body, "echo", False),
+    )
+
+
+def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
+    messages = body.get("messages", _MISSING)
+    if messages is _MISSING:
+        raise InvalidField("messages", "is required")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidField("messages", "must be a non-empty list of messages")
+    normalized = [_message(index, message) for index, message in enumerate(messages)]
+    template_args: dict[str, Any] = {}
+    for name in ("tools", "tool_choice"):
+        if body.get(name) is not None:
+            template_args[name] = body[name]
+    if "tools" in template_args and not isinstance(template_args["tools"], list):
+        raise InvalidField("tools", "must be a list")
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise InvalidField("chat_template_kwargs", "must be an object")
+        template_args.update(kwargs)
+    return ChatRequest(
+        messages=normalized,
+        template_args=template_args,
+        settings=_generation_settings(
+            body, max_tokens_names=("max_completion_tokens", "max_tokens", "n_predict")
+        ),
+    )
+
+
+def parse_embedding(body: Mapping[str, Any]) -> EmbeddingRequest:
+    raw = body.get("input", body.get("content", _MISSING))
+    if raw is _MISSING:
+        raise InvalidField("input", "is required")
+    inputs: list[str | list[int]]
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif isinstance(raw, list) and raw and all(_is_int(token) for token in raw):
+        inputs = [list(raw)]
+    elif isinstance(raw, list) and raw and all(
+        isinstance(item, str) or (isinstance(item, list) and all(_is_int(t) for t in item))
+        for item in raw
+    ):
+        inputs = list(raw)
+    else:
+        raise InvalidField(
+            "input", "must be a string, a list of strings, or token ids, and not empty"
+        )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidField("encoding_format", "must be 'float' or 'base64'")
+    return EmbeddingRequest(inputs=inputs, encoding_format=encoding)
+
+
+def _message(index: int, message: Any) -> dict[str, Any]:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise InvalidField(where, f"must be an object, not {_kind(message)}")
+    role = message.get("role")
+    if not isinstance(role, str) or not role:
+        raise InvalidField(f"{where}.role", "is required and must be a string")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = []
+        for part_index, part in enumerate(content):
+            part_where = f"{where}.content[{part_index}]"
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                raise NotSupported(
+                    f"'{part_where}' is of type {kind!r}; this model takes text parts only"
+                )
+            if not isinstance(part.get("text"), str):
+                raise InvalidField(f"{part_where}.text", "must be a string")
+            texts.append(part["text"])
+        content = "".join(texts)
+    elif content is None:
+        if not message.get("tool_calls"):
+            raise InvalidField(f"{where}.content", "is required")
+        content = ""
+    elif not isinstance(content, str):
+        raise InvalidField(f"{where}.content", f"must be a string or a list, not {_kind(content)}")
+    return {**message, "content": content}
+
+
+def _generation_settings(
+    body: Mapping[str, Any], *, max_tokens_names: tuple[str, ...]
+) -> GenerationSettings:
+    n = _int(body, "n", 1, minimum=1)
+    if n != 1:
+        raise NotSupported("'n' must be 1: one choice per request")
+    max_tokens: int | None = None
+    for name in max_tokens_names:
+        value = body.get(name)
+        if value is not None:
+            max_tokens = _int(body, name, 0, minimum=-1)
+            max_tokens = None if max_tokens == -1 else max_tokens
+            break
+    stop = body.get("stop")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(item, str) for item in stop):
+        stops = tuple(stop)
+    else:
+        raise InvalidField("stop", "must be a string or a list of strings")
+    stream = _bool(body, "stream", False)
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise InvalidField("stream_options", "must be an object")
+    include_usage = bool(stream_options.get("include_usage", False))
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise InvalidField("seed", f"must be an integer, not {_kind(seed)}")
+    sampling = SamplingParams(
+        temperature=_number(body, "temperature", 0.8, minimum=0.0),
+        top_k=_int(body, "top_k", 40, minimum=0),
+        top_p=_number(body, "top_p", 0.95, minimum=0.0, maximum=1.0),
+        min_p=_number(body, "min_p", 0.05, minimum=0.0, maximum=1.0),
+        typical_p=_number(body, "typical_p", 1.0, minimum=0.0, maximum=1.0),
+        repeat_penalty=_number(body, "repeat_penalty", 1.0, minimum=0.0),
+        repeat_last_n=_int(body, "repeat_last_n", 64, minimum=-1),
+        presence_penalty=_number(body, "presence_penalty", 0.0, minimum=-2.0, maximum=2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, minimum=-2.0, maximum=2.0),
+        seed=seed,
+        logit_bias=_logit_bias(body.get("logit_bias")),
+        grammar=_grammar(body),
+    )
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        stop=stops,
+        sampling=sampling,
+        ignore_eos=_bool(body, "ignore_eos", False),
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+def _logit_bias(raw: Any) -> dict[int, float]:
+    if raw is None:
+        return {}
+    pairs: list[tuple[Any, Any]]
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif isinstance(raw, list) and all(isinstance(p, list) and len(p) == 2 for p in raw):
+        pairs = [(p[0], p[1]) for p in raw]  # llama-server's [[token, bias], ...] form
+    else:
+        raise InvalidField("logit_bias", "must map token ids to numbers")
+    bias: dict[int, float] = {}
+    for token, value in pairs:
+        try:
+            token_id = int(token)
+        except (TypeError, ValueError):
+            raise InvalidField("logit_bias", f"has key {token!r}, which is not a token id") from None
+        if value is False:
+            value = -math.inf
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise InvalidField("logit_bias", f"has a non-numeric bias for token {token_id}")
+        bias[token_id] = float(value)
+    return bias
+
+
+def _grammar(body: Mapping[str, Any]) -> str | None:
+    """A GBNF grammar from ``grammar``, ``json_schema`` or ``response_format``."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if body.get("grammar") is not None:
+        if not isinstance(body["grammar"], str):
+            raise InvalidField("grammar", "must be a GBNF string")
+        return str(body["grammar"])
+    schema: Any = body.get("json_schema")
+    field = "json_schema"
+    response_format = body.get("response_format")
+    if schema is None and response_format is not None:
+        if not isinstance(response_format, dict):
+            raise InvalidField("response_format", "must be an object")
+        kind = response_format.get("type")
+        if kind in (None, "text"):
+            return None
+        if kind == "json_object":
+            schema = response_format.get("schema")
+            if schema is None:
+                return str(JSON_GBNF)
+        elif kind == "json_schema":
+            wrapper = response_format.get("json_schema")
+            if not isinstance(wrapper, dict) or not isinstance(wrapper.get("schema"), dict):
+                raise InvalidField(
+                    "response_format.json_schema.schema", "is required and must be an object"
+                )
+            schema = wrapper["schema"]
+        else:
+            raise InvalidField(
+                "response_format.type", "must be 'text', 'json_object' or 'json_schema'"
+            )
+        field = "response_format"
+    if schema is None:
+        return None
+    if not isinstance(schema, dict):
+        raise InvalidField(field, "must hold a JSON schema object")
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter raises plain Exceptions for unsupported schemas
+        raise InvalidRequest(
+            f"'{field}' holds a JSON schema that cannot be turned into a grammar: {exc}",
+            param=field,
+        ) from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidField(name, f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _int(body: Mapping[str, Any], name: str, default: int, *, minimum: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_int(value):
+        raise InvalidField(name, f"must be an integer, not {_kind(value)}")
+    if value < minimum:
+        raise InvalidField(name, f"must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _number(
+    body: Mapping[str, Any],
+    name: str,
+    default: float,
+    *,
+    minimum: float,
+    maximum: float = math.inf,
+) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        raise InvalidField(name, f"must be a number, not {_kind(value)}")
+    if not minimum <= value <= maximum:
+        bounds = f"between {minimum:g} and {maximum:g}" if maximum < math.inf else f">= {minimum:g}"
+        raise InvalidField(name, f"must be {bounds}, got {value}")
+    return float(value)

@@ -1,0 +1,162 @@
+"""OpenAI response bodies and Server-Sent Events, built from what the engine produced."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.child.engine import Finished, FinishReason
+from router.errors import RouterError, error_body
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + (
+        b"\n\n"
+    )
+
+
+def sse_error(error: RouterError) -> bytes:
+    return sse_event(error_body(error))
+
+
+def usage(finished: Finished) -> dict[str, int]:
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+def _finish_reason(finished: Finished) -> str:
+    # A cancelled generation is never reported to the client that cancelled it; anything
+    # else that ends early (graceful shutdown) reads as "length" to OpenAI clients.
+    return "stop" if finished.reason is FinishReason.STOP else "length"
+
+
+@dataclass
+class ResponseIds:
+    """The id, timestamp and model name that every chunk of one response repeats."""
+
+    model: str
+    prefix: str
+    id: str = field(init=False)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.id = f"{self.prefix}-{secrets.token_hex(12)}"
+
+
+# ---- /v1/chat/completions --------------------------------------------------------------------
+
+
+def chat_completion(ids: ResponseIds, text: str, finished: Finished) -> dict[str, Any]:
+    return {
+        "id": ids.id,
+        "object": "chat.completion",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": _finish_reason(finished),
+            }
+        ],
+        "usage": usage(finished),
+    }
+
+
+def chat_chunk(
+    ids: ResponseIds, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": ids.id,
+        "object": "chat.completion.chunk",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        ],
+    }
+
+
+def chat_final_chunk(ids: ResponseIds, finished: Finished) -> dict[str, Any]:
+    return chat_chunk(ids, {}, _finish_reason(finished))
+
+
+def usage_chunk(ids: ResponseIds, finished: Finished, object_name: str) -> dict[str, Any]:
+    return {
+        "id": ids.id,
+        "object": object_name,
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [],
+        "usage": usage(finished),
+    }
+
+
+# ---- /v1/completions -------------------------------------------------------------------------
+
+
+def text_completion(ids: ResponseIds, text: str, finished: Finished) -> dict[str, Any]:
+    return {
+        "id": ids.id,
+        "object": "text_completion",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": _finish_reason(finished),
+            }
+        ],
+        "usage": usage(finished),
+    }
+
+
+def text_chunk(ids: ResponseIds, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": ids.id,
+        "object": "text_completion",
+        "created": ids.created,
+        "model": ids.model,
+        "choices": [
+            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        ],
+    }
+
+
+def text_final_chunk(ids: ResponseIds, finished: Finished) -> dict[str, Any]:
+    return text_chunk(ids, "", _finish_reason(finished))
+
+
+# ---- /v1/embeddings --------------------------------------------------------------------------
+
+
+def embedding_list(
+    model: str, vectors: list[list[float]], prompt_tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "model": model,
+        "data": [
+            {"object": "embedding", "index": index, "embedding": encode(vector)}
+            for index, vector in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

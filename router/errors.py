@@ -1,0 +1,123 @@
+"""Every error a client can see, as types, and the one function that turns them into a body.
+
+The tree (HTTP status, OpenAI ``error.type``)::
+
+    RouterError                         500 server_error
+    ├── InvalidRequest                  400 invalid_request_error
+    │   ├── InvalidJSON                 400   the body is not JSON, or not an object
+    │   ├── InvalidField                400   one field has a wrong type or value; names the field
+    │   └── ContextLengthExceeded       400   the prompt does not fit the model's context
+    ├── AuthenticationFailed            401 authentication_error
+    ├── ModelNotFound                   404 not_found_error
+    ├── QueueFull                       429 rate_limit_error (carries Retry-After)
+    ├── NotSupported                    501 not_supported_error
+    └── Unavailable                     503 unavailable_error
+        └── ModelLoadFailed             503   a child could not load its model
+
+Code raises these; the HTTP layer calls :func:`error_body` once. Errors from dependencies are
+translated where they cross into our code, never matched by message text. The body follows
+llama-server (``code`` is the HTTP status), which is what OpenAI's clients parse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RouterError(Exception):
+    """Base of every error that reaches a client; also an unexpected failure (500)."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers this error needs (Retry-After, WWW-Authenticate)."""
+        return {}
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidJSON(InvalidRequest):
+    """The request body could not be read as a JSON object."""
+
+
+class InvalidField(InvalidRequest):
+    """One field of the body is missing, of the wrong type, or out of range."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"'{field}' {problem}", param=field)
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt alone needs more tokens than the model's context holds."""
+
+    def __init__(self, field: str, n_prompt_tokens: int, n_ctx: int) -> None:
+        super().__init__(
+            f"'{field}' is {n_prompt_tokens} tokens long, but the model's context holds "
+            f"{n_ctx} tokens (including the reply): shorten it, or start the model with a "
+            "larger --ctx-size",
+            param=field,
+        )
+        self.n_prompt_tokens = n_prompt_tokens
+        self.n_ctx = n_ctx
+
+
+class AuthenticationFailed(RouterError):
+    status = 401
+    error_type = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class QueueFull(RouterError):
+    """More requests wait for the model than its queue holds."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotSupported(RouterError):
+    status = 501
+    error_type = "not_supported_error"
+
+
+class Unavailable(RouterError):
+    status = 503
+    error_type = "unavailable_error"
+
+
+class ModelLoadFailed(Unavailable):
+    """A model could not be loaded: missing or corrupt file, not enough memory."""
+
+
+def error_body(error: RouterError) -> dict[str, Any]:
+    """The OpenAI-style body for ``error``: ``{"error": {"message", "type", "code"}}``."""
+    body: dict[str, Any] = {
+        "message": error.message,
+        "type": error.error_type,
+        "code": error.status,
+    }
+    if error.param is not None:
+        body["param"] = error.param
+    return {"error": body}

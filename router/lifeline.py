@@ -1,0 +1,109 @@
+"""The parent/child protocol: how a child says it is ready, and how it learns to stop.
+
+Both halves live here so that they cannot drift apart.
+
+* Spawn: the parent passes a fresh random secret in the environment variable
+  ``LLAMA_ROUTER_LIFELINE`` (readable only by the same user, through ``/proc/PID/environ``).
+* Ready: once the model is loaded and the server listens, the child writes one line,
+  ``llama-router-ready SECRET ADDRESS``, to its original stdout, which is a pipe only the
+  parent reads. The child first moves its own fd 1 onto stderr, so stray prints (Python or C)
+  can never interleave with the protocol. A line only counts when the secret matches, compared
+  in constant time: no other local process can forge readiness, and no log line can fake it.
+* Stop: the parent writes ``stop TIMEOUT_S`` on the child's stdin. The child stops accepting
+  requests, lets running ones finish for up to TIMEOUT_S seconds, cancels the rest and exits 0.
+* Parent death: end-of-file on stdin means the parent is gone (even after SIGKILL, since the
+  kernel closes its end of the pipe). The child exits at once: no one is left to serve.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+ENV_VAR = "LLAMA_ROUTER_LIFELINE"
+READY_WORD = "llama-router-ready"
+STOP_WORD = "stop"
+
+
+# ---- parent half -----------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    """A fresh secret for one child."""
+    return secrets.token_hex(16)
+
+
+def ready_address(line: str, secret: str) -> str | None:
+    """The address in ``line`` if it is this child's ready line, else None."""
+    parts = line.strip().split(" ")
+    if len(parts) != 3 or parts[0] != READY_WORD:
+        return None
+    if not hmac.compare_digest(parts[1].encode(), secret.encode()):
+        return None
+    return parts[2]
+
+
+def stop_command(timeout_s: float) -> bytes:
+    """What the parent writes on the child's stdin to ask for a graceful exit."""
+    return f"{STOP_WORD} {timeout_s:g}\n".encode()
+
+
+# ---- child half ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChildLifeline:
+    """The child's end: announce readiness once, then obey stdin."""
+
+    secret: str
+    ready_fd: int
+
+    @classmethod
+    def from_environment(cls) -> ChildLifeline | None:
+        """The lifeline if a parent started us with one, else None (run by hand).
+
+        Takes over fd 1: the protocol keeps a private copy, and fd 1 itself now points at
+        stderr, so that nothing else can write to the parent's pipe.
+        """
+        secret = os.environ.pop(ENV_VAR, None)
+        if not secret:
+            return None
+        sys.stdout.flush()
+        ready_fd = os.dup(1)
+        os.dup2(2, 1)
+        return cls(secret=secret, ready_fd=ready_fd)
+
+    def announce_ready(self, address: str) -> None:
+        """Tell the parent we serve at ``address`` (``unix:/path`` or ``http://host:port``)."""
+        os.write(self.ready_fd, f"{READY_WORD} {self.secret} {address}\n".encode())
+
+    async def obey_parent(self, request_stop: Callable[[float], None]) -> None:
+        """Read commands from stdin until EOF; call ``request_stop(timeout_s)`` on ``stop``.
+
+        On EOF the parent is gone: the process exits immediately with status 0, without
+        waiting for inference threads, because nobody can receive their output any more.
+
+        Cancellation: returns, leaving stdin unread.
+        """
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        buffer = b""
+        async with stdin:
+            while True:
+                data = await stdin.receive_some(4096)
+                if not data:
+                    print("parent closed the lifeline (stdin EOF): exiting", file=sys.stderr)
+                    sys.stderr.flush()
+                    os._exit(0)
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    words = line.decode(errors="replace").split()
+                    if words and words[0] == STOP_WORD:
+                        timeout_s = float(words[1]) if len(words) > 1 else 10.0
+                        request_stop(timeout_s)

@@ -1,0 +1,131 @@
+"""Start real ``llama-router`` processes for end-to-end tests, and always clean them up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router import lifeline
+
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ChildProcess:
+    """A running ``llama-router child`` started with a lifeline, as the router starts it."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    stderr_lines: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        assert self.address.startswith("http://"), self.address
+        return self.address
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def send_stop(self, timeout_s: float) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(lifeline.stop_command(timeout_s))
+        self.process.stdin.flush()
+
+    def close_lifeline(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+
+    def stderr_text(self) -> str:
+        return "".join(self.stderr_lines)
+
+
+def child_command(model: Path, *args: str) -> list[str]:
+    # One thread: the tiny models need microseconds per token, and two threads that wait on
+    # each other (OpenMP) while the test process competes for the same 2 cores are 100x slower.
+    threads = [] if "--threads" in args else ["--threads", "1"]
+    return [sys.executable, "-m", "router", "child", "--model", str(model), *threads, *args]
+
+
+@contextmanager
+def running_child(model: Path, *args: str, port: int = 0) -> Iterator[ChildProcess]:
+    """Start a child on ``model`` and wait until it says it is ready; kill it afterwards."""
+    secret = lifeline.new_secret()
+    command = child_command(model, "--port", str(port), *args)
+    with _spawned(command, secret) as (process, stderr_lines):
+        address = _wait_ready(process, secret, stderr_lines)
+        yield ChildProcess(process=process, address=address, stderr_lines=stderr_lines)
+
+
+@contextmanager
+def _spawned(
+    command: Sequence[str], secret: str
+) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
+    env = {**os.environ, lifeline.ENV_VAR: secret, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=_collect, args=(process, stderr_lines), daemon=True)
+    reader.start()
+    try:
+        yield process, stderr_lines
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        reader.join(timeout=5)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+def _collect(process: subprocess.Popen[bytes], lines: list[str]) -> None:
+    assert process.stderr is not None
+    for raw in process.stderr:
+        lines.append(raw.decode(errors="replace"))
+
+
+def _wait_ready(process: subprocess.Popen[bytes], secret: str, stderr_lines: list[str]) -> str:
+    assert process.stdout is not None
+    result: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            address = lifeline.ready_address(raw.decode(errors="replace"), secret)
+            if address is not None:
+                result.append(address)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(READY_TIMEOUT_S)
+    if not result:
+        raise RuntimeError(
+            f"child not ready (exit code {process.poll()}); stderr:\n{''.join(stderr_lines)}"
+        )
+    return result[0]
+
+
+def run_child_to_exit(model: Path, *args: str, timeout_s: float = 60) -> tuple[int, str]:
+    """Run a child that is expected to fail; return its exit code and stderr.
+
+    Its stdin stays open until it exits: end-of-file there would mean "the parent died".
+    """
+    secret = lifeline.new_secret()
+    with _spawned(child_command(model, "--port", "0", *args), secret) as (process, stderr):
+        code = process.wait(timeout=timeout_s)
+    return code, "".join(stderr)
