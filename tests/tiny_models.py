@@ -1,7 +1,8 @@
 """Tiny random-weight GGUF models, written in milliseconds, for tests that need a real model.
 
 A 64-wide, 2-layer llama with a byte-level SentencePiece vocabulary (<unk>, <s>, </s>, the
-SentencePiece space and the 256 byte tokens): llama.cpp loads and runs it for real, in well under a second.
+SentencePiece space and the 256 byte tokens): llama.cpp loads and runs it for real, in well
+under a second.
 """
 
 from __future__ import annotations

@@ -33,16 +33,20 @@ class Admission:
         Raises QueueFull at once when all slots are busy and the queue is full.
         Cancellation: a request cancelled while waiting leaves the queue and takes no slot.
         """
-        if self._slots.value == 0 and self.waiting >= self.max_waiting:
-            raise QueueFull(
-                f"the model is busy: {self.capacity} running and {self.waiting} waiting, "
-                f"which is all its queue holds (--max-queue {self.max_waiting}); retry later"
-            )
-        self.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
+        if self._slots.value > 0:  # a free slot means nobody waits: take it
+            self._slots.acquire_nowait()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            if self.waiting >= self.max_waiting:
+                raise QueueFull(
+                    f"the model is busy: {self.capacity} running and {self.waiting} waiting, "
+                    f"which is all its queue holds (--max-queue {self.max_waiting}); retry later"
+                )
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
         try:
             yield
         finally:

@@ -145,7 +145,14 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                         "max_tokens": -1,
                         "ignore_eos": False,
                         "stream": False,
-                        "samplers": ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"],
+                        "samplers": [
+                            "penalties",
+                            "top_k",
+                            "typ_p",
+                            "top_p",
+                            "min_p",
+                            "temperature",
+                        ],
                     },
                 },
                 "total_slots": info.total_slots,
@@ -183,7 +190,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.post("/tokenize")
     async def tokenize() -> Response:
-        body = parse_json_object(await request.get_data())
+        body = parse_json_object(await _body())
         content = body.get("content")
         if not isinstance(content, str):
             raise InvalidField("content", "is required and must be a string")
@@ -204,7 +211,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.post("/detokenize")
     async def detokenize() -> Response:
-        body = parse_json_object(await request.get_data())
+        body = parse_json_object(await _body())
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) for t in tokens
@@ -215,7 +222,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/v1/completions")
     @app.post("/completions")
     async def completions() -> Response:
-        parsed = parse_completion(parse_json_object(await request.get_data()))
+        parsed = parse_completion(parse_json_object(await _body()))
         if isinstance(parsed.prompt, str):
             tokens = engine.tokenize(parsed.prompt, add_special=True, parse_special=True)
             prompt_text = parsed.prompt
@@ -252,7 +259,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
-        parsed = parse_chat(parse_json_object(await request.get_data()))
+        parsed = parse_chat(parse_json_object(await _body()))
         prompt = engine.format_chat(parsed.messages, **parsed.template_args)
         starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
         tokens = engine.tokenize(prompt, add_special=not starts_with_bos, parse_special=True)
@@ -291,7 +298,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "this model serves no embeddings: start it with --embeddings "
                 "(or `embeddings = true` in its config)"
             )
-        parsed = parse_embedding(parse_json_object(await request.get_data()))
+        parsed = parse_embedding(parse_json_object(await _body()))
         texts = [
             item if isinstance(item, str) else engine.detokenize(item) for item in parsed.inputs
         ]
@@ -316,6 +323,11 @@ async def _drain(
     with channel:
         async for item in channel:
             yield item
+
+
+async def _body() -> bytes:
+    data = await request.get_data(as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
 
 
 def _generation_request(
@@ -354,4 +366,3 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
         status=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
-

@@ -72,7 +72,14 @@ class TextStream:
 
     def __init__(self, pieces: trio.MemoryReceiveChannel[str | Finished | BaseException]) -> None:
         self._pieces = pieces
-        self.finished: Finished | None = None
+        self._finished: Finished | None = None
+
+    @property
+    def finished(self) -> Finished:
+        """Why the stream ended; only once it was read to the end."""
+        if self._finished is None:
+            raise RuntimeError("the stream was not read to its end")
+        return self._finished
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -80,7 +87,7 @@ class TextStream:
     async def _iterate(self) -> AsyncIterator[str]:
         async for item in self._pieces:
             if isinstance(item, Finished):
-                self.finished = item
+                self._finished = item
                 return
             if isinstance(item, BaseException):
                 raise item

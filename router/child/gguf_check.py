@@ -25,7 +25,7 @@ _recent_errors: collections.deque[str] = collections.deque(maxlen=8)
 _last_level = 0
 
 
-@llama_cpp.llama_log_callback  # type: ignore[misc]
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _on_llama_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Forward llama.cpp's warnings and errors to stderr, and remember the errors."""
     global _last_level
@@ -63,6 +63,4 @@ def check_gguf(path: Path) -> None:
     except OSError as exc:
         raise ModelLoadFailed(f"cannot read model file {path}: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
-        raise ModelLoadFailed(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')"
-        )
+        raise ModelLoadFailed(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")

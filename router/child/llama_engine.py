@@ -20,7 +20,7 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 import numpy as np
@@ -32,6 +32,7 @@ from llama_cpp.llama_chat_format import (
     MISTRAL_INSTRUCT_CHAT_TEMPLATE,
     Jinja2ChatFormatter,
 )
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from router.child.engine import (
     Embeddings,
@@ -177,7 +178,7 @@ class LlamaCppEngine:
 
     def format_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> str:
         try:
-            response = self._chat_formatter(messages=messages, **template_args)
+            response = self._chat_formatter(messages=cast(Any, messages), **template_args)
         except Exception as exc:  # jinja2 raises many types; all mean "these messages"
             raise InvalidRequest(
                 f"the model's chat template could not render 'messages': {exc}", param="messages"
@@ -292,7 +293,7 @@ class LlamaCppEngine:
         if logit_bias:
             sampler.add_logit_bias(n_vocab, logit_bias)
         if params.grammar is not None:
-            grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
+            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
             sampler.add_grammar(self._llama._model, grammar)
         sampler.add_penalties(
             n_vocab=n_vocab,
@@ -324,15 +325,23 @@ class LlamaCppEngine:
 
     def _embed_blocking(self, slot: _Slot, texts: list[str]) -> Embeddings:
         slot.forget_prompt()
-        raw, n_tokens = slot.llama.embed(texts, normalize=False, truncate=True, return_count=True)
-        vectors = []
+        if slot.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            # A model without pooling gives one vector per token, which we average. Those
+            # come out wrong for all but the first text of a batch (llama-cpp-python 0.3.36),
+            # so each text gets its own batch.
+            raw, n_tokens = [], 0
+            for text in texts:
+                vectors, count = slot.llama.embed([text], truncate=True, return_count=True)
+                raw.append(np.asarray(vectors[0], dtype=np.float64).mean(axis=0))
+                n_tokens += count
+        else:
+            raw, n_tokens = slot.llama.embed(texts, truncate=True, return_count=True)
+        normalized = []
         for item in raw:
             array = np.asarray(item, dtype=np.float64)
-            if array.ndim == 2:  # a model without pooling gives one vector per token
-                array = array.mean(axis=0)
             norm = float(np.linalg.norm(array))
-            vectors.append((array / norm if norm > 0 else array).tolist())
-        return Embeddings(vectors=vectors, prompt_tokens=int(n_tokens))
+            normalized.append((array / norm if norm > 0 else array).tolist())
+        return Embeddings(vectors=normalized, prompt_tokens=int(n_tokens))
 
     # ---- lifetime ------------------------------------------------------------------------
 
@@ -500,4 +509,3 @@ def _deliver_from_thread(
             pass  # the reader left; the cancellation flag stops the worker
 
     trio_token.run_sync_soon(on_loop)
-

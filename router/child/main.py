@@ -118,7 +118,12 @@ async def _serve_loaded(
         info = engine.info
         log.info(
             "serving %s (%s, n_ctx %d, %d slot(s), %d threads) at %s",
-            model_id, info.model_path, info.n_ctx, info.total_slots, info.n_threads, address,
+            model_id,
+            info.model_path,
+            info.n_ctx,
+            info.total_slots,
+            info.n_threads,
+            address,
         )
         if lifeline is not None:
             lifeline.announce_ready(address)

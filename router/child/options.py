@@ -79,40 +79,94 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("-m", "--model", type=Path, required=True, help="GGUF file to serve")
     model.add_argument("-a", "--alias", help="model id to report (default: the file's stem)")
-    model.add_argument("-c", "--ctx-size", type=int, default=4096,
-                       help="context size in tokens per slot (default: 4096; 0: the model's)")
-    model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=-1,
-                       help="layers to offload to the GPU (default: -1, all)")
-    model.add_argument("-t", "--threads", type=int, default=0,
-                       help="generation threads (default: physical cores, as llama-server)")
-    model.add_argument("-tb", "--threads-batch", type=int, default=0,
-                       help="prompt-processing threads (default: same as --threads)")
-    model.add_argument("-b", "--batch-size", type=_positive, default=2048,
-                       help="logical batch size (default: 2048)")
-    model.add_argument("-ub", "--ubatch-size", type=_positive, default=512,
-                       help="physical batch size (default: 512)")
-    model.add_argument("-np", "--parallel", type=_positive, default=1,
-                       help="requests served at once, one context each (default: 1)")
-    model.add_argument("--chat-template",
-                       help="built-in template name (chatml, llama3, mistral) or a Jinja "
-                            "template (default: the GGUF's, else chatml)")
-    model.add_argument("--embeddings", action="store_true",
-                       help="serve /v1/embeddings (for embedding models)")
-    model.add_argument("--pooling", choices=[p.value for p in Pooling], default="model",
-                       help="pooling for embeddings (default: what the model says)")
-    model.add_argument("-fa", "--flash-attn", choices=[f.value for f in FlashAttention],
-                       default="auto", help="flash attention (default: auto)")
+    model.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        default=4096,
+        help="context size in tokens per slot (default: 4096; 0: the model's)",
+    )
+    model.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        "--gpu-layers",
+        type=int,
+        default=-1,
+        help="layers to offload to the GPU (default: -1, all)",
+    )
+    model.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=0,
+        help="generation threads (default: physical cores, as llama-server)",
+    )
+    model.add_argument(
+        "-tb",
+        "--threads-batch",
+        type=int,
+        default=0,
+        help="prompt-processing threads (default: same as --threads)",
+    )
+    model.add_argument(
+        "-b",
+        "--batch-size",
+        type=_positive,
+        default=2048,
+        help="logical batch size (default: 2048)",
+    )
+    model.add_argument(
+        "-ub",
+        "--ubatch-size",
+        type=_positive,
+        default=512,
+        help="physical batch size (default: 512)",
+    )
+    model.add_argument(
+        "-np",
+        "--parallel",
+        type=_positive,
+        default=1,
+        help="requests served at once, one context each (default: 1)",
+    )
+    model.add_argument(
+        "--chat-template",
+        help="built-in template name (chatml, llama3, mistral) or a Jinja "
+        "template (default: the GGUF's, else chatml)",
+    )
+    model.add_argument(
+        "--embeddings", action="store_true", help="serve /v1/embeddings (for embedding models)"
+    )
+    model.add_argument(
+        "--pooling",
+        choices=[p.value for p in Pooling],
+        default="model",
+        help="pooling for embeddings (default: what the model says)",
+    )
+    model.add_argument(
+        "-fa",
+        "--flash-attn",
+        choices=[f.value for f in FlashAttention],
+        default="auto",
+        help="flash attention (default: auto)",
+    )
     model.add_argument("--no-mmap", action="store_true", help="read the file instead of mmap")
     model.add_argument("--mlock", action="store_true", help="keep the model in RAM")
-    model.add_argument("-s", "--seed", type=int, default=-1,
-                       help="default sampling seed (default: -1, random)")
+    model.add_argument(
+        "-s", "--seed", type=int, default=-1, help="default sampling seed (default: -1, random)"
+    )
     serve = parser.add_argument_group("server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
-    serve.add_argument("--unix-socket", type=Path,
-                       help="listen on this Unix socket instead of TCP (mode 0600)")
-    serve.add_argument("--max-queue", type=int, default=64,
-                       help="requests that may wait for a free slot before 429 (default: 64)")
+    serve.add_argument(
+        "--unix-socket", type=Path, help="listen on this Unix socket instead of TCP (mode 0600)"
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait for a free slot before 429 (default: 64)",
+    )
     serve.add_argument("--api-key", help="require this bearer key (except on /health)")
 
 

@@ -29,8 +29,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidJSON(f"the request body is not UTF-8: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
         raise InvalidJSON(
-            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
+            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
     if not isinstance(body, dict):
         raise InvalidJSON(f"the request body must be a JSON object, not {_kind(body)}")
@@ -82,7 +81,9 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
     elif isinstance(prompt, list):
         raise NotSupported("'prompt' holds several prompts; send one prompt per request")
     else:
-        raise InvalidField("prompt", f"must be a string or a list of token ids, not {_kind(prompt)}")
+        raise InvalidField(
+            "prompt", f"must be a string or a list of token ids, not {_kind(prompt)}"
+        )
     return CompletionRequest(
         prompt=parsed,
         settings=_generation_settings(body, max_tokens_names=("max_tokens", "n_predict")),
@@ -126,9 +127,13 @@ def parse_embedding(body: Mapping[str, Any]) -> EmbeddingRequest:
         inputs = [raw]
     elif isinstance(raw, list) and raw and all(_is_int(token) for token in raw):
         inputs = [list(raw)]
-    elif isinstance(raw, list) and raw and all(
-        isinstance(item, str) or (isinstance(item, list) and all(_is_int(t) for t in item))
-        for item in raw
+    elif (
+        isinstance(raw, list)
+        and raw
+        and all(
+            isinstance(item, str) or (isinstance(item, list) and all(_is_int(t) for t in item))
+            for item in raw
+        )
     ):
         inputs = list(raw)
     else:
@@ -240,7 +245,9 @@ def _logit_bias(raw: Any) -> dict[int, float]:
         try:
             token_id = int(token)
         except (TypeError, ValueError):
-            raise InvalidField("logit_bias", f"has key {token!r}, which is not a token id") from None
+            raise InvalidField(
+                "logit_bias", f"has key {token!r}, which is not a token id"
+            ) from None
         if value is False:
             value = -math.inf
         if not isinstance(value, int | float) or isinstance(value, bool):

@@ -17,8 +17,10 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + (
-        b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + (b"\n\n")
     )
 
 
@@ -82,9 +84,7 @@ def chat_chunk(
         "object": "chat.completion.chunk",
         "created": ids.created,
         "model": ids.model,
-        "choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 
@@ -130,9 +130,7 @@ def text_chunk(ids: ResponseIds, text: str, finish_reason: str | None = None) ->
         "object": "text_completion",
         "created": ids.created,
         "model": ids.model,
-        "choices": [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 

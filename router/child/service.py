@@ -60,7 +60,6 @@ class ModelService:
                 text = "".join([piece async for piece in stream])
         if scope.cancelled_caught:
             raise _stopped()
-        assert stream.finished is not None
         return text, stream.finished
 
     async def start_stream(
@@ -72,9 +71,7 @@ class ModelService:
         failed midway. Raises QueueFull (before anything starts) when the queue is full.
         Cancellation: while queued, leaves the queue; once started, close the channel to stop.
         """
-        receive: trio.MemoryReceiveChannel[StreamItem] = await nursery.start(
-            self._stream, request
-        )
+        receive: trio.MemoryReceiveChannel[StreamItem] = await nursery.start(self._stream, request)
         return receive
 
     async def _stream(
@@ -94,13 +91,14 @@ class ModelService:
                     if scope.cancelled_caught:
                         send.send_nowait(_stopped())
                     else:
-                        assert stream.finished is not None
                         send.send_nowait(stream.finished)
                 except trio.BrokenResourceError:
                     return  # the reader left; generate() has stopped the engine
                 except Exception as exc:  # this task must never take the server down
-                    error = exc if isinstance(exc, RouterError) else RouterError(
-                        f"generation failed: {type(exc).__name__}: {exc}"
+                    error = (
+                        exc
+                        if isinstance(exc, RouterError)
+                        else RouterError(f"generation failed: {type(exc).__name__}: {exc}")
                     )
                     try:
                         send.send_nowait(error)

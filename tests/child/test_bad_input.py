@@ -45,10 +45,16 @@ def test_malformed_json_is_a_400_that_says_where(shared_child: ChildProcess) -> 
         ("/v1/completions", {}, "prompt"),
         ("/v1/chat/completions", {"messages": "hi"}, "messages"),
         ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, "messages[0].role"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]},
-         "messages[0].content"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
-                                  "response_format": {"type": "yaml"}}, "response_format.type"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}},
+            "response_format.type",
+        ),
         ("/tokenize", {"content": 5}, "content"),
         ("/detokenize", {"tokens": ["a"]}, "tokens"),
         ("/detokenize", {"tokens": [100000]}, "tokens"),
@@ -87,9 +93,7 @@ def test_image_content_is_refused_clearly(shared_child: ChildProcess) -> None:
 
 
 def test_embeddings_without_the_flag_say_how_to_enable_them(shared_child: ChildProcess) -> None:
-    error = _error(
-        httpx.post(f"{shared_child.base_url}/v1/embeddings", json={"input": "x"}), 501
-    )
+    error = _error(httpx.post(f"{shared_child.base_url}/v1/embeddings", json={"input": "x"}), 501)
     assert "--embeddings" in str(error["message"])
 
 

@@ -58,8 +58,9 @@ def test_child_refuses_without_the_api_key(tiny_model: Path) -> None:
 
 def test_disconnect_stops_generation(tiny_model: Path) -> None:
     with running_child(tiny_model, *LONG_CONTEXT) as child:
-        with httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                          timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=30
+        ) as response:
             lines = response.iter_lines()
             for _ in range(5):
                 next(lines)
@@ -73,11 +74,13 @@ def test_stop_command_finishes_running_requests_then_exits_zero(tiny_model: Path
         results: list[httpx.Response] = []
 
         def request() -> None:
-            results.append(httpx.post(
-                f"{child.base_url}/v1/completions",
-                json={"prompt": "go", "max_tokens": 3000, "ignore_eos": True},
-                timeout=60,
-            ))
+            results.append(
+                httpx.post(
+                    f"{child.base_url}/v1/completions",
+                    json={"prompt": "go", "max_tokens": 3000, "ignore_eos": True},
+                    timeout=60,
+                )
+            )
 
         worker = threading.Thread(target=request)
         worker.start()
@@ -92,8 +95,9 @@ def test_stop_command_finishes_running_requests_then_exits_zero(tiny_model: Path
 
 def test_stop_timeout_cancels_what_is_still_running(tiny_model: Path) -> None:
     with running_child(tiny_model, *LONG_CONTEXT) as child:
-        with httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                          timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=30
+        ) as response:
             lines = response.iter_lines()
             next(lines)
             child.send_stop(0.2)
@@ -106,8 +110,9 @@ def test_stop_timeout_cancels_what_is_still_running(tiny_model: Path) -> None:
 
 def test_stdin_eof_means_the_parent_died_and_the_child_exits(tiny_model: Path) -> None:
     with running_child(tiny_model, *LONG_CONTEXT) as child:
-        with httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                          timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=30
+        ) as response:
             lines = response.iter_lines()  # kept: a dropped iterator closes the response
             next(lines)
             child.close_lifeline()
@@ -132,8 +137,10 @@ def test_sigterm_is_a_graceful_stop(tiny_model: Path) -> None:
 def test_load_failure_exits_nonzero_with_one_clear_line(
     request: pytest.FixtureRequest, tmp_path: Path, model_fixture: str, reason: str
 ) -> None:
-    model = tmp_path / "absent.gguf" if model_fixture == "missing" else request.getfixturevalue(
-        model_fixture
+    model = (
+        tmp_path / "absent.gguf"
+        if model_fixture == "missing"
+        else request.getfixturevalue(model_fixture)
     )
     code, stderr = run_child_to_exit(model)
     assert code == 1
@@ -152,14 +159,20 @@ def test_bad_flag_exits_with_usage_error(tiny_model: Path) -> None:
 def test_full_queue_answers_429_with_retry_after(tiny_model: Path) -> None:
     with running_child(tiny_model, *LONG_CONTEXT, "--max-queue", "1") as child:
         queued: list[httpx.Response] = []
-        with httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                          timeout=60) as running:
+        with httpx.stream(
+            "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=60
+        ) as running:
             running_lines = running.iter_lines()  # kept: a dropped iterator closes the response
             next(running_lines)
-            waiter = threading.Thread(target=lambda: queued.append(httpx.post(
-                f"{child.base_url}/v1/completions", json={"prompt": "q", "max_tokens": 1},
-                timeout=60,
-            )))
+            waiter = threading.Thread(
+                target=lambda: queued.append(
+                    httpx.post(
+                        f"{child.base_url}/v1/completions",
+                        json={"prompt": "q", "max_tokens": 1},
+                        timeout=60,
+                    )
+                )
+            )
             waiter.start()
             _wait_until(
                 lambda: httpx.get(f"{child.base_url}/props").json()["queue"]["waiting"] == 1,
@@ -178,10 +191,12 @@ def test_full_queue_answers_429_with_retry_after(tiny_model: Path) -> None:
 def test_parallel_slots_generate_at_the_same_time(tiny_model: Path) -> None:
     with running_child(tiny_model, *LONG_CONTEXT, "--parallel", "2") as child:
         with (
-            httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                         timeout=60) as first,
-            httpx.stream("POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION,
-                         timeout=60) as second,
+            httpx.stream(
+                "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=60
+            ) as first,
+            httpx.stream(
+                "POST", f"{child.base_url}/v1/completions", json=LONG_GENERATION, timeout=60
+            ) as second,
         ):
             first_lines, second_lines = first.iter_lines(), second.iter_lines()
             next(first_lines)
@@ -197,9 +212,9 @@ def test_parallel_slots_share_one_copy_of_the_weights(wide_model: Path) -> None:
     def rss_kib(*args: str) -> int:
         with running_child(wide_model, "--no-mmap", "--ctx-size", "64", *args) as child:
             status = Path(f"/proc/{child.process.pid}/status").read_text()
-            return int(next(
-                line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")
-            ))
+            return int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+            )
 
     model_kib = wide_model.stat().st_size // 1024
     assert rss_kib("--parallel", "4") - rss_kib("--parallel", "1") < model_kib
@@ -221,8 +236,19 @@ def test_child_command_line_help_lists_llama_server_flags() -> None:
 
     completed = subprocess.run(
         [sys.executable, "-m", "router", "child", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    for flag in ("--ctx-size", "-ngl", "--threads", "--batch-size", "--parallel",
-                 "--chat-template", "--embeddings", "--alias", "--unix-socket"):
+    for flag in (
+        "--ctx-size",
+        "-ngl",
+        "--threads",
+        "--batch-size",
+        "--parallel",
+        "--chat-template",
+        "--embeddings",
+        "--alias",
+        "--unix-socket",
+    ):
         assert flag in completed.stdout

