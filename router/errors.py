@@ -21,6 +21,7 @@ llama-server (``code`` is the HTTP status), which is what OpenAI's clients parse
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 
@@ -121,3 +122,8 @@ def error_body(error: RouterError) -> dict[str, Any]:
     if error.param is not None:
         body["param"] = error.param
     return {"error": body}
+
+
+def sse_error_event(error: RouterError) -> bytes:
+    """``error`` as a Server-Sent Event, to end a stream that cannot go on."""
+    return b"data: " + json.dumps(error_body(error), separators=(",", ":")).encode() + b"\n\n"

@@ -21,6 +21,13 @@ class Admission:
         self.capacity = capacity
         self.max_waiting = max_waiting
         self.waiting = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing runs and nothing waits. Cancellation: returns early."""
+        while not (self.running == 0 and self.waiting == 0):
+            await self._idle.wait()
 
     @property
     def running(self) -> int:
@@ -33,6 +40,8 @@ class Admission:
         Raises QueueFull at once when all slots are busy and the queue is full.
         Cancellation: a request cancelled while waiting leaves the queue and takes no slot.
         """
+        if self._idle.is_set():
+            self._idle = trio.Event()
         if self._slots.value > 0:  # a free slot means nobody waits: take it
             self._slots.acquire_nowait()
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -45,9 +54,17 @@ class Admission:
             self.waiting += 1
             try:
                 await self._slots.acquire()
-            finally:
+            except BaseException:
                 self.waiting -= 1
+                self._note_if_idle()
+                raise
+            self.waiting -= 1
         try:
             yield
         finally:
             self._slots.release()
+            self._note_if_idle()
+
+    def _note_if_idle(self) -> None:
+        if self.running == 0 and self.waiting == 0:
+            self._idle.set()

@@ -26,7 +26,6 @@ from router.child.parsing import (
     parse_chat,
     parse_completion,
     parse_embedding,
-    parse_json_object,
 )
 from router.child.service import ModelService, StreamItem
 from router.errors import (
@@ -38,6 +37,7 @@ from router.errors import (
     Unavailable,
     error_body,
 )
+from router.jsonbody import parse_json_object
 
 log = logging.getLogger("router.child")
 
@@ -58,7 +58,11 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.before_request
     async def check_api_key() -> None:
-        if api_key is None or request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS:
+            return
+        if state["is_stopping"]:
+            raise Unavailable("the model is stopping and takes no new requests")
+        if api_key is None:
             return
         offered = request.headers.get("x-api-key", "")
         authorization = request.headers.get("Authorization", "")

@@ -89,16 +89,23 @@ async def _serve_loaded(
     config.keep_alive_timeout = 75
     sockets = _listen(serve_options)
     stop_requested = trio.Event()
+    state = app.extensions["llama_router_state"]
+
+    async def stop_when_idle(timeout_s: float) -> None:
+        # Hypercorn's graceful shutdown would also wait for idle keep-alive connections (the
+        # router keeps some open) until its timeout; so we wait for our own requests to end,
+        # then give Hypercorn only the short grace needed to send error bodies.
+        with trio.move_on_after(timeout_s + GRACE_FOR_ERROR_BODIES_S):
+            await service.admission.wait_idle()
+        config.graceful_timeout = GRACE_FOR_ERROR_BODIES_S
+        stop_requested.set()
 
     def request_stop(timeout_s: float) -> None:
-        if not stop_requested.is_set():
+        if not state["is_stopping"]:
             log.info("stopping: finishing running requests (up to %gs)", timeout_s)
+            state["is_stopping"] = True
             service.stop_within(timeout_s)
-            # Hypercorn waits a little longer than the service, so that requests cut short
-            # can still send their error body.
-            config.graceful_timeout = timeout_s + GRACE_FOR_ERROR_BODIES_S
-            app.extensions["llama_router_state"]["is_stopping"] = True
-            stop_requested.set()
+            nursery.start_soon(stop_when_idle, timeout_s)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, request_stop)

@@ -14,26 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.child.engine import SamplingParams
-from router.errors import InvalidField, InvalidJSON, InvalidRequest, NotSupported
+from router.errors import InvalidField, InvalidRequest, NotSupported
+from router.jsonbody import kind_of
 
 _MISSING: Any = object()
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidJSON that says where it went wrong."""
-    if not raw.strip():
-        raise InvalidJSON("the request body is empty; send a JSON object")
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise InvalidJSON(f"the request body is not UTF-8: {exc.reason}") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidJSON(
-            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    if not isinstance(body, dict):
-        raise InvalidJSON(f"the request body must be a JSON object, not {_kind(body)}")
-    return body
 
 
 @dataclass(frozen=True)
@@ -82,7 +66,7 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
         raise NotSupported("'prompt' holds several prompts; send one prompt per request")
     else:
         raise InvalidField(
-            "prompt", f"must be a string or a list of token ids, not {_kind(prompt)}"
+            "prompt", f"must be a string or a list of token ids, not {kind_of(prompt)}"
         )
     return CompletionRequest(
         prompt=parsed,
@@ -149,7 +133,7 @@ def parse_embedding(body: Mapping[str, Any]) -> EmbeddingRequest:
 def _message(index: int, message: Any) -> dict[str, Any]:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise InvalidField(where, f"must be an object, not {_kind(message)}")
+        raise InvalidField(where, f"must be an object, not {kind_of(message)}")
     role = message.get("role")
     if not isinstance(role, str) or not role:
         raise InvalidField(f"{where}.role", "is required and must be a string")
@@ -159,7 +143,7 @@ def _message(index: int, message: Any) -> dict[str, Any]:
         for part_index, part in enumerate(content):
             part_where = f"{where}.content[{part_index}]"
             if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                kind = part.get("type") if isinstance(part, dict) else kind_of(part)
                 raise NotSupported(
                     f"'{part_where}' is of type {kind!r}; this model takes text parts only"
                 )
@@ -172,7 +156,9 @@ def _message(index: int, message: Any) -> dict[str, Any]:
             raise InvalidField(f"{where}.content", "is required")
         content = ""
     elif not isinstance(content, str):
-        raise InvalidField(f"{where}.content", f"must be a string or a list, not {_kind(content)}")
+        raise InvalidField(
+            f"{where}.content", f"must be a string or a list, not {kind_of(content)}"
+        )
     return {**message, "content": content}
 
 
@@ -205,7 +191,7 @@ def _generation_settings(
     include_usage = bool(stream_options.get("include_usage", False))
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
-        raise InvalidField("seed", f"must be an integer, not {_kind(seed)}")
+        raise InvalidField("seed", f"must be an integer, not {kind_of(seed)}")
     sampling = SamplingParams(
         temperature=_number(body, "temperature", 0.8, minimum=0.0),
         top_k=_int(body, "top_k", 40, minimum=0),
@@ -306,24 +292,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _kind(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
 def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
     value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidField(name, f"must be true or false, not {_kind(value)}")
+        raise InvalidField(name, f"must be true or false, not {kind_of(value)}")
     return value
 
 
@@ -332,7 +306,7 @@ def _int(body: Mapping[str, Any], name: str, default: int, *, minimum: int) -> i
     if value is None:
         return default
     if not _is_int(value):
-        raise InvalidField(name, f"must be an integer, not {_kind(value)}")
+        raise InvalidField(name, f"must be an integer, not {kind_of(value)}")
     if value < minimum:
         raise InvalidField(name, f"must be at least {minimum}, got {value}")
     return int(value)
@@ -350,7 +324,7 @@ def _number(
     if value is None:
         return default
     if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        raise InvalidField(name, f"must be a number, not {_kind(value)}")
+        raise InvalidField(name, f"must be a number, not {kind_of(value)}")
     if not minimum <= value <= maximum:
         bounds = f"between {minimum:g} and {maximum:g}" if maximum < math.inf else f">= {minimum:g}"
         raise InvalidField(name, f"must be {bounds}, got {value}")

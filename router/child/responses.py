@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.child.engine import Finished, FinishReason
-from router.errors import RouterError, error_body
+from router.errors import RouterError, sse_error_event
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -25,7 +25,7 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 def sse_error(error: RouterError) -> bytes:
-    return sse_event(error_body(error))
+    return sse_error_event(error)
 
 
 def usage(finished: Finished) -> dict[str, int]:

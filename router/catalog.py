@@ -1,0 +1,62 @@
+"""Which models exist: a scan of the ``--models-dir`` folders, laid out as llama.cpp lays them.
+
+* ``DIR/NAME.gguf`` is model ``NAME``.
+* ``DIR/NAME/`` holding a multi-shard set (``*-00001-of-0000N.gguf``) is model ``NAME``, loaded
+  from its first shard; holding one model file plus ``mmproj*.gguf`` it is model ``NAME`` with
+  that projector. Other folders and non-GGUF files are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the router can serve."""
+
+    id: str
+    path: Path
+    mmproj: Path | None = None
+    aliases: tuple[str, ...] = ()
+    source: str = "dir"
+
+
+def scan_models_dirs(folders: Iterable[Path]) -> dict[str, ModelSpec]:
+    """Every model found in ``folders``; on a repeated id, the first folder wins."""
+    specs: dict[str, ModelSpec] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            spec = _spec_for(entry)
+            if spec is not None and spec.id not in specs:
+                specs[spec.id] = spec
+    return specs
+
+
+def _spec_for(entry: Path) -> ModelSpec | None:
+    if entry.is_file() and entry.suffix == ".gguf" and not entry.name.startswith("mmproj"):
+        if _SHARD.search(entry.name):
+            return None  # a shard outside a folder of its own is ambiguous
+        return ModelSpec(id=entry.stem, path=entry.resolve())
+    if not entry.is_dir():
+        return None
+    ggufs = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix == ".gguf")
+    mmprojs = [p for p in ggufs if p.name.startswith("mmproj")]
+    weights = [p for p in ggufs if not p.name.startswith("mmproj")]
+    shards = [p for p in weights if _SHARD.search(p.name)]
+    if shards and len(shards) == len(weights):
+        first = [p for p in shards if _SHARD.search(p.name).group(1) == "00001"]  # type: ignore[union-attr]
+        if first:
+            return ModelSpec(id=entry.name, path=first[0].resolve())
+        return None
+    if len(weights) == 1:
+        mmproj = mmprojs[0].resolve() if mmprojs else None
+        return ModelSpec(id=entry.name, path=weights[0].resolve(), mmproj=mmproj)
+    return None

@@ -1,0 +1,266 @@
+"""The models' state, in one place: requests wait here, and every change re-runs the scheduler.
+
+The pool owns each model's state machine (unloaded → loading → loaded → unloading → unloaded)
+and the FIFO queue of requests. Everything that changes state (a request arrives, finishes or
+leaves; a child becomes ready or exits) happens on the Trio thread and ends with
+``_reschedule()``: a snapshot goes to the pure ``scheduler.plan``, and the plan is carried out
+at once, before any other task runs. So a decision is never made on a stale reading, which is
+how peers ended up with requests waiting forever during an unload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import trio
+
+from router.catalog import ModelSpec
+from router.errors import ModelLoadFailed, ModelNotFound, RouterError, Unavailable
+from router.scheduler import ModelView, Status, Waiting, backoff_s, plan
+from router.supervisor import ChildExit, Supervisor
+
+log = logging.getLogger("router.pool")
+
+
+@dataclass
+class ModelState:
+    """One model as the router knows it: what ``GET /models`` shows."""
+
+    spec: ModelSpec
+    status: Status = Status.UNLOADED
+    in_flight: int = 0
+    last_used: float = 0.0
+    args: list[str] | None = None
+    failures: int = 0  # consecutive failed starts or crashes
+    retry_at: float = -math.inf
+    exit_code: int | None = None
+    last_error: str = ""
+    is_failed: bool = False
+    client: httpx.AsyncClient | None = None  # to the child, while it is loaded
+
+    def view(self) -> ModelView:
+        return ModelView(
+            id=self.spec.id,
+            status=self.status,
+            in_flight=self.in_flight,
+            last_used=self.last_used,
+            retry_at=self.retry_at,
+        )
+
+
+@dataclass
+class _Waiter:
+    ticket: int
+    model: str
+    done: trio.Event = field(default_factory=trio.Event)
+    error: RouterError | None = None
+
+
+class ModelPool:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        *,
+        models_max: int,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.models = {model_id: ModelState(spec) for model_id, spec in specs.items()}
+        self.models_max = models_max
+        self._clock = clock
+        self._queue: list[_Waiter] = []
+        self._tickets = itertools.count()
+        self._supervisor: Supervisor | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, supervisor: Supervisor, nursery: trio.Nursery) -> None:
+        """Connect the supervisor that runs children, and the nursery for small chores."""
+        self._supervisor = supervisor
+        self._nursery = nursery
+
+    def update_specs(self, specs: Mapping[str, ModelSpec]) -> None:
+        """Take a new scan: add new models, forget vanished ones that are not running."""
+        for model_id, spec in specs.items():
+            state = self.models.get(model_id)
+            if state is None:
+                self.models[model_id] = ModelState(spec)
+            elif state.status is Status.UNLOADED:
+                state.spec = spec
+        for model_id in [m for m in self.models if m not in specs]:
+            state = self.models[model_id]
+            if state.status is Status.UNLOADED and not any(
+                w.model == model_id for w in self._queue
+            ):
+                del self.models[model_id]
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def resolve(self, model_id: str) -> ModelState:
+        state = self.models.get(model_id)
+        if state is None:
+            for candidate in self.models.values():
+                if model_id in candidate.spec.aliases:
+                    return candidate
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"model {model_id!r} not found; known models: {known}")
+        return state
+
+    @asynccontextmanager
+    async def lease(self, model_id: str, *, autoload: bool) -> AsyncIterator[httpx.AsyncClient]:
+        """Hold ``model_id`` loaded for the block, loading it first if needed; yield its client.
+
+        Raises ModelNotFound, Unavailable (not loaded and autoload off, or backing off after
+        failures) or ModelLoadFailed (its load failed while we waited).
+        Cancellation: a waiting request leaves the queue and costs no model its slot.
+        """
+        state = self.resolve(model_id)
+        if state.status is not Status.LOADED and not autoload:
+            raise Unavailable(
+                f"model {state.spec.id!r} is {state.status.value} and autoload is off: "
+                "load it with POST /models/load, or ask with ?autoload=true"
+            )
+        waiter = _Waiter(ticket=next(self._tickets), model=state.spec.id)
+        self._queue.append(waiter)
+        try:
+            self._reschedule()
+            await waiter.done.wait()
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                self._reschedule()
+        if waiter.error is not None:
+            raise waiter.error
+        client = state.client
+        try:
+            if client is None:  # it crashed between our admission and now
+                raise Unavailable(f"model {state.spec.id!r} exited before the request reached it")
+            yield client
+        finally:
+            state.in_flight -= 1
+            state.last_used = self._clock()
+            self._reschedule()
+
+    def request_load(self, model_id: str, nursery: trio.Nursery) -> None:
+        """Start loading ``model_id`` in the background (``POST /models/load``)."""
+        state = self.resolve(model_id)
+
+        async def load_and_release() -> None:
+            try:
+                async with self.lease(state.spec.id, autoload=True):
+                    pass
+            except RouterError as exc:
+                log.warning("loading %s failed: %s", state.spec.id, exc.message)
+
+        nursery.start_soon(load_and_release)
+
+    def request_unload(self, model_id: str) -> None:
+        """Stop ``model_id``'s child gracefully (``POST /models/unload``)."""
+        state = self.resolve(model_id)
+        if state.status in (Status.LOADED, Status.LOADING):
+            self._begin_unload(state)
+
+    # ---- child events --------------------------------------------------------------------------
+
+    def child_ready(self, model_id: str, address: str) -> None:
+        state = self.models[model_id]
+        if state.status is not Status.LOADING:
+            return  # asked to unload while it was loading: it is being stopped
+        state.client = _client_for(address)
+        state.status = Status.LOADED
+        state.failures, state.is_failed, state.exit_code, state.last_error = 0, False, None, ""
+        state.last_used = self._clock()
+        log.info("model %s loaded", model_id)
+        self._reschedule()
+
+    def child_exited(self, model_id: str, ended: ChildExit) -> None:
+        state = self.models[model_id]
+        was_loading = state.status is Status.LOADING
+        state.status = Status.UNLOADED
+        if state.client is not None and self._nursery is not None:
+            self._nursery.start_soon(state.client.aclose)
+            state.client = None
+        state.exit_code = ended.exit_code
+        is_failure = not ended.was_stopped or (not ended.was_ready and ended.exit_code != 0)
+        if is_failure:
+            state.is_failed = True
+            state.last_error = ended.last_error
+            state.failures += 1
+            state.retry_at = self._clock() + backoff_s(state.failures)
+            log.warning(
+                "model %s %s (exit code %s): %s",
+                model_id,
+                "failed to load" if was_loading else "crashed",
+                ended.exit_code,
+                ended.last_error,
+            )
+        if was_loading:
+            error = self._load_error(state)
+            for waiter in [w for w in self._queue if w.model == model_id]:
+                self._finish(waiter, error)
+        self._reschedule()
+
+    # ---- the one place decisions are carried out ------------------------------------------------
+
+    def _reschedule(self) -> None:
+        decisions = plan(
+            {model_id: state.view() for model_id, state in self.models.items()},
+            [Waiting(w.ticket, w.model) for w in self._queue],
+            models_max=self.models_max,
+            now=self._clock(),
+        )
+        by_ticket = {w.ticket: w for w in self._queue}
+        for ticket in decisions.admit:
+            waiter = by_ticket[ticket]
+            self.models[waiter.model].in_flight += 1
+            self._finish(waiter, None)
+        for ticket in decisions.refuse:
+            waiter = by_ticket[ticket]
+            self._finish(waiter, self._backoff_error(self.models[waiter.model]))
+        for model_id in decisions.unload:
+            self._begin_unload(self.models[model_id])
+        for model_id in decisions.load:
+            self._begin_load(self.models[model_id])
+
+    def _finish(self, waiter: _Waiter, error: RouterError | None) -> None:
+        waiter.error = error
+        self._queue.remove(waiter)
+        waiter.done.set()
+
+    def _begin_load(self, state: ModelState) -> None:
+        assert self._supervisor is not None
+        state.status = Status.LOADING
+        log.info("loading model %s", state.spec.id)
+        state.args = self._supervisor.start(state.spec)
+
+    def _begin_unload(self, state: ModelState) -> None:
+        assert self._supervisor is not None
+        state.status = Status.UNLOADING
+        log.info("unloading model %s", state.spec.id)
+        self._supervisor.stop(state.spec.id)
+
+    def _load_error(self, state: ModelState) -> RouterError:
+        reason = state.last_error or f"its process exited with code {state.exit_code}"
+        return ModelLoadFailed(f"model {state.spec.id!r} failed to load: {reason}")
+
+    def _backoff_error(self, state: ModelState) -> RouterError:
+        wait_s = max(0.0, state.retry_at - self._clock())
+        return Unavailable(
+            f"model {state.spec.id!r} failed {state.failures} times in a row "
+            f"(last: exit code {state.exit_code}: {state.last_error}); "
+            f"not restarting it for another {wait_s:.0f}s"
+        )
+
+
+def _client_for(address: str) -> httpx.AsyncClient:
+    """A keep-alive client for a child at ``unix:/path`` or ``http://host:port``."""
+    timeout = httpx.Timeout(connect=10.0, read=None, write=None, pool=None)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    if address.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=address[len("unix:") :], limits=limits)
+        return httpx.AsyncClient(transport=transport, base_url="http://child", timeout=timeout)
+    return httpx.AsyncClient(base_url=address, timeout=timeout, limits=limits)

@@ -1,0 +1,140 @@
+"""Forward one request to a child and stream its answer back as bytes, untouched.
+
+The forwarding runs as a task in a nursery the app owns (not inside the response generator,
+which a framework may abandon): it holds the model's lease for as long as the answer flows,
+and hands the bytes over a small channel, so a slow client slows the child (back-pressure) and
+a client that leaves closes the channel, which closes the child's response and so cancels its
+generation. A child that dies mid-stream ends an SSE answer with an error event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from router.errors import RouterError, Unavailable, sse_error_event
+from router.pool import ModelPool
+
+log = logging.getLogger("router.proxy")
+
+# Hop-by-hop headers, and those the router owns: never forwarded either way.
+_DROPPED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
+        "x-api-key",
+    }
+)
+CHANNEL_CHUNKS = 16
+
+
+@dataclass(frozen=True)
+class ForwardRequest:
+    model: str
+    autoload: bool
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class ForwardedResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: trio.MemoryReceiveChannel[bytes]
+
+
+async def start_forward(
+    nursery: trio.Nursery, pool: ModelPool, request: ForwardRequest
+) -> ForwardedResponse:
+    """Wait for the model, send it the request, and return once its headers are in.
+
+    Raises what the pool raises (unknown model, failed load...) or Unavailable if the child
+    does not answer; the body then streams from the returned channel.
+    Cancellation: before the headers, gives up the request (and its place in the queue).
+    """
+    response: ForwardedResponse = await nursery.start(_forward, pool, request)
+    return response
+
+
+async def _forward(
+    pool: ModelPool,
+    request: ForwardRequest,
+    task_status: trio.TaskStatus[ForwardedResponse],
+) -> None:
+    async with pool.lease(request.model, autoload=request.autoload) as client:
+        outgoing = client.build_request(
+            request.method,
+            request.path,
+            params=request.query.decode("latin-1") or None,
+            headers=_forwardable(request.headers),
+            content=request.body,
+        )
+        try:
+            response = await client.send(outgoing, stream=True)
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"model {request.model!r} did not answer ({type(exc).__name__}); its process "
+                "may have exited: see GET /models"
+            ) from exc
+        send, receive = trio.open_memory_channel[bytes](CHANNEL_CHUNKS)
+        is_event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        try:
+            task_status.started(
+                ForwardedResponse(
+                    status=response.status_code,
+                    headers=_forwardable(response.headers.multi_items()),
+                    body=receive,
+                )
+            )
+            async with send:
+                await _pump(request.model, response, send, is_event_stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+
+async def _pump(
+    model: str,
+    response: httpx.Response,
+    send: trio.MemorySendChannel[bytes],
+    is_event_stream: bool,
+) -> None:
+    """Copy the child's bytes to the client; never raise into the app's nursery."""
+    try:
+        async for chunk in response.aiter_raw():
+            await send.send(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the client left; closing the response cancels the child's work
+    except httpx.TransportError as exc:
+        log.warning("model %s broke off its answer: %s", model, exc)
+        if is_event_stream:
+            error = RouterError(
+                f"model {model!r} stopped in the middle of its answer (its process may have "
+                "crashed); retry the request"
+            )
+            try:
+                await send.send(sse_error_event(error))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+
+def _forwardable(headers: list[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(name, value) for name, value in items if name.lower() not in _DROPPED_HEADERS]

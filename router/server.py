@@ -1,0 +1,120 @@
+"""Run the router: one Trio program that owns the HTTP server and every child.
+
+Shutdown (SIGINT, SIGTERM): the HTTP server stops accepting and lets running requests finish
+(``graceful_timeout_s``); then every child gets the graceful stop command, SIGTERM and SIGKILL
+in turn (``supervisor.py``); the router returns only when all of them have exited, and removes
+its private runtime directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from router.app import create_app
+from router.catalog import scan_models_dirs
+from router.pool import ModelPool
+from router.settings import RouterSettings
+from router.supervisor import Supervisor, SupervisorSettings
+
+log = logging.getLogger("router")
+
+
+def run_router(settings: RouterSettings) -> int:
+    """The ``llama-router serve`` command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("router").addHandler(handler)
+    logging.getLogger("router").setLevel(logging.INFO)
+    trio.run(serve_router, settings)
+    return 0
+
+
+async def serve_router(
+    settings: RouterSettings, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``task_status.started`` gets the listening address.
+
+    Cancellation: stops serving and stops every child (gracefully, then by force) first.
+    """
+    runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
+    try:
+        pool = ModelPool(scan_models_dirs(settings.models_dirs), models_max=settings.models_max)
+        log.info("models: %s", ", ".join(sorted(pool.models)) or "none")
+        # The chores (closing clients of exited children) outlive the children.
+        async with trio.open_nursery() as chores, trio.open_nursery() as children:
+            supervisor = Supervisor(
+                children,
+                SupervisorSettings(
+                    runtime_dir=runtime_dir,
+                    child_args=settings.child_args,
+                    stop_timeout_s=settings.stop_timeout_s,
+                    load_timeout_s=settings.load_timeout_s,
+                ),
+                events=pool,
+            )
+            pool.attach(supervisor, chores)
+            await _serve_http(settings, pool, task_status)
+            log.info("stopping every model")
+            await supervisor.stop_all()
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+    log.info("stopped")
+
+
+async def _serve_http(
+    settings: RouterSettings, pool: ModelPool, task_status: trio.TaskStatus[str]
+) -> None:
+    app = create_app(
+        pool, settings, rescan=lambda: pool.update_specs(scan_models_dirs(settings.models_dirs))
+    )
+    config = Config()
+    config.graceful_timeout = settings.graceful_timeout_s
+    config.keep_alive_timeout = 75
+    sock = _listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    address = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    stop.set()
+
+        nursery.start_soon(stop_on_signals)
+
+        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                config,
+                sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()  # served its last request: stop watching signals
+
+        await nursery.start(serve)
+        log.info("llama-router listening on %s", address)
+        task_status.started(address)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

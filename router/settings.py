@@ -1,0 +1,41 @@
+"""The router's settings: typed, frozen, validated in one place; where they came from is the
+command line's business (``cli.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.errors import RouterError
+
+
+class SettingsError(RouterError):
+    """A setting has a value the router cannot work with."""
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models_dirs: tuple[Path, ...] = ()
+    models_max: int = 4  # models loaded at once; 0 = unlimited
+    models_autoload: bool = True
+    api_keys: tuple[str, ...] = ()
+    child_args: tuple[str, ...] = ()  # passed to every child: -c, -ngl, -t, -np...
+    stop_timeout_s: float = 10.0
+    load_timeout_s: float = 600.0
+    graceful_timeout_s: float = 10.0  # how long running requests may finish on shutdown
+
+    def __post_init__(self) -> None:
+        if self.models_max < 0:
+            raise SettingsError(
+                f"--models-max must be 0 (unlimited) or more, not {self.models_max}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"--port must be between 0 and 65535, not {self.port}")
+        for key in self.api_keys:
+            if not key or key != key.strip():
+                raise SettingsError("an API key is empty or has surrounding spaces")
+        for folder in self.models_dirs:
+            if not folder.is_dir():
+                raise SettingsError(f"--models-dir {folder} is not a folder")

@@ -1,0 +1,235 @@
+"""Run and stop children: one nursery owns every child process, and their exits become events.
+
+Each child is ``trio.run_process`` in a task of the supervisor's nursery, in a process group of
+its own, speaking the lifeline protocol (``lifeline.py``) over stdin/stdout and serving on a
+Unix socket in the router's private runtime directory. The supervisor reports what happens
+(ready, exited) to its owner and decides nothing: the pool decides what to start and stop.
+
+Stopping a child, by request or because the router shuts down: the graceful ``stop`` command,
+then SIGTERM to its process group after ``stop_timeout_s``, then SIGKILL two seconds later.
+If the router itself dies, the kernel closes the children's stdin and they exit at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from router import lifeline
+from router.catalog import ModelSpec
+
+log = logging.getLogger("router.children")
+
+KILL_AFTER_TERM_S = 2.0
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """How a child ended."""
+
+    exit_code: int | None
+    last_error: str  # the last line it printed that looks like an error ("" if none)
+    was_stopped: bool  # we asked it to stop
+    was_ready: bool  # it had announced readiness
+
+
+class ChildEvents(Protocol):
+    def child_ready(self, model_id: str, address: str) -> None: ...
+
+    def child_exited(self, model_id: str, ended: ChildExit) -> None: ...
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    runtime_dir: Path
+    child_args: Sequence[str] = ()  # passed to every child (-c, -ngl, -t, -np...)
+    stop_timeout_s: float = 10.0
+    load_timeout_s: float = 600.0
+
+
+@dataclass
+class _Child:
+    spec: ModelSpec
+    argv: list[str]
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    exited: trio.Event = field(default_factory=trio.Event)
+    last_error: str = ""
+    last_line: str = ""
+    was_ready: bool = False
+
+
+class Supervisor:
+    def __init__(
+        self, nursery: trio.Nursery, settings: SupervisorSettings, events: ChildEvents
+    ) -> None:
+        self._nursery = nursery
+        self._settings = settings
+        self._events = events
+        self._children: dict[str, _Child] = {}
+
+    def command_for(self, spec: ModelSpec) -> list[str]:
+        socket_path = self._settings.runtime_dir / f"{_safe_name(spec.id)}.sock"
+        return [
+            sys.executable, "-m", "router", "child",
+            "--model", str(spec.path),
+            "--alias", spec.id,
+            "--unix-socket", str(socket_path),
+            *self._settings.child_args,
+        ]  # fmt: skip
+
+    def start(self, spec: ModelSpec) -> list[str]:
+        """Start ``spec``'s child in the background; return its argv. One child per model."""
+        if spec.id in self._children:
+            raise RuntimeError(f"model {spec.id!r} already has a child")
+        child = _Child(spec=spec, argv=self.command_for(spec))
+        self._children[spec.id] = child
+        self._nursery.start_soon(self._run, child, name=f"child {spec.id}")
+        return child.argv
+
+    def stop(self, model_id: str) -> None:
+        """Ask ``model_id``'s child to stop (gracefully first); no-op if it has none."""
+        child = self._children.get(model_id)
+        if child is not None:
+            child.stop_requested.set()
+
+    async def stop_all(self) -> None:
+        """Stop every child the graceful way and wait until all have exited.
+
+        Each child is bounded by ``stop_timeout_s`` plus the SIGTERM and SIGKILL steps.
+        Cancellation: returns early; cancelling the supervisor's nursery then stops the rest
+        (trio's ``run_process`` runs the same stop sequence, shielded).
+        """
+        children = list(self._children.values())
+        for child in children:
+            child.stop_requested.set()
+        for child in children:
+            await child.exited.wait()
+
+    async def _run(self, child: _Child) -> None:
+        secret = lifeline.new_secret()
+        env = {**os.environ, lifeline.ENV_VAR: secret}
+        process: trio.Process | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        child.argv,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        env=env,
+                        start_new_session=True,  # its own process group, killed as one
+                        check=False,
+                        deliver_cancel=partial(self._terminate, child),
+                    )
+                )
+                stderr_done = trio.Event()
+                nursery.start_soon(self._forward_stderr, child, process, stderr_done)
+                nursery.start_soon(self._await_ready, child, process, secret)
+                nursery.start_soon(self._stop_when_asked, child, process)
+                await process.wait()
+                with trio.move_on_after(1):
+                    await stderr_done.wait()  # keep the last lines: they say why it died
+                nursery.cancel_scope.cancel()
+        finally:
+            del self._children[child.spec.id]
+            child.exited.set()
+            exit_code = process.returncode if process is not None else None
+            ended = ChildExit(
+                exit_code=exit_code,
+                last_error=child.last_error or child.last_line,
+                was_stopped=child.stop_requested.is_set(),
+                was_ready=child.was_ready,
+            )
+            log.info("[%s] exited with code %s", child.spec.id, exit_code)
+            self._events.child_exited(child.spec.id, ended)
+
+    async def _await_ready(self, child: _Child, process: trio.Process, secret: str) -> None:
+        """Read the child's stdout until its ready line; stop it if that takes too long."""
+        assert process.stdout is not None
+        buffer = b""
+        with trio.move_on_after(self._settings.load_timeout_s) as timer:
+            async for data in process.stdout:
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    address = lifeline.ready_address(line.decode(errors="replace"), secret)
+                    if address is not None and not child.was_ready:
+                        child.was_ready = True
+                        self._events.child_ready(child.spec.id, address)
+        if timer.cancelled_caught and not child.was_ready:
+            child.last_error = (
+                f"not ready after {self._settings.load_timeout_s:g}s (load timeout); stopped"
+            )
+            child.stop_requested.set()
+
+    async def _forward_stderr(self, child: _Child, process: trio.Process, done: trio.Event) -> None:
+        """Log each line as ``[model] line``; remember the last one that reads as an error."""
+        assert process.stderr is not None
+        buffer = b""
+        try:
+            async for data in process.stderr:
+                buffer += data
+                while b"\n" in buffer:
+                    raw, buffer = buffer.split(b"\n", 1)
+                    self._note_line(child, raw.decode(errors="replace").rstrip())
+            if buffer:
+                self._note_line(child, buffer.decode(errors="replace").rstrip())
+        finally:
+            done.set()
+
+    @staticmethod
+    def _note_line(child: _Child, line: str) -> None:
+        if not line:
+            return
+        log.info("[%s] %s", child.spec.id, line)
+        child.last_line = line
+        if "error" in line.lower():
+            child.last_error = line.removeprefix("error: ")
+
+    async def _stop_when_asked(self, child: _Child, process: trio.Process) -> None:
+        await child.stop_requested.wait()
+        await self._terminate(child, process)
+
+    async def _terminate(self, child: _Child, process: trio.Process) -> None:
+        """Graceful stop command, then SIGTERM, then SIGKILL to the process group.
+
+        Cancellation: trio runs this shielded when the router shuts down; its own deadlines
+        bound it to ``stop_timeout_s`` plus two seconds.
+        """
+        child.stop_requested.set()
+        timeout_s = self._settings.stop_timeout_s
+        if process.stdin is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await process.stdin.send_all(lifeline.stop_command(timeout_s))
+        with trio.move_on_after(timeout_s + 1):
+            await process.wait()
+            return
+        _signal_group(process, signal.SIGTERM)
+        with trio.move_on_after(KILL_AFTER_TERM_S):
+            await process.wait()
+            return
+        _signal_group(process, signal.SIGKILL)
+        await process.wait()
+
+
+def _signal_group(process: trio.Process, signum: int) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+
+def _safe_name(model_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[:80]
