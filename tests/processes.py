@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,3 +131,98 @@ def run_child_to_exit(model: Path, *args: str, timeout_s: float = 60) -> tuple[i
     with _spawned(child_command(model, "--port", "0", *args), secret) as (process, stderr):
         code = process.wait(timeout=timeout_s)
     return code, "".join(stderr)
+
+
+# ---- the router ------------------------------------------------------------------------------
+
+
+@dataclass
+class RouterProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    stderr_lines: list[str]
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def stderr_text(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def child_pids(self) -> dict[str, int]:
+        """The router's live children, by the model id they serve."""
+        return {model: pid for pid, model in _children_of(self.process.pid) if model is not None}
+
+
+def _children_of(parent: int) -> list[tuple[int, str | None]]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) != parent or fields[0] == "Z":
+            continue
+        args = [arg.decode() for arg in cmdline]
+        model = args[args.index("--alias") + 1] if "--alias" in args else None
+        found.append((int(stat.parent.name), model))
+    return found
+
+
+def pid_is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextmanager
+def running_router(models_dir: Path, *args: str) -> Iterator[RouterProcess]:
+    """Start ``llama-router serve`` on a free port; kill it and every child afterwards."""
+    command = [
+        sys.executable, "-m", "router", "serve", "--models-dir", str(models_dir),
+        "--port", "0", "--threads", "1", *args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    stderr_lines: list[str] = []
+    listening: list[str] = []
+
+    def collect() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            stderr_lines.append(line)
+            if "listening on " in line and not listening:
+                listening.append(line.rsplit("listening on ", 1)[1].strip())
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not listening:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"router did not start:\n{''.join(stderr_lines)}")
+            time.sleep(0.02)
+        router = RouterProcess(process=process, base_url=listening[0], stderr_lines=stderr_lines)
+        yield router
+    finally:
+        children = [pid for pid, _ in _children_of(process.pid)]
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        for pid in children:  # each child has a process group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        reader.join(timeout=5)
+        if process.stderr is not None:
+            process.stderr.close()

@@ -1,0 +1,135 @@
+"""Children that crash or fail to load, and a router that dies: nothing hangs, nothing leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import pid_is_alive, running_router
+from tests.test_router_e2e import LONG_STREAM, statuses, wait_until
+from tests.tiny_models import write_tiny_llama, write_truncated_gguf
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("supervised")
+    write_tiny_llama(folder / "good.gguf", context_length=65536)
+    write_tiny_llama(folder / "other.gguf", seed=4)
+    write_truncated_gguf(folder / "broken.gguf", folder / "good.gguf")
+    return folder
+
+
+def model_entry(base_url: str, model: str) -> dict[str, object]:
+    data = httpx.get(f"{base_url}/models").json()["data"]
+    entry: dict[str, object] = next(e for e in data if e["id"] == model)
+    return entry
+
+
+def test_child_killed_mid_stream_ends_the_stream_with_an_error_then_reloads(
+    models: Path,
+) -> None:
+    with running_router(models) as router:
+        with httpx.stream(
+            "POST",
+            f"{router.base_url}/v1/completions",
+            json={**LONG_STREAM, "model": "good"},
+            timeout=30,
+        ) as response:
+            lines = response.iter_lines()
+            next(lines)
+            os.kill(router.child_pids()["good"], signal.SIGKILL)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest, "the stream ended without a word"
+        last = json.loads(rest[-1][len("data: ") :])
+        assert "crashed" in last["error"]["message"]
+        wait_until(lambda: statuses(router)["good"] == "unloaded", "the crash is noticed")
+        status = model_entry(router.base_url, "good")["status"]
+        assert status["failed"] is True  # type: ignore[index]
+        assert status["exit_code"] == -signal.SIGKILL  # type: ignore[index]
+        again = httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "good", "prompt": "x", "max_tokens": 2},
+            timeout=30,
+        )
+        assert again.status_code == 200
+        assert statuses(router)["good"] == "loaded"
+        assert "failed" not in model_entry(router.base_url, "good")["status"]  # type: ignore[operator]
+
+
+def test_load_failure_reaches_the_waiters_then_backs_off(models: Path) -> None:
+    with running_router(models) as router:
+        first = httpx.post(
+            f"{router.base_url}/v1/completions", json={"model": "broken", "prompt": "x"}, timeout=30
+        )
+        assert first.status_code == 503
+        assert "not within the file bounds" in first.json()["error"]["message"]
+        status = model_entry(router.base_url, "broken")["status"]
+        assert status["failed"] is True  # type: ignore[index]
+        assert status["exit_code"] == 1  # type: ignore[index]
+        second = httpx.post(
+            f"{router.base_url}/v1/completions", json={"model": "broken", "prompt": "x"}, timeout=30
+        )
+        assert second.status_code == 503  # retried once at once, failed again
+        third = httpx.post(
+            f"{router.base_url}/v1/completions", json={"model": "broken", "prompt": "x"}, timeout=30
+        )
+        assert "failed 2 times in a row" in third.json()["error"]["message"]
+        assert router.stderr_text().count("loading model broken") == 2  # no hot loop
+        ok = httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "other", "prompt": "x", "max_tokens": 1},
+            timeout=30,
+        )
+        assert ok.status_code == 200  # other models are untouched
+
+
+def test_router_sigkill_leaves_no_child_behind(models: Path) -> None:
+    with running_router(models) as router:
+        for model in ("good", "other"):
+            httpx.post(
+                f"{router.base_url}/v1/completions",
+                json={"model": model, "prompt": "x", "max_tokens": 1},
+                timeout=30,
+            )
+        children = list(router.child_pids().values())
+        assert len(children) == 2
+        router.process.send_signal(signal.SIGKILL)
+        router.process.wait(timeout=5)
+        deadline = time.monotonic() + 2.0
+        while any(pid_is_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not [pid for pid in children if pid_is_alive(pid)]
+
+
+def test_router_sigterm_stops_children_gracefully_and_exits(models: Path) -> None:
+    with running_router(models) as router:
+        httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "good", "prompt": "x", "max_tokens": 1},
+            timeout=30,
+        )
+        children = list(router.child_pids().values())
+        router.process.send_signal(signal.SIGTERM)
+        assert router.process.wait(timeout=30) == 0
+        assert not [pid for pid in children if pid_is_alive(pid)]
+        assert "[good] stopping" in router.stderr_text()
+        socket_dir = Path(router.stderr_text().split("unix:")[1].split()[0]).parent
+        assert not socket_dir.exists()  # the private runtime directory is removed
+
+
+def test_runtime_directory_is_private(models: Path) -> None:
+    with running_router(models) as router:
+        httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "good", "prompt": "x", "max_tokens": 1},
+            timeout=30,
+        )
+        socket_path = Path(router.stderr_text().split("unix:")[1].split()[0])
+        assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+        assert socket_path.stat().st_mode & 0o777 == 0o600
