@@ -3,13 +3,13 @@
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
-MODEL ?= models/gemma-3-270m-q4_k_m.gguf
+MODELS ?= models
 
-## serve: set up .venv, assemble the default model (Gemma 3 270M) and serve it on $(HOST):$(PORT)
+## serve: set up .venv, put the default model (Gemma 3 270M) in models/, serve models/ on $(HOST):$(PORT)
 serve:
 	bash scripts/bootstrap.sh gemma
 	.venv/bin/python scripts/default_model.py models
-	.venv/bin/llama-router child --model $(MODEL) --host $(HOST) --port $(PORT)
+	.venv/bin/llama-router serve --models-dir $(MODELS) --host $(HOST) --port $(PORT)
 
 ## test: set up .venv with the test tools, then lint, type-check and run every test
 test:

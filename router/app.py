@@ -23,9 +23,11 @@ from router.errors import (
     AuthenticationFailed,
     InvalidField,
     InvalidRequest,
+    PermissionDenied,
     RouterError,
     error_body,
 )
+from router.extra_args import checked_extra_args
 from router.jsonbody import parse_json_object
 from router.pool import ModelPool, ModelState
 from router.proxy import ForwardRequest, start_forward
@@ -94,8 +96,17 @@ def create_app(
 
     @app.post("/models/load")
     async def load() -> Response:
-        model = _model_field(parse_json_object(await _body()))
-        pool.request_load(model, app.nursery)
+        body = parse_json_object(await _body())
+        model = _model_field(body)
+        extra_args: tuple[str, ...] = ()
+        if body.get("args") is not None:
+            if not settings.models_allow_extra_args:
+                raise PermissionDenied(
+                    "this router takes no child arguments from clients; its operator can "
+                    "allow a safe set with --models-allow-extra-args"
+                )
+            extra_args = checked_extra_args(body["args"])
+        pool.request_load(model, app.nursery, extra_args=extra_args)
         return _json({"success": True})
 
     @app.post("/models/unload")

@@ -86,12 +86,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="file with one API key per line",
     )
     server.add_argument(
+        "--models-allow-extra-args",
+        action="store_true",
+        default=(_env("models-allow-extra-args") or "").lower() in ("1", "true"),
+        help="let POST /models/load pass child arguments (only -c, -ngl, -t, -tb, -b, -ub, "
+        "-np, -fa; default: off)",
+    )
+    server.add_argument(
         "--stop-timeout",
         type=float,
         default=float(_env("stop-timeout") or 10),
         help="seconds a stopping model may finish its requests (default: 10)",
     )
-    children = parser.add_argument_group("defaults passed to every model (as llama-server)")
+    children = parser.add_argument_group(
+        "defaults passed to every model",
+        description="the child's flags, as 'llama-router child --help' describes them",
+    )
     for flags, takes_value in CHILD_DEFAULTS:
         if takes_value:
             children.add_argument(*flags, dest=_dest(flags), default=_env(_dest(flags)))
@@ -179,6 +189,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             models_max=args.models_max,
             models_autoload=args.models_autoload,
             api_keys=tuple(keys),
+            models_allow_extra_args=args.models_allow_extra_args,
             child_args=child_args_from(args),
             stop_timeout_s=args.stop_timeout,
         )

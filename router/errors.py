@@ -8,7 +8,9 @@ The tree (HTTP status, OpenAI ``error.type``)::
     │   ├── InvalidField                400   one field has a wrong type or value; names the field
     │   └── ContextLengthExceeded       400   the prompt does not fit the model's context
     ├── AuthenticationFailed            401 authentication_error
+    ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error
+    ├── Conflict                        409 conflict_error
     ├── QueueFull                       429 rate_limit_error (carries Retry-After)
     ├── NotSupported                    501 not_supported_error
     └── Unavailable                     503 unavailable_error
@@ -77,6 +79,20 @@ class AuthenticationFailed(RouterError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDenied(RouterError):
+    """The router was not started to allow this."""
+
+    status = 403
+    error_type = "permission_error"
+
+
+class Conflict(RouterError):
+    """The request contradicts the model's current state."""
+
+    status = 409
+    error_type = "conflict_error"
 
 
 class ModelNotFound(RouterError):

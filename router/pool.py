@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from router.catalog import ModelSpec
-from router.errors import ModelLoadFailed, ModelNotFound, RouterError, Unavailable
+from router.errors import Conflict, ModelLoadFailed, ModelNotFound, RouterError, Unavailable
 from router.scheduler import ModelView, Status, Waiting, backoff_s, plan
 from router.supervisor import ChildExit, Supervisor
 
@@ -37,6 +37,7 @@ class ModelState:
     in_flight: int = 0
     last_used: float = 0.0
     args: list[str] | None = None
+    extra_args: tuple[str, ...] = ()  # from POST /models/load, for its next start
     failures: int = 0  # consecutive failed starts or crashes
     retry_at: float = -math.inf
     exit_code: int | None = None
@@ -145,9 +146,22 @@ class ModelPool:
             state.last_used = self._clock()
             self._reschedule()
 
-    def request_load(self, model_id: str, nursery: trio.Nursery) -> None:
-        """Start loading ``model_id`` in the background (``POST /models/load``)."""
+    def request_load(
+        self, model_id: str, nursery: trio.Nursery, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        """Start loading ``model_id`` in the background (``POST /models/load``).
+
+        ``extra_args`` (already checked against the allowlist) apply from this start on;
+        a model that runs with other arguments must be unloaded first (Conflict).
+        """
         state = self.resolve(model_id)
+        if extra_args and extra_args != state.extra_args:
+            if state.status is not Status.UNLOADED:
+                raise Conflict(
+                    f"model {state.spec.id!r} is {state.status.value} with other arguments; "
+                    "unload it first (POST /models/unload)"
+                )
+            state.extra_args = extra_args
 
         async def load_and_release() -> None:
             try:
@@ -235,7 +249,7 @@ class ModelPool:
         assert self._supervisor is not None
         state.status = Status.LOADING
         log.info("loading model %s", state.spec.id)
-        state.args = self._supervisor.start(state.spec)
+        state.args = self._supervisor.start(state.spec, extra_args=state.extra_args)
 
     def _begin_unload(self, state: ModelState) -> None:
         assert self._supervisor is not None

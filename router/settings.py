@@ -21,6 +21,7 @@ class RouterSettings:
     models_max: int = 4  # models loaded at once; 0 = unlimited
     models_autoload: bool = True
     api_keys: tuple[str, ...] = ()
+    models_allow_extra_args: bool = False  # POST /models/load may carry allowlisted "args"
     child_args: tuple[str, ...] = ()  # passed to every child: -c, -ngl, -t, -np...
     stop_timeout_s: float = 10.0
     load_timeout_s: float = 600.0

@@ -78,7 +78,8 @@ class Supervisor:
         self._events = events
         self._children: dict[str, _Child] = {}
 
-    def command_for(self, spec: ModelSpec) -> list[str]:
+    def command_for(self, spec: ModelSpec, extra_args: Sequence[str] = ()) -> list[str]:
+        """The child's argv: the router's defaults for every model, then this load's own."""
         socket_path = self._settings.runtime_dir / f"{_safe_name(spec.id)}.sock"
         return [
             sys.executable, "-m", "router", "child",
@@ -86,13 +87,14 @@ class Supervisor:
             "--alias", spec.id,
             "--unix-socket", str(socket_path),
             *self._settings.child_args,
+            *extra_args,
         ]  # fmt: skip
 
-    def start(self, spec: ModelSpec) -> list[str]:
+    def start(self, spec: ModelSpec, *, extra_args: Sequence[str] = ()) -> list[str]:
         """Start ``spec``'s child in the background; return its argv. One child per model."""
         if spec.id in self._children:
             raise RuntimeError(f"model {spec.id!r} already has a child")
-        child = _Child(spec=spec, argv=self.command_for(spec))
+        child = _Child(spec=spec, argv=self.command_for(spec, extra_args))
         self._children[spec.id] = child
         self._nursery.start_soon(self._run, child, name=f"child {spec.id}")
         return child.argv

@@ -1,0 +1,74 @@
+"""Child arguments from clients: off by default, allowlisted when on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.errors import InvalidField
+from router.extra_args import checked_extra_args
+from tests.processes import running_router
+from tests.test_router_e2e import statuses, wait_until
+from tests.tiny_models import write_tiny_llama
+
+
+def test_allowed_pairs_pass() -> None:
+    assert checked_extra_args(["-c", "256", "--flash-attn", "off"]) == (
+        "-c", "256", "--flash-attn", "off",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "/etc/passwd"],
+        ["--unix-socket", "/tmp/x"],
+        ["-c"],
+        ["-c", "8192; rm -rf /"],
+        ["-fa", "maybe"],
+        "-c 256",
+        [["-c", "1"]],
+    ],
+)
+def test_anything_else_is_refused_naming_args(args: object) -> None:
+    with pytest.raises(InvalidField) as caught:
+        checked_extra_args(args)
+    assert caught.value.param == "args"
+
+
+@pytest.fixture(scope="module")
+def one_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("extra")
+    write_tiny_llama(folder / "m.gguf")
+    return folder
+
+
+def test_extra_args_are_refused_unless_allowed(one_model: Path) -> None:
+    with running_router(one_model) as router:
+        response = httpx.post(
+            f"{router.base_url}/models/load", json={"model": "m", "args": ["-c", "256"]}
+        )
+        assert response.status_code == 403
+        assert "--models-allow-extra-args" in response.json()["error"]["message"]
+
+
+def test_allowed_extra_args_reach_the_child(one_model: Path) -> None:
+    with running_router(one_model, "--models-allow-extra-args") as router:
+        bad = httpx.post(
+            f"{router.base_url}/models/load",
+            json={"model": "m", "args": ["--model", "/etc/passwd"]},
+        )
+        assert bad.status_code == 400
+        good = httpx.post(
+            f"{router.base_url}/models/load", json={"model": "m", "args": ["-c", "256"]}
+        )
+        assert good.json() == {"success": True}
+        wait_until(lambda: statuses(router)["m"] == "loaded", "m is loaded")
+        props = httpx.get(f"{router.base_url}/props", params={"model": "m"}).json()
+        assert props["default_generation_settings"]["n_ctx"] == 256
+        conflict = httpx.post(
+            f"{router.base_url}/models/load", json={"model": "m", "args": ["-c", "512"]}
+        )
+        assert conflict.status_code == 409
