@@ -252,10 +252,23 @@ class ModelPool:
         state.args = self._supervisor.start(state.spec, extra_args=state.extra_args)
 
     def _begin_unload(self, state: ModelState) -> None:
-        assert self._supervisor is not None
+        assert self._supervisor is not None and self._nursery is not None
         state.status = Status.UNLOADING
         log.info("unloading model %s", state.spec.id)
-        self._supervisor.stop(state.spec.id)
+        client, supervisor = state.client, self._supervisor
+        if client is None or state.in_flight > 0:
+            supervisor.stop(state.spec.id)
+            return
+        # Idle: close our keep-alive connections first, so the child need not wait for them.
+        state.client = None
+
+        async def close_then_stop() -> None:
+            try:
+                await client.aclose()
+            finally:
+                supervisor.stop(state.spec.id)
+
+        self._nursery.start_soon(close_then_stop)
 
     def _load_error(self, state: ModelState) -> RouterError:
         reason = state.last_error or f"its process exited with code {state.exit_code}"

@@ -133,3 +133,25 @@ def test_runtime_directory_is_private(models: Path) -> None:
         socket_path = Path(router.stderr_text().split("unix:")[1].split()[0])
         assert socket_path.parent.stat().st_mode & 0o777 == 0o700
         assert socket_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_swapping_models_leaks_no_file_descriptors_or_processes(models: Path) -> None:
+    with running_router(models, "--models-max", "1") as router:
+        fd_dir = Path(f"/proc/{router.process.pid}/fd")
+
+        def swap(rounds: int) -> None:
+            for _ in range(rounds):
+                for model in ("good", "other"):
+                    response = httpx.post(
+                        f"{router.base_url}/v1/completions",
+                        json={"model": model, "prompt": "x", "max_tokens": 1},
+                        timeout=30,
+                    )
+                    assert response.status_code == 200
+
+        swap(2)  # warm up: imports, the HTTP connection pool
+        before = len(list(fd_dir.iterdir()))
+        swap(4)
+        after = len(list(fd_dir.iterdir()))
+        assert after <= before
+        assert len(router.child_pids()) == 1

@@ -233,6 +233,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         else:
             tokens = _checked_token_ids(parsed.prompt, info.n_vocab)
             prompt_text = engine.detokenize(tokens)
+        engine.check_sampling(parsed.settings.sampling)
         generation = _generation_request(tokens, parsed.settings, "prompt", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="cmpl")
         echo = prompt_text if parsed.echo else ""
@@ -267,6 +268,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         prompt = engine.format_chat(parsed.messages, **parsed.template_args)
         starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
         tokens = engine.tokenize(prompt, add_special=not starts_with_bos, parse_special=True)
+        engine.check_sampling(parsed.settings.sampling)
         generation = _generation_request(tokens, parsed.settings, "messages", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
         if not parsed.settings.stream:

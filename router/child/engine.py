@@ -45,6 +45,7 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF; JSON schemas are converted before they get here
+    grammar_field: str = "grammar"  # the request field it came from, for error messages
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class Engine(Protocol):
 
     def slot_states(self) -> list[SlotState]:
         """What each slot is doing now."""
+
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        """Raise InvalidField if the model cannot use ``sampling`` (a bad grammar, a token
+        id outside the vocabulary): found here, it is a 400, not a crash mid-generation."""
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """Text to token ids."""

@@ -158,6 +158,27 @@ class LlamaCppEngine:
             for index, slot in enumerate(self._slots)
         ]
 
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        for token in sampling.logit_bias:
+            if not 0 <= token < self.info.n_vocab:
+                raise InvalidField(
+                    "logit_bias",
+                    f"has token id {token}, outside the vocabulary (0-{self.info.n_vocab - 1})",
+                )
+        if sampling.grammar is not None:
+            recent_llama_errors()
+            # llama.cpp returns NULL for a grammar it cannot parse, and llama-cpp-python would
+            # add that NULL to the sampler chain and crash the process: try it here first.
+            checked = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, sampling.grammar.encode("utf-8"), b"root"
+            )
+            if not checked:
+                reason = recent_llama_errors() or "it does not parse"
+                raise InvalidField(
+                    sampling.grammar_field, f"holds a grammar llama.cpp rejects: {reason}"
+                )
+            llama_cpp.llama_sampler_free(checked)
+
     # ---- text <-> tokens -----------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

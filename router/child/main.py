@@ -30,6 +30,7 @@ log = logging.getLogger("router.child")
 
 DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
 GRACE_FOR_ERROR_BODIES_S = 1.0
+GRACE_FOR_LAST_BYTES_S = 0.2
 
 
 def run_child(engine_options: EngineOptions, serve_options: ServeOptions) -> int:
@@ -95,9 +96,12 @@ async def _serve_loaded(
         # Hypercorn's graceful shutdown would also wait for idle keep-alive connections (the
         # router keeps some open) until its timeout; so we wait for our own requests to end,
         # then give Hypercorn only the short grace needed to send error bodies.
-        with trio.move_on_after(timeout_s + GRACE_FOR_ERROR_BODIES_S):
+        with trio.move_on_after(timeout_s + GRACE_FOR_ERROR_BODIES_S) as waiting:
             await service.admission.wait_idle()
-        config.graceful_timeout = GRACE_FOR_ERROR_BODIES_S
+        # Cut requests need time to send their error bodies; finished ones only their last bytes.
+        config.graceful_timeout = (
+            GRACE_FOR_ERROR_BODIES_S if waiting.cancelled_caught else GRACE_FOR_LAST_BYTES_S
+        )
         stop_requested.set()
 
     def request_stop(timeout_s: float) -> None:

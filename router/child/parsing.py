@@ -205,6 +205,7 @@ def _generation_settings(
         seed=seed,
         logit_bias=_logit_bias(body.get("logit_bias")),
         grammar=_grammar(body),
+        grammar_field=_grammar_field(body),
     )
     return GenerationSettings(
         max_tokens=max_tokens,
@@ -240,6 +241,13 @@ def _logit_bias(raw: Any) -> dict[int, float]:
             raise InvalidField("logit_bias", f"has a non-numeric bias for token {token_id}")
         bias[token_id] = float(value)
     return bias
+
+
+def _grammar_field(body: Mapping[str, Any]) -> str:
+    for name in ("grammar", "json_schema", "response_format"):
+        if body.get(name) is not None:
+            return name
+    return "grammar"
 
 
 def _grammar(body: Mapping[str, Any]) -> str | None:
