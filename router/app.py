@@ -6,8 +6,6 @@ the pool (model management) or the proxy (everything else). Errors leave as Open
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,75 +14,39 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import HTTPException
 
 import router
 from router.errors import (
-    AuthenticationFailed,
     InvalidField,
     InvalidRequest,
     PermissionDenied,
-    RouterError,
-    error_body,
 )
 from router.extra_args import checked_extra_args
 from router.jsonbody import parse_json_object
 from router.pool import ModelPool, ModelState
 from router.proxy import ForwardRequest, start_forward
 from router.settings import RouterSettings
+from router.web import check_api_key, json_response, new_app, request_body
 
 log = logging.getLogger("router.app")
 
-PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def create_app(
     pool: ModelPool, settings: RouterSettings, *, rescan: Callable[[], None]
 ) -> QuartTrio:
-    app = QuartTrio("router")
-    app.config["RESPONSE_TIMEOUT"] = None  # streams last as long as generation does
-    app.config["BODY_TIMEOUT"] = 60
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app = new_app("router")
     started = int(time.time())
-    api_keys = [key.encode() for key in settings.api_keys]
 
     @app.before_request
-    async def check_api_key() -> None:
-        if not api_keys or request.path in PUBLIC_PATHS:
-            return
-        offered = request.headers.get("x-api-key", "")
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("bearer "):
-            offered = authorization[7:].strip()
-        # Compare with every key, always, so timing tells nothing about which one is close.
-        matches = [hmac.compare_digest(offered.encode(), key) for key in api_keys]
-        if not any(matches):
-            raise AuthenticationFailed(
-                "invalid or missing API key: send 'Authorization: Bearer KEY'"
-            )
-
-    @app.errorhandler(RouterError)
-    async def router_error(error: RouterError) -> Response:
-        return _json(error_body(error), error.status, error.headers())
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        kind = "not_found_error" if status == 404 else "invalid_request_error"
-        message = f"{request.method} {request.path}: {error.description}"
-        return _json({"error": {"message": message, "type": kind, "code": status}}, status)
-
-    @app.errorhandler(Exception)
-    async def unexpected_error(error: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        wrapped = RouterError(f"internal error: {type(error).__name__}: {error}")
-        return _json(error_body(wrapped), 500)
+    async def authenticate() -> None:
+        check_api_key(settings.api_keys)
 
     @app.get("/health")
     @app.get("/v1/health")
     async def health() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/models")
     @app.get("/v1/models")
@@ -92,11 +54,11 @@ def create_app(
         if request.args.get("reload") in ("1", "true"):
             rescan()
         data = [_model_entry(state, started) for state in pool.models.values()]
-        return _json({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data})
 
     @app.post("/models/load")
     async def load() -> Response:
-        body = parse_json_object(await _body())
+        body = parse_json_object(await request_body())
         model = _model_field(body)
         extra_args: tuple[str, ...] = ()
         if body.get("args") is not None:
@@ -107,19 +69,19 @@ def create_app(
                 )
             extra_args = checked_extra_args(body["args"])
         pool.request_load(model, app.nursery, extra_args=extra_args)
-        return _json({"success": True})
+        return json_response({"success": True})
 
     @app.post("/models/unload")
     async def unload() -> Response:
-        model = _model_field(parse_json_object(await _body()))
+        model = _model_field(parse_json_object(await request_body()))
         pool.request_unload(model)
-        return _json({"success": True})
+        return json_response({"success": True})
 
     @app.get("/props")
     async def props() -> Response:
         if request.args.get("model"):
             return await forward("props")
-        return _json(
+        return json_response(
             {
                 "role": "router",
                 "max_instances": settings.models_max,
@@ -130,7 +92,7 @@ def create_app(
 
     @app.route("/<path:path>", methods=FORWARDED_METHODS)
     async def forward(path: str) -> Response:
-        body = await _body()
+        body = await request_body()
         model = _requested_model(pool, body)
         autoload = settings.models_autoload
         if "autoload" in request.args:
@@ -203,16 +165,3 @@ def _model_entry(state: ModelState, created: int) -> dict[str, Any]:
         "in_flight": state.in_flight,
         "status": status,
     }
-
-
-async def _body() -> bytes:
-    data = await request.get_data(as_text=False)
-    return data if isinstance(data, bytes) else data.encode()
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(payload, ensure_ascii=False),
-        status=status,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )

@@ -6,8 +6,6 @@ inference logic lives here. Every error leaves as an OpenAI-style body (``errors
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,11 +14,10 @@ from typing import Any
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 import router
 from router.child import responses
-from router.child.engine import Finished, GenerationRequest, SamplingParams
+from router.child.engine import GenerationRequest, SamplingParams
 from router.child.parsing import (
     GenerationSettings,
     parse_chat,
@@ -29,27 +26,22 @@ from router.child.parsing import (
 )
 from router.child.service import ModelService, StreamItem
 from router.errors import (
-    AuthenticationFailed,
     ContextLengthExceeded,
     InvalidField,
     NotSupported,
-    RouterError,
     Unavailable,
-    error_body,
 )
 from router.jsonbody import parse_json_object
+from router.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
 
 log = logging.getLogger("router.child")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 
 
 def create_app(service: ModelService, *, model_id: str, api_key: str | None = None) -> QuartTrio:
     """The app serving ``service`` under the name ``model_id``."""
-    app = QuartTrio("router.child")
-    app.config["RESPONSE_TIMEOUT"] = None  # a long generation is not a hung one
-    app.config["BODY_TIMEOUT"] = 60
+    app = new_app("router.child")
     engine = service.engine
     info = engine.info
     created = int(time.time())
@@ -57,50 +49,24 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     app.extensions["llama_router_state"] = state
 
     @app.before_request
-    async def check_api_key() -> None:
+    async def admit() -> None:
         if request.path in PUBLIC_PATHS:
             return
         if state["is_stopping"]:
             raise Unavailable("the model is stopping and takes no new requests")
-        if api_key is None:
-            return
-        offered = request.headers.get("x-api-key", "")
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("bearer "):
-            offered = authorization[7:].strip()
-        if not hmac.compare_digest(offered.encode(), api_key.encode()):
-            raise AuthenticationFailed("invalid or missing API key")
-
-    @app.errorhandler(RouterError)
-    async def router_error(error: RouterError) -> Response:
-        return _json(error_body(error), error.status, error.headers())
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(
-            status, "invalid_request_error" if status < 500 else "server_error"
-        )
-        message = f"{request.method} {request.path}: {error.description}"
-        return _json({"error": {"message": message, "type": kind, "code": status}}, status)
-
-    @app.errorhandler(Exception)
-    async def unexpected_error(error: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        wrapped = RouterError(f"internal error: {type(error).__name__}: {error}")
-        return _json(error_body(wrapped), 500)
+        check_api_key([api_key] if api_key else [])
 
     @app.get("/health")
     @app.get("/v1/health")
     async def health() -> Response:
         if state["is_stopping"]:
             raise Unavailable("the server is shutting down")
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/v1/models")
     @app.get("/models")
     async def models() -> Response:
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": [
@@ -125,7 +91,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.get("/props")
     async def props() -> Response:
         defaults = SamplingParams()
-        return _json(
+        return json_response(
             {
                 "default_generation_settings": {
                     "id": 0,
@@ -180,7 +146,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.get("/slots")
     async def slots() -> Response:
-        return _json(
+        return json_response(
             [
                 {
                     "id": state.id,
@@ -194,7 +160,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.post("/tokenize")
     async def tokenize() -> Response:
-        body = parse_json_object(await _body())
+        body = parse_json_object(await request_body())
         content = body.get("content")
         if not isinstance(content, str):
             raise InvalidField("content", "is required and must be a string")
@@ -202,7 +168,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         parse_special = _flag(body, "parse_special", True)
         tokens = engine.tokenize(content, add_special=add_special, parse_special=parse_special)
         if not _flag(body, "with_pieces", False):
-            return _json({"tokens": tokens})
+            return json_response({"tokens": tokens})
         pieces: list[dict[str, Any]] = []
         for token in tokens:
             raw = engine.token_piece(token)
@@ -211,22 +177,22 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             except UnicodeDecodeError:
                 piece = list(raw)
             pieces.append({"id": token, "piece": piece})
-        return _json({"tokens": pieces})
+        return json_response({"tokens": pieces})
 
     @app.post("/detokenize")
     async def detokenize() -> Response:
-        body = parse_json_object(await _body())
+        body = parse_json_object(await request_body())
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) for t in tokens
         ):
             raise InvalidField("tokens", "is required and must be a list of token ids")
-        return _json({"content": engine.detokenize(tokens)})
+        return json_response({"content": engine.detokenize(tokens)})
 
     @app.post("/v1/completions")
     @app.post("/completions")
     async def completions() -> Response:
-        parsed = parse_completion(parse_json_object(await _body()))
+        parsed = parse_completion(parse_json_object(await request_body()))
         if isinstance(parsed.prompt, str):
             tokens = engine.tokenize(parsed.prompt, add_special=True, parse_special=True)
             prompt_text = parsed.prompt
@@ -239,32 +205,19 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         echo = prompt_text if parsed.echo else ""
         if not parsed.settings.stream:
             text, finished = await service.complete(generation)
-            return _json(responses.text_completion(ids, echo + text, finished))
+            return json_response(responses.text_completion(ids, echo + text, finished))
         channel = await service.start_stream(app.nursery, generation)
-
-        async def events() -> AsyncIterator[bytes]:
-            if echo:
-                yield responses.sse_event(responses.text_chunk(ids, echo))
-            async for item in _drain(channel):
-                if isinstance(item, str):
-                    yield responses.sse_event(responses.text_chunk(ids, item))
-                elif isinstance(item, Finished):
-                    yield responses.sse_event(responses.text_final_chunk(ids, item))
-                    if parsed.settings.include_usage:
-                        yield responses.sse_event(
-                            responses.usage_chunk(ids, item, "text_completion")
-                        )
-                else:
-                    yield responses.sse_error(item)
-                    return
-            yield responses.SSE_DONE
-
-        return Response(events(), headers=SSE_HEADERS)
+        events = responses.sse_events(
+            _drain(channel),
+            responses.text_stream(ids, echo),
+            include_usage=parsed.settings.include_usage,
+        )
+        return Response(events, headers=SSE_HEADERS)
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
-        parsed = parse_chat(parse_json_object(await _body()))
+        parsed = parse_chat(parse_json_object(await request_body()))
         prompt = engine.format_chat(parsed.messages, **parsed.template_args)
         starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
         tokens = engine.tokenize(prompt, add_special=not starts_with_bos, parse_special=True)
@@ -273,28 +226,14 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
         if not parsed.settings.stream:
             text, finished = await service.complete(generation)
-            return _json(responses.chat_completion(ids, text, finished))
+            return json_response(responses.chat_completion(ids, text, finished))
         channel = await service.start_stream(app.nursery, generation)
-
-        async def events() -> AsyncIterator[bytes]:
-            yield responses.sse_event(
-                responses.chat_chunk(ids, {"role": "assistant", "content": ""})
-            )
-            async for item in _drain(channel):
-                if isinstance(item, str):
-                    yield responses.sse_event(responses.chat_chunk(ids, {"content": item}))
-                elif isinstance(item, Finished):
-                    yield responses.sse_event(responses.chat_final_chunk(ids, item))
-                    if parsed.settings.include_usage:
-                        yield responses.sse_event(
-                            responses.usage_chunk(ids, item, "chat.completion.chunk")
-                        )
-                else:
-                    yield responses.sse_error(item)
-                    return
-            yield responses.SSE_DONE
-
-        return Response(events(), headers=SSE_HEADERS)
+        events = responses.sse_events(
+            _drain(channel),
+            responses.chat_stream(ids),
+            include_usage=parsed.settings.include_usage,
+        )
+        return Response(events, headers=SSE_HEADERS)
 
     @app.post("/v1/embeddings")
     @app.post("/embeddings")
@@ -304,7 +243,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "this model serves no embeddings: start it with --embeddings "
                 "(or `embeddings = true` in its config)"
             )
-        parsed = parse_embedding(parse_json_object(await _body()))
+        parsed = parse_embedding(parse_json_object(await request_body()))
         texts = [
             item if isinstance(item, str) else engine.detokenize(item) for item in parsed.inputs
         ]
@@ -313,7 +252,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             if n_tokens > info.n_ctx:
                 raise ContextLengthExceeded(f"input[{index}]", n_tokens, info.n_ctx)
         result = await service.embed(texts)
-        return _json(
+        return json_response(
             responses.embedding_list(
                 model_id, result.vectors, result.prompt_tokens, parsed.encoding_format
             )
@@ -329,11 +268,6 @@ async def _drain(
     with channel:
         async for item in channel:
             yield item
-
-
-async def _body() -> bytes:
-    data = await request.get_data(as_text=False)
-    return data if isinstance(data, bytes) else data.encode()
 
 
 def _generation_request(
@@ -364,11 +298,3 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise InvalidField(name, "must be true or false")
     return value
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(payload, ensure_ascii=False),
-        status=status,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )

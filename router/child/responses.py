@@ -7,6 +7,7 @@ import json
 import secrets
 import struct
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,3 +159,60 @@ def embedding_list(
         ],
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+# ---- streams ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How one endpoint shapes its SSE chunks."""
+
+    ids: ResponseIds
+    object_name: str
+    opening: tuple[dict[str, Any], ...]
+    piece: Callable[[str], dict[str, Any]]
+    final: Callable[[Finished], dict[str, Any]]
+
+
+def text_stream(ids: ResponseIds, echo: str = "") -> StreamFormat:
+    return StreamFormat(
+        ids=ids,
+        object_name="text_completion",
+        opening=(text_chunk(ids, echo),) if echo else (),
+        piece=lambda text: text_chunk(ids, text),
+        final=lambda finished: text_final_chunk(ids, finished),
+    )
+
+
+def chat_stream(ids: ResponseIds) -> StreamFormat:
+    return StreamFormat(
+        ids=ids,
+        object_name="chat.completion.chunk",
+        opening=(chat_chunk(ids, {"role": "assistant", "content": ""}),),
+        piece=lambda text: chat_chunk(ids, {"content": text}),
+        final=lambda finished: chat_final_chunk(ids, finished),
+    )
+
+
+async def sse_events(
+    items: AsyncIterable[str | Finished | RouterError],
+    shape: StreamFormat,
+    *,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """The SSE bytes for a generation: chunks, the finish, usage if asked, ``[DONE]``; or an
+    error event where the generation failed."""
+    for chunk in shape.opening:
+        yield sse_event(chunk)
+    async for item in items:
+        if isinstance(item, str):
+            yield sse_event(shape.piece(item))
+        elif isinstance(item, Finished):
+            yield sse_event(shape.final(item))
+            if include_usage:
+                yield sse_event(usage_chunk(shape.ids, item, shape.object_name))
+        else:
+            yield sse_error(item)
+            return
+    yield SSE_DONE
