@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
 import router
+from router.confd import effective_child_options
 from router.errors import (
     InvalidField,
     InvalidRequest,
@@ -53,8 +54,18 @@ def create_app(
     async def models() -> Response:
         if request.args.get("reload") in ("1", "true"):
             rescan()
-        data = [_model_entry(state, started) for state in pool.models.values()]
+        data = [_model_entry(state, started, settings) for state in pool.models.values()]
+        data += [
+            _invalid_entry(model_id, str(problem), started)
+            for model_id, problem in pool.problems.items()
+            if model_id not in pool.models
+        ]
         return json_response({"object": "list", "data": data})
+
+    @app.post("/models/reload")
+    async def reload() -> Response:
+        rescan()
+        return json_response({"success": True})
 
     @app.post("/models/load")
     async def load() -> Response:
@@ -146,7 +157,8 @@ def _model_field(body: dict[str, Any]) -> str:
     return model
 
 
-def _model_entry(state: ModelState, created: int) -> dict[str, Any]:
+def _model_entry(state: ModelState, created: int, settings: RouterSettings) -> dict[str, Any]:
+    spec = state.spec
     status: dict[str, Any] = {"value": state.status.value}
     if state.args is not None:
         status["args"] = state.args
@@ -154,14 +166,42 @@ def _model_entry(state: ModelState, created: int) -> dict[str, Any]:
         status["failed"] = True
         status["exit_code"] = state.exit_code
         status["error"] = state.last_error
-    return {
-        "id": state.spec.id,
+    if state.config_error:
+        status["config_error"] = state.config_error
+    entry: dict[str, Any] = {
+        "id": spec.id,
         "object": "model",
         "owned_by": "llama-router",
         "created": created,
-        "path": str(state.spec.path),
-        "aliases": list(state.spec.aliases),
-        "source": state.spec.source,
+        "path": str(spec.path) if spec.path else None,
+        "aliases": list(spec.aliases),
+        "source": spec.source,
         "in_flight": state.in_flight,
         "status": status,
+        "settings": {
+            "ttl": spec.ttl_s,
+            "pinned": spec.is_pinned,
+            "load_on_startup": spec.load_on_startup,
+            "stop_timeout": spec.stop_timeout_s or settings.stop_timeout_s,
+            "max_queue": spec.max_queue,
+            "args": effective_child_options(spec, settings.child_defaults, settings.child_options),
+        },
+    }
+    if spec.source_file is not None:
+        entry["file"] = str(spec.source_file)
+    if spec.description:
+        entry["description"] = spec.description
+    if spec.command is not None:
+        entry["command"] = list(spec.command)
+    return entry
+
+
+def _invalid_entry(model_id: str, error: str, created: int) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "owned_by": "llama-router",
+        "created": created,
+        "source": "file",
+        "status": {"value": "invalid", "error": error},
     }

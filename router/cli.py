@@ -12,27 +12,29 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import router
+from router.confd import CHILD_OPTIONS, RouterFileError, read_router_file
 
 ENV_PREFIX = "LLAMA_ROUTER_"
 COMMANDS = ("serve", "child")
 
-# Child options the router passes on to every model: (flags, takes a value).
-CHILD_DEFAULTS: list[tuple[tuple[str, ...], bool]] = [
-    (("-c", "--ctx-size"), True),
-    (("-ngl", "--n-gpu-layers"), True),
-    (("-t", "--threads"), True),
-    (("-tb", "--threads-batch"), True),
-    (("-b", "--batch-size"), True),
-    (("-ub", "--ubatch-size"), True),
-    (("-np", "--parallel"), True),
-    (("-fa", "--flash-attn"), True),
-    (("--chat-template",), True),
-    (("--max-queue",), True),
-    (("--embeddings",), False),
-    (("--no-mmap",), False),
-    (("--mlock",), False),
+# Child flags the router accepts and passes on to every model: (flags, conf.d [args] key).
+CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
+    (("-c", "--ctx-size"), "ctx_size"),
+    (("-ngl", "--n-gpu-layers"), "n_gpu_layers"),
+    (("-t", "--threads"), "threads"),
+    (("-tb", "--threads-batch"), "threads_batch"),
+    (("-b", "--batch-size"), "batch_size"),
+    (("-ub", "--ubatch-size"), "ubatch_size"),
+    (("-np", "--parallel"), "parallel"),
+    (("-fa", "--flash-attn"), "flash_attn"),
+    (("--chat-template",), "chat_template"),
+    (("--max-queue",), "max_queue"),
+    (("--embeddings",), "embeddings"),
+    (("--no-mmap",), "mmap"),
+    (("--mlock",), "mlock"),
 ]
 
 
@@ -45,54 +47,81 @@ def _env_list(name: str) -> list[str]:
     return [item for item in value.split(os.pathsep) if item] if value else []
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = _env(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server = parser.add_argument_group("router")
-    server.add_argument(
-        "--host", default=_env("host") or "127.0.0.1", help="address to bind (default: 127.0.0.1)"
-    )
-    server.add_argument(
-        "--port", type=int, default=int(_env("port") or 8080), help="port (default: 8080)"
-    )
-    server.add_argument(
+    add = server.add_argument
+    add("--host", default=_env("host") or "127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    add("--port", type=int, default=int(_env("port") or 8080), help="port (default: 8080)")
+    add(
         "--models-dir",
         type=Path,
         action="append",
         default=[Path(p) for p in _env_list("models-dir")],
         help="folder of GGUF models, as llama.cpp lays them out (repeatable)",
     )
-    server.add_argument(
+    add(
+        "--config",
+        type=Path,
+        default=_env("config"),
+        help="router.toml: [router] settings and [defaults] for every model "
+        "(default: router.toml beside conf.d/, if there)",
+    )
+    add(
+        "--conf-dir",
+        type=Path,
+        default=_env("conf-dir"),
+        help="folder of per-model TOML files, watched for changes (default: ./conf.d, if there)",
+    )
+    add(
         "--models-max",
         type=int,
         default=int(_env("models-max") or 4),
-        help="models loaded at once; the least recently used idle one is "
-        "unloaded to make room (default: 4; 0: no limit)",
+        help="models loaded at once; the least recently used idle one is unloaded to make "
+        "room (default: 4; 0: no limit)",
     )
-    server.add_argument(
+    add(
         "--models-autoload",
         action=argparse.BooleanOptionalAction,
-        default=(_env("models-autoload") or "1").lower() in ("1", "true", "yes"),
+        default=_env_flag("models-autoload", True),
         help="load a model when a request names it (default: on)",
     )
-    server.add_argument(
+    add(
         "--api-key",
         action="append",
         default=_env_list("api-key"),
         help="require this key as 'Authorization: Bearer KEY' (repeatable)",
     )
-    server.add_argument(
+    add(
         "--api-key-file",
         type=Path,
         default=_env("api-key-file"),
         help="file with one API key per line",
     )
-    server.add_argument(
+    add(
+        "--admin-api-key",
+        action="append",
+        default=_env_list("admin-api-key"),
+        help="a key that may also change model configs (repeatable)",
+    )
+    add(
         "--models-allow-extra-args",
         action="store_true",
-        default=(_env("models-allow-extra-args") or "").lower() in ("1", "true"),
+        default=_env_flag("models-allow-extra-args", False),
         help="let POST /models/load pass child arguments (only -c, -ngl, -t, -tb, -b, -ub, "
         "-np, -fa; default: off)",
     )
-    server.add_argument(
+    add(
+        "--allow-config-writes",
+        action="store_true",
+        default=_env_flag("allow-config-writes", False),
+        help="let PUT/PATCH/DELETE /models/{id}/config edit conf.d files (default: off)",
+    )
+    add(
         "--stop-timeout",
         type=float,
         default=float(_env("stop-timeout") or 10),
@@ -100,30 +129,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     children = parser.add_argument_group(
         "defaults passed to every model",
-        description="the child's flags, as 'llama-router child --help' describes them",
+        description="the child's flags, as 'llama-router child --help' describes them; "
+        "they override router.toml [defaults] and conf.d [args]",
     )
-    for flags, takes_value in CHILD_DEFAULTS:
-        if takes_value:
-            children.add_argument(*flags, dest=_dest(flags), default=_env(_dest(flags)))
+    for flags, key in CHILD_FLAGS:
+        kind = CHILD_OPTIONS[key][1]
+        if kind in (bool, "negated"):
+            children.add_argument(*flags, dest=key, action="store_true", default=None)
         else:
-            children.add_argument(
-                *flags, dest=_dest(flags), action="store_true", default=bool(_env(_dest(flags)))
-            )
+            value_type = int if kind is int else str
+            children.add_argument(*flags, dest=key, type=value_type, default=None)
 
 
-def _dest(flags: tuple[str, ...]) -> str:
-    return flags[-1].lstrip("-").replace("-", "_")
-
-
-def child_args_from(args: argparse.Namespace) -> tuple[str, ...]:
-    passed: list[str] = []
-    for flags, takes_value in CHILD_DEFAULTS:
-        value = getattr(args, _dest(flags))
-        if takes_value and value is not None:
-            passed += [flags[-1], str(value)]
-        elif not takes_value and value:
-            passed.append(flags[-1])
-    return tuple(passed)
+def child_options_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The child flags given on the command line, as conf.d [args] keys."""
+    options: dict[str, Any] = {}
+    for _, key in CHILD_FLAGS:
+        value = getattr(args, key)
+        if value is None:
+            continue
+        options[key] = (not value) if CHILD_OPTIONS[key][1] == "negated" else value
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,13 +190,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         engine_options, serve_options = options_from_arguments(args)
         return run_child(engine_options, serve_options)
-    return _serve(parser, args)
+    return _serve(parser, args, arguments)
 
 
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     from router.server import run_router
     from router.settings import RouterSettings, SettingsError
 
+    conf_dir = args.conf_dir if args.conf_dir is not None else _default_conf_dir()
+    config_path = args.config
+    if config_path is None and conf_dir is not None and (conf_dir.parent / "router.toml").is_file():
+        config_path = conf_dir.parent / "router.toml"
+    defaults: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            router_file = read_router_file(config_path)
+        except RouterFileError as exc:
+            parser.error(str(exc))
+        defaults = router_file.defaults
+        args = _with_router_file(parser, args, router_file.router, config_path, argv)
     keys = list(args.api_key)
     if args.api_key_file is not None:
         try:
@@ -185,17 +223,51 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         settings = RouterSettings(
             host=args.host,
             port=args.port,
-            models_dirs=tuple(args.models_dir),
+            models_dirs=tuple(Path(p) for p in args.models_dir),
             models_max=args.models_max,
             models_autoload=args.models_autoload,
             api_keys=tuple(keys),
+            admin_api_keys=tuple(args.admin_api_key),
             models_allow_extra_args=args.models_allow_extra_args,
-            child_args=child_args_from(args),
+            child_defaults=defaults,
+            child_options=child_options_from(args),
+            conf_dir=conf_dir,
+            allow_config_writes=args.allow_config_writes,
             stop_timeout_s=args.stop_timeout,
         )
     except SettingsError as exc:
         parser.error(exc.message)
     return run_router(settings)
+
+
+def _default_conf_dir() -> Path | None:
+    candidate = Path("conf.d")
+    return candidate if candidate.is_dir() else None
+
+
+def _with_router_file(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    values: dict[str, Any],
+    path: Path,
+    argv: list[str],
+) -> argparse.Namespace:
+    """``args`` with router.toml's [router] values where the command line gave none.
+
+    Precedence: command-line flags, then environment variables, then router.toml.
+    """
+    for key, value in values.items():
+        if not hasattr(args, key) or key in ("config", "conf_dir") or key in CHILD_OPTIONS:
+            parser.error(
+                f"{path}: [router] has no setting {key!r} (child options go in [defaults])"
+            )
+        flag = "--" + key.replace("_", "-")
+        if any(a == flag or a.startswith(flag + "=") for a in argv) or _env(key) is not None:
+            continue
+        if isinstance(getattr(args, key), list):
+            value = list(value) if isinstance(value, list) else [value]
+        setattr(args, key, value)
+    return args
 
 
 if __name__ == "__main__":

@@ -21,8 +21,16 @@ import httpx
 import trio
 
 from router.catalog import ModelSpec
-from router.errors import Conflict, ModelLoadFailed, ModelNotFound, RouterError, Unavailable
-from router.scheduler import ModelView, Status, Waiting, backoff_s, plan
+from router.confd import ConfigProblem
+from router.errors import (
+    Conflict,
+    ModelLoadFailed,
+    ModelNotFound,
+    QueueFull,
+    RouterError,
+    Unavailable,
+)
+from router.scheduler import ModelView, Status, Waiting, backoff_s, idle_expired, plan
 from router.supervisor import ChildExit, Supervisor
 
 log = logging.getLogger("router.pool")
@@ -44,6 +52,10 @@ class ModelState:
     last_error: str = ""
     is_failed: bool = False
     client: httpx.AsyncClient | None = None  # to the child, while it is loaded
+    config_error: str = ""  # its conf.d file is broken now; the last good settings stay
+    pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
+    restart_when_stopped: bool = False  # it was running when its settings changed
+    is_retired: bool = False  # its file was deleted: delisted once it has stopped
 
     def view(self) -> ModelView:
         return ModelView(
@@ -51,7 +63,9 @@ class ModelState:
             status=self.status,
             in_flight=self.in_flight,
             last_used=self.last_used,
+            is_pinned=self.spec.is_pinned,
             retry_at=self.retry_at,
+            ttl_s=self.spec.ttl_s,
         )
 
 
@@ -76,36 +90,97 @@ class ModelPool:
         self._clock = clock
         self._queue: list[_Waiter] = []
         self._tickets = itertools.count()
+        self.problems: dict[str, ConfigProblem] = {}  # conf.d files that cannot be used
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()  # wakes the idle timers after any change
 
     def attach(self, supervisor: Supervisor, nursery: trio.Nursery) -> None:
         """Connect the supervisor that runs children, and the nursery for small chores."""
         self._supervisor = supervisor
         self._nursery = nursery
 
-    def update_specs(self, specs: Mapping[str, ModelSpec]) -> None:
-        """Take a new scan: add new models, forget vanished ones that are not running."""
+    def apply_catalog(
+        self, specs: Mapping[str, ModelSpec], problems: Mapping[str, ConfigProblem]
+    ) -> None:
+        """Take a new view of the models (a rescan, a conf.d change) without restarting others.
+
+        New models are listed; a model whose file is gone is stopped gracefully, then delisted;
+        changed settings apply at once to an unloaded model, to an idle one by restarting it,
+        and to a busy one when its requests are done; a file that turned invalid keeps its
+        last good settings and shows the error.
+        """
+        self.problems = dict(problems)
+        for model_id, problem in problems.items():
+            if model_id in self.models:
+                self.models[model_id].config_error = str(problem)
         for model_id, spec in specs.items():
             state = self.models.get(model_id)
-            if state is None:
-                self.models[model_id] = ModelState(spec)
-            elif state.status is Status.UNLOADED:
-                state.spec = spec
-        for model_id in [m for m in self.models if m not in specs]:
-            state = self.models[model_id]
-            if state.status is Status.UNLOADED and not any(
-                w.model == model_id for w in self._queue
-            ):
-                del self.models[model_id]
+            if state is None or state.is_retired:
+                if state is None:
+                    self.models[model_id] = ModelState(spec)
+                else:
+                    state.is_retired, state.pending_spec = False, spec
+                    self._apply_pending_spec(state)
+                continue
+            state.config_error = ""
+            if spec != state.spec:
+                state.pending_spec = spec
+                self._apply_pending_spec(state)
+        for model_id in [m for m in self.models if m not in specs and m not in problems]:
+            self._retire(self.models[model_id])
+        self._reschedule()
+
+    def _apply_pending_spec(self, state: ModelState) -> None:
+        if state.pending_spec is None:
+            return
+        if state.status is Status.UNLOADED:
+            state.spec, state.pending_spec = state.pending_spec, None
+            state.failures, state.retry_at = 0, -math.inf
+        elif state.status is Status.LOADED and state.in_flight == 0:
+            log.info("model %s: new settings, restarting it", state.spec.id)
+            state.restart_when_stopped = True
+            self._begin_unload(state)
+
+    def _retire(self, state: ModelState) -> None:
+        state.is_retired = True
+        gone = ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
+        for waiter in [w for w in self._queue if w.model == state.spec.id]:
+            self._finish(waiter, gone)
+        if state.status is Status.UNLOADED:
+            del self.models[state.spec.id]
+        elif state.status in (Status.LOADED, Status.LOADING):
+            self._begin_unload(state)
+
+    async def run_idle_timers(self) -> None:
+        """Unload each model once it has been idle for its ``ttl``; runs until cancelled.
+
+        Idle time counts from the end of the model's last request. Cancellation: returns.
+        """
+        while True:
+            expired, next_deadline = idle_expired(
+                [state.view() for state in self.models.values()], self._clock()
+            )
+            for model_id in expired:
+                log.info("model %s idle for its ttl: unloading", model_id)
+                self._begin_unload(self.models[model_id])
+            with trio.move_on_at(next_deadline):
+                await self._changed.wait()
+            self._changed = trio.Event()
 
     # ---- requests ----------------------------------------------------------------------------
 
     def resolve(self, model_id: str) -> ModelState:
         state = self.models.get(model_id)
+        if state is not None and state.is_retired:
+            state = None
+        if state is None and model_id in self.problems:
+            raise Unavailable(
+                f"model {model_id!r} has an invalid configuration: {self.problems[model_id]}"
+            )
         if state is None:
             for candidate in self.models.values():
-                if model_id in candidate.spec.aliases:
+                if model_id in candidate.spec.aliases and not candidate.is_retired:
                     return candidate
             known = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFound(f"model {model_id!r} not found; known models: {known}")
@@ -125,6 +200,14 @@ class ModelPool:
                 f"model {state.spec.id!r} is {state.status.value} and autoload is off: "
                 "load it with POST /models/load, or ask with ?autoload=true"
             )
+        max_queue = state.spec.max_queue
+        if max_queue is not None and state.status is not Status.LOADED:
+            waiting = sum(1 for w in self._queue if w.model == state.spec.id)
+            if waiting >= max_queue:
+                raise QueueFull(
+                    f"{waiting} requests already wait for model {state.spec.id!r}, which is all "
+                    f"its max_queue allows; retry later"
+                )
         waiter = _Waiter(ticket=next(self._tickets), model=state.spec.id)
         self._queue.append(waiter)
         try:
@@ -144,6 +227,8 @@ class ModelPool:
         finally:
             state.in_flight -= 1
             state.last_used = self._clock()
+            if state.in_flight == 0:
+                self._apply_pending_spec(state)
             self._reschedule()
 
     def request_load(
@@ -216,11 +301,19 @@ class ModelPool:
             error = self._load_error(state)
             for waiter in [w for w in self._queue if w.model == model_id]:
                 self._finish(waiter, error)
+        if state.is_retired:
+            del self.models[model_id]
+        else:
+            self._apply_pending_spec(state)
+            if state.restart_when_stopped and self._nursery is not None:
+                state.restart_when_stopped = False
+                self.request_load(model_id, self._nursery)
         self._reschedule()
 
     # ---- the one place decisions are carried out ------------------------------------------------
 
     def _reschedule(self) -> None:
+        self._changed.set()
         decisions = plan(
             {model_id: state.view() for model_id, state in self.models.items()},
             [Waiting(w.ticket, w.model) for w in self._queue],

@@ -44,6 +44,7 @@ class ModelView:
     last_used: float = 0.0  # when its last request finished (monotonic seconds)
     is_pinned: bool = False
     retry_at: float = -math.inf  # backoff: not restarted before this time
+    ttl_s: float = 0.0  # unloaded after this long idle; 0: never
 
     @property
     def is_idle(self) -> bool:
@@ -126,6 +127,24 @@ def plan(
                 claimed.discard(model.id)
                 is_blocked = True  # first in, first out: later slot seekers wait behind it
     return Plan(tuple(admit), tuple(refuse), tuple(load), tuple(unload))
+
+
+def idle_expired(models: Sequence[ModelView], now: float) -> tuple[list[str], float]:
+    """The idle models whose ttl has run out, and when the next one will (inf: none).
+
+    Idle time counts from the end of the last request, never from its start.
+    """
+    expired: list[str] = []
+    next_deadline = math.inf
+    for model in models:
+        if model.ttl_s <= 0 or not model.is_idle:
+            continue
+        deadline = model.last_used + model.ttl_s
+        if deadline <= now:
+            expired.append(model.id)
+        else:
+            next_deadline = min(next_deadline, deadline)
+    return expired, next_deadline
 
 
 def backoff_s(consecutive_failures: int) -> float:

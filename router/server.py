@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -23,9 +24,11 @@ from hypercorn.utils import wrap_app
 
 from router.app import create_app
 from router.catalog import scan_models_dirs
+from router.confd import merge_catalog, scan_conf_dir
 from router.pool import ModelPool
 from router.settings import RouterSettings
 from router.supervisor import Supervisor, SupervisorSettings
+from router.watch import watch_conf_dir
 
 log = logging.getLogger("router")
 
@@ -49,7 +52,17 @@ async def serve_router(
     """
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
-        pool = ModelPool(scan_models_dirs(settings.models_dirs), models_max=settings.models_max)
+        pool = ModelPool({}, models_max=settings.models_max)
+
+        def rescan() -> None:
+            specs, problems = merge_catalog(
+                scan_models_dirs(settings.models_dirs), scan_conf_dir(settings.conf_dir)
+            )
+            for problem in problems.values():
+                log.warning("config: %s", problem)
+            pool.apply_catalog(specs, problems)
+
+        rescan()
         log.info("models: %s", ", ".join(sorted(pool.models)) or "none")
         # The chores (closing clients of exited children) outlive the children.
         async with trio.open_nursery() as chores, trio.open_nursery() as children:
@@ -57,14 +70,24 @@ async def serve_router(
                 children,
                 SupervisorSettings(
                     runtime_dir=runtime_dir,
-                    child_args=settings.child_args,
+                    child_defaults=settings.child_defaults,
+                    child_options=settings.child_options,
                     stop_timeout_s=settings.stop_timeout_s,
                     load_timeout_s=settings.load_timeout_s,
                 ),
                 events=pool,
             )
             pool.attach(supervisor, chores)
-            await _serve_http(settings, pool, task_status)
+            for state in list(pool.models.values()):
+                if state.spec.load_on_startup:
+                    pool.request_load(state.spec.id, chores)
+            async with trio.open_nursery() as background:
+                background.start_soon(pool.run_idle_timers)
+                background.start_soon(_rescan_on_sighup, rescan)
+                if settings.conf_dir is not None:
+                    background.start_soon(watch_conf_dir, settings.conf_dir, rescan)
+                await _serve_http(settings, pool, rescan, task_status)
+                background.cancel_scope.cancel()
             log.info("stopping every model")
             await supervisor.stop_all()
     finally:
@@ -72,12 +95,20 @@ async def serve_router(
     log.info("stopped")
 
 
+async def _rescan_on_sighup(rescan: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading the model list and conf.d")
+            rescan()
+
+
 async def _serve_http(
-    settings: RouterSettings, pool: ModelPool, task_status: trio.TaskStatus[str]
+    settings: RouterSettings,
+    pool: ModelPool,
+    rescan: Callable[[], None],
+    task_status: trio.TaskStatus[str],
 ) -> None:
-    app = create_app(
-        pool, settings, rescan=lambda: pool.update_specs(scan_models_dirs(settings.models_dirs))
-    )
+    app = create_app(pool, settings, rescan=rescan)
     config = Config()
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75

@@ -3,8 +3,10 @@ command line's business (``cli.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from router.errors import RouterError
 
@@ -22,7 +24,13 @@ class RouterSettings:
     models_autoload: bool = True
     api_keys: tuple[str, ...] = ()
     models_allow_extra_args: bool = False  # POST /models/load may carry allowlisted "args"
-    child_args: tuple[str, ...] = ()  # passed to every child: -c, -ngl, -t, -np...
+    # Child options (confd.CHILD_OPTIONS keys), lowest precedence first: router.toml's
+    # [defaults], then each model's [args], then these from the command line.
+    child_defaults: Mapping[str, Any] = field(default_factory=dict)
+    child_options: Mapping[str, Any] = field(default_factory=dict)
+    conf_dir: Path | None = None
+    allow_config_writes: bool = False  # PUT/PATCH/DELETE /models/{id}/config
+    admin_api_keys: tuple[str, ...] = ()  # required for config writes when keys are set
     stop_timeout_s: float = 10.0
     load_timeout_s: float = 600.0
     graceful_timeout_s: float = 10.0  # how long running requests may finish on shutdown
@@ -34,7 +42,7 @@ class RouterSettings:
             )
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"--port must be between 0 and 65535, not {self.port}")
-        for key in self.api_keys:
+        for key in (*self.api_keys, *self.admin_api_keys):
             if not key or key != key.strip():
                 raise SettingsError("an API key is empty or has surrounding spaces")
         for folder in self.models_dirs:

@@ -16,18 +16,21 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import httpx
 import trio
 
 from router import lifeline
 from router.catalog import ModelSpec
+from router.confd import child_argv, effective_child_options
 
 log = logging.getLogger("router.children")
 
@@ -53,15 +56,18 @@ class ChildEvents(Protocol):
 @dataclass(frozen=True)
 class SupervisorSettings:
     runtime_dir: Path
-    child_args: Sequence[str] = ()  # passed to every child (-c, -ngl, -t, -np...)
+    child_defaults: Mapping[str, Any] = field(default_factory=dict)  # router.toml [defaults]
+    child_options: Mapping[str, Any] = field(default_factory=dict)  # command-line child flags
     stop_timeout_s: float = 10.0
     load_timeout_s: float = 600.0
+    health_poll_s: float = 0.1  # how often a 'command' child's health path is tried
 
 
 @dataclass
 class _Child:
     spec: ModelSpec
     argv: list[str]
+    port: int | None  # a 'command' child's TCP port; None for our own children (Unix socket)
     stop_requested: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
     last_error: str = ""
@@ -78,15 +84,27 @@ class Supervisor:
         self._events = events
         self._children: dict[str, _Child] = {}
 
-    def command_for(self, spec: ModelSpec, extra_args: Sequence[str] = ()) -> list[str]:
-        """The child's argv: the router's defaults for every model, then this load's own."""
+    def command_for(
+        self, spec: ModelSpec, extra_args: Sequence[str] = (), port: int | None = None
+    ) -> list[str]:
+        """The child's argv: our own child with its options, or the spec's own command."""
+        if spec.command is not None:
+            values = {
+                "{port}": str(port),
+                "{host}": "127.0.0.1",
+                "{model}": str(spec.path) if spec.path else "",
+            }
+            return [_fill(part, values) for part in spec.command]
         socket_path = self._settings.runtime_dir / f"{_safe_name(spec.id)}.sock"
+        options = effective_child_options(
+            spec, self._settings.child_defaults, self._settings.child_options
+        )
         return [
             sys.executable, "-m", "router", "child",
             "--model", str(spec.path),
             "--alias", spec.id,
             "--unix-socket", str(socket_path),
-            *self._settings.child_args,
+            *child_argv(options),
             *extra_args,
         ]  # fmt: skip
 
@@ -94,7 +112,8 @@ class Supervisor:
         """Start ``spec``'s child in the background; return its argv. One child per model."""
         if spec.id in self._children:
             raise RuntimeError(f"model {spec.id!r} already has a child")
-        child = _Child(spec=spec, argv=self.command_for(spec, extra_args))
+        port = _free_port() if spec.command is not None else None
+        child = _Child(spec=spec, argv=self.command_for(spec, extra_args, port), port=port)
         self._children[spec.id] = child
         self._nursery.start_soon(self._run, child, name=f"child {spec.id}")
         return child.argv
@@ -120,7 +139,7 @@ class Supervisor:
 
     async def _run(self, child: _Child) -> None:
         secret = lifeline.new_secret()
-        env = {**os.environ, lifeline.ENV_VAR: secret}
+        env = {**os.environ, **child.spec.env, lifeline.ENV_VAR: secret}
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -139,7 +158,10 @@ class Supervisor:
                 )
                 stderr_done = trio.Event()
                 nursery.start_soon(self._forward_stderr, child, process, stderr_done)
-                nursery.start_soon(self._await_ready, child, process, secret)
+                if child.port is None:
+                    nursery.start_soon(self._await_ready, child, process, secret)
+                else:
+                    nursery.start_soon(self._await_healthy, child, process)
                 nursery.start_soon(self._stop_when_asked, child, process)
                 await process.wait()
                 with trio.move_on_after(1):
@@ -177,6 +199,39 @@ class Supervisor:
             )
             child.stop_requested.set()
 
+    async def _await_healthy(self, child: _Child, process: trio.Process) -> None:
+        """A 'command' child is ready when its health path answers 200."""
+        assert process.stdout is not None
+        url = f"http://127.0.0.1:{child.port}{child.spec.health}"
+        async with httpx.AsyncClient(timeout=2.0) as client, trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward_stdout, child, process.stdout)
+            with trio.move_on_after(self._settings.load_timeout_s):
+                while process.returncode is None:
+                    try:
+                        if (await client.get(url)).status_code == 200:
+                            child.was_ready = True
+                            self._events.child_ready(
+                                child.spec.id, f"http://127.0.0.1:{child.port}"
+                            )
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(self._settings.health_poll_s)
+            if not child.was_ready and process.returncode is None:
+                child.last_error = (
+                    f"{url} did not answer 200 within {self._settings.load_timeout_s:g}s; stopped"
+                )
+                child.stop_requested.set()
+
+    async def _forward_stdout(self, child: _Child, stdout: trio.abc.ReceiveStream) -> None:
+        """Log a 'command' child's stdout too: it has no lifeline there."""
+        buffer = b""
+        async for data in stdout:
+            buffer += data
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                self._note_line(child, raw.decode(errors="replace").rstrip())
+
     async def _forward_stderr(self, child: _Child, process: trio.Process, done: trio.Event) -> None:
         """Log each line as ``[model] line``; remember the last one that reads as an error."""
         assert process.stderr is not None
@@ -212,8 +267,12 @@ class Supervisor:
         bound it to ``stop_timeout_s`` plus two seconds.
         """
         child.stop_requested.set()
-        timeout_s = self._settings.stop_timeout_s
-        if process.stdin is not None:
+        timeout_s = child.spec.stop_timeout_s
+        if timeout_s is None:
+            timeout_s = self._settings.stop_timeout_s
+        if child.port is not None:  # not our child: it knows no lifeline, SIGTERM is its stop
+            _signal_group(process, signal.SIGTERM)
+        elif process.stdin is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await process.stdin.send_all(lifeline.stop_command(timeout_s))
         with trio.move_on_after(timeout_s + 1):
@@ -231,6 +290,20 @@ def _signal_group(process: trio.Process, signum: int) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
+
+
+def _fill(part: str, values: Mapping[str, str]) -> str:
+    for placeholder, value in values.items():
+        part = part.replace(placeholder, value)
+    return part
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for children that cannot use a Unix socket)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _safe_name(model_id: str) -> str:

@@ -179,8 +179,13 @@ def pid_is_alive(pid: int) -> bool:
 
 
 @contextmanager
-def running_router(models_dir: Path, *args: str) -> Iterator[RouterProcess]:
-    """Start ``llama-router serve`` on a free port; kill it and every child afterwards."""
+def running_router(
+    models_dir: Path, *args: str, cwd: Path | None = None
+) -> Iterator[RouterProcess]:
+    """Start ``llama-router serve`` on a free port; kill it and every child afterwards.
+
+    It runs in ``cwd`` (default: ``models_dir``), so the repository's own conf.d is not used.
+    """
     command = [
         sys.executable, "-m", "router", "serve", "--models-dir", str(models_dir),
         "--port", "0", "--threads", "1", *args,
@@ -192,6 +197,7 @@ def running_router(models_dir: Path, *args: str) -> Iterator[RouterProcess]:
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        cwd=cwd or models_dir,
     )
     stderr_lines: list[str] = []
     listening: list[str] = []
