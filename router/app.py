@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from quart import Response, request
@@ -17,9 +18,13 @@ from werkzeug.datastructures import Headers
 
 import router
 from router.confd import effective_child_options
+from router.config_api import config_path_for, delete_config, read_config, write_config
 from router.errors import (
+    AuthenticationFailed,
+    Conflict,
     InvalidField,
     InvalidRequest,
+    ModelNotFound,
     PermissionDenied,
 )
 from router.extra_args import checked_extra_args
@@ -42,7 +47,7 @@ def create_app(
 
     @app.before_request
     async def authenticate() -> None:
-        check_api_key(settings.api_keys)
+        check_api_key((*settings.api_keys, *settings.admin_api_keys))
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -86,6 +91,48 @@ def create_app(
     async def unload() -> Response:
         model = _model_field(parse_json_object(await request_body()))
         pool.request_unload(model)
+        return json_response({"success": True})
+
+    async def config_target(model_id: str) -> Path:
+        if not settings.allow_config_writes:
+            raise PermissionDenied(
+                "config writes are off; start the router with --allow-config-writes"
+            )
+        if settings.admin_api_keys or settings.api_keys:
+            try:
+                check_api_key(settings.admin_api_keys)
+            except AuthenticationFailed:
+                raise PermissionDenied(
+                    "changing a model's configuration needs an admin key"
+                ) from None
+        if settings.conf_dir is None:
+            raise Conflict("the router has no conf.d folder (--conf-dir) to write to")
+        state = pool.models.get(model_id)
+        existing = state.spec.source_file if state is not None else None
+        if existing is None and model_id in pool.problems:
+            existing = pool.problems[model_id].path
+        return config_path_for(settings.conf_dir, model_id, existing)
+
+    @app.get("/models/<path:model_id>/config")
+    async def get_config(model_id: str) -> Response:
+        state = pool.resolve(model_id)
+        if state.spec.source_file is None:
+            raise ModelNotFound(f"model {model_id!r} has no conf.d file")
+        return json_response(read_config(state.spec.source_file))
+
+    @app.route("/models/<path:model_id>/config", methods=["PUT", "PATCH"])
+    async def put_config(model_id: str) -> Response:
+        path = await config_target(model_id)
+        values = parse_json_object(await request_body())
+        text = write_config(path, values, replace_all=request.method == "PUT")
+        rescan()
+        return json_response({"success": True, "file": str(path), "toml": text})
+
+    @app.delete("/models/<path:model_id>/config")
+    async def delete_model_config(model_id: str) -> Response:
+        path = await config_target(model_id)
+        delete_config(path if path.exists() else None)
+        rescan()
         return json_response({"success": True})
 
     @app.get("/props")
@@ -168,6 +215,8 @@ def _model_entry(state: ModelState, created: int, settings: RouterSettings) -> d
         status["error"] = state.last_error
     if state.config_error:
         status["config_error"] = state.config_error
+    if state.pending_spec is not None:
+        status["settings_pending"] = True  # new settings wait for its requests to finish
     entry: dict[str, Any] = {
         "id": spec.id,
         "object": "model",

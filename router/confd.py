@@ -4,7 +4,8 @@ A model file (``conf.d/NAME.toml``)::
 
     name = "NAME"                 # default: the file's stem
     model = "models/x.gguf"       # a GGUF, relative to this file's folder; or:
-    command = ["llama-server", "-m", "{model}", "--port", "{port}"]   # any OpenAI server
+    command = ["llama-server", "-m", "{model}", "--port", "{port}"]   # any OpenAI server,
+                                  # run in this file's folder
     health = "/health"            # polled until it answers 200 (command models)
     aliases = ["x"]
     description = "..."
@@ -93,7 +94,9 @@ class ConfdScan:
     problems: dict[str, ConfigProblem] = field(default_factory=dict)  # by model id
 
 
-class _Invalid(Exception):
+class ConfigInvalid(Exception):
+    """A model table breaks a rule; ``key`` is the key at fault, when there is one."""
+
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -150,47 +153,51 @@ def read_model_file(path: Path) -> ModelSpec | ConfigProblem:
     model_id = name if isinstance(name, str) else path.stem
     try:
         return model_spec_from(data, path)
-    except _Invalid as exc:
+    except ConfigInvalid as exc:
         return ConfigProblem(path, _line_of_key(text, exc.key), exc.message, model_id)
 
 
 def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
-    """Validate one model's table; raise _Invalid naming the key at fault."""
+    """Validate one model's table; raise ConfigInvalid naming the key at fault."""
     for key, value in data.items():
         expected = MODEL_KEYS.get(key)
         if expected is None:
-            raise _Invalid(f"unknown key {key!r}{_suggestion(key, MODEL_KEYS)}", key)
+            raise ConfigInvalid(f"unknown key {key!r}{_suggestion(key, MODEL_KEYS)}", key)
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise _Invalid(f"{key!r} must be {_type_name(expected)}, not {_toml_type(value)}", key)
+            raise ConfigInvalid(
+                f"{key!r} must be {_type_name(expected)}, not {_toml_type(value)}", key
+            )
     model_id = data.get("name", path.stem)
     if not model_id or not re.fullmatch(r"[\w.:/-]+", model_id):
-        raise _Invalid(f"'name' {model_id!r} may hold only letters, digits and . _ - : /", "name")
+        raise ConfigInvalid(
+            f"'name' {model_id!r} may hold only letters, digits and . _ - : /", "name"
+        )
     has_model, has_command = "model" in data, "command" in data
     model_path = None  # neither: it configures the --models-dir model of the same id
     if has_model:
         model_path = (path.parent / data["model"]).resolve()
         if not model_path.is_file():
-            raise _Invalid(f"'model' {data['model']!r}: no such file ({model_path})", "model")
+            raise ConfigInvalid(f"'model' {data['model']!r}: no such file ({model_path})", "model")
     command = None
     if has_command:
         command = tuple(data["command"])
         if not command or not all(isinstance(part, str) for part in command):
-            raise _Invalid("'command' must be a non-empty list of strings", "command")
+            raise ConfigInvalid("'command' must be a non-empty list of strings", "command")
         if "{port}" not in " ".join(command):
-            raise _Invalid("'command' must pass the port it gets, as {port}", "command")
+            raise ConfigInvalid("'command' must pass the port it gets, as {port}", "command")
         if "{model}" in " ".join(command) and model_path is None:
-            raise _Invalid("'command' uses {model}, so set 'model' too", "command")
+            raise ConfigInvalid("'command' uses {model}, so set 'model' too", "command")
     aliases = tuple(data.get("aliases", ()))
     if not all(isinstance(alias, str) and alias for alias in aliases):
-        raise _Invalid("'aliases' must be a list of names", "aliases")
+        raise ConfigInvalid("'aliases' must be a list of names", "aliases")
     env = data.get("env", {})
     if not all(isinstance(value, str) for value in env.values()):
-        raise _Invalid("every value in [env] must be a string", "env")
+        raise ConfigInvalid("every value in [env] must be a string", "env")
     for key in ("ttl", "stop_timeout"):
         if data.get(key, 0) < 0:
-            raise _Invalid(f"{key!r} must be 0 or more", key)
+            raise ConfigInvalid(f"{key!r} must be 0 or more", key)
     if data.get("max_queue", 1) < 0:
-        raise _Invalid("'max_queue' must be 0 or more", "max_queue")
+        raise ConfigInvalid("'max_queue' must be 0 or more", "max_queue")
     return ModelSpec(
         id=model_id,
         path=model_path,
@@ -211,11 +218,11 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
 
 
 def checked_child_options(options: Mapping[str, Any], *, table: str = "args") -> dict[str, Any]:
-    """Child options as the known keys and types; raise _Invalid naming the first bad one."""
+    """Child options as the known keys and types; raise ConfigInvalid naming the first bad one."""
     for key, value in options.items():
         known = CHILD_OPTIONS.get(key)
         if known is None:
-            raise _Invalid(
+            raise ConfigInvalid(
                 f"unknown key {key!r} in [{table}]{_suggestion(key, CHILD_OPTIONS)}", key
             )
         kind = known[1]
@@ -223,12 +230,12 @@ def checked_child_options(options: Mapping[str, Any], *, table: str = "args") ->
             if key == "flash_attn" and isinstance(value, bool):
                 continue
             if value not in kind:
-                raise _Invalid(f"[{table}] {key!r} must be one of {', '.join(kind)}", key)
+                raise ConfigInvalid(f"[{table}] {key!r} must be one of {', '.join(kind)}", key)
         elif kind in (bool, "negated"):
             if not isinstance(value, bool):
-                raise _Invalid(f"[{table}] {key!r} must be true or false", key)
+                raise ConfigInvalid(f"[{table}] {key!r} must be true or false", key)
         elif not isinstance(value, kind) or isinstance(value, bool):
-            raise _Invalid(f"[{table}] {key!r} must be {_type_name(kind)}", key)
+            raise ConfigInvalid(f"[{table}] {key!r} must be {_type_name(kind)}", key)
     return dict(options)
 
 
@@ -277,14 +284,17 @@ def read_router_file(path: Path) -> RouterFile:
         raise RouterFileError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}")
     try:
         defaults = checked_child_options(data.get("defaults", {}), table="defaults")
-    except _Invalid as exc:
+    except ConfigInvalid as exc:
         raise RouterFileError(f"{path}: {exc.message}") from exc
     router = {key.replace("-", "_"): value for key, value in data.get("router", {}).items()}
     return RouterFile(router=router, defaults=defaults)
 
 
 def _suggestion(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
+    names = list(known)
+    close = difflib.get_close_matches(key, names, n=1) or [
+        name for name in names if name.startswith(key) or key in name
+    ]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -152,6 +152,7 @@ class Supervisor:
                         stderr=subprocess.PIPE,
                         env=env,
                         start_new_session=True,  # its own process group, killed as one
+                        cwd=_working_dir(child.spec),
                         check=False,
                         deliver_cancel=partial(self._terminate, child),
                     )
@@ -290,6 +291,13 @@ def _signal_group(process: trio.Process, signum: int) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
+
+
+def _working_dir(spec: ModelSpec) -> str | None:
+    """A 'command' runs in its conf.d file's folder, so relative paths read as in the file."""
+    if spec.command is not None and spec.source_file is not None:
+        return str(spec.source_file.parent)
+    return None
 
 
 def _fill(part: str, values: Mapping[str, str]) -> str:
