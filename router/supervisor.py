@@ -94,7 +94,11 @@ class Supervisor:
                 "{host}": "127.0.0.1",
                 "{model}": str(spec.path) if spec.path else "",
             }
-            return [_fill(part, values) for part in spec.command]
+            # Under the guard, which stops it if the router dies (it knows no lifeline).
+            return [
+                sys.executable, "-m", "router.guard",
+                *(_fill(part, values) for part in spec.command),
+            ]  # fmt: skip
         socket_path = self._settings.runtime_dir / f"{_safe_name(spec.id)}.sock"
         options = effective_child_options(
             spec, self._settings.child_defaults, self._settings.child_options
@@ -139,7 +143,11 @@ class Supervisor:
 
     async def _run(self, child: _Child) -> None:
         secret = lifeline.new_secret()
-        env = {**os.environ, **child.spec.env, lifeline.ENV_VAR: secret}
+        env = {**os.environ, **child.spec.env}
+        if child.port is None:
+            env[lifeline.ENV_VAR] = secret  # only our own children speak the lifeline
+        else:
+            env.pop(lifeline.ENV_VAR, None)
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:

@@ -3,6 +3,7 @@ changes while requests run, bad files, and the config API."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import textwrap
@@ -296,3 +297,39 @@ def test_router_file_defaults_and_settings(site: Path) -> None:
         assert _n_ctx(router, "own") == 768  # the model's file beats [defaults]
     with router_in(site, "-c", "1024") as router:
         assert _n_ctx(router, "own") == 1024  # and the command line beats both
+
+
+def test_router_sigkill_also_ends_external_command_models(site: Path) -> None:
+    conf(site, "stub", f'command = [{sys.executable!r}, "../stub.py", "{{port}}"]\n')
+    with router_in(site) as router:
+        assert httpx.post(f"{router.base_url}/models/load", json={"model": "stub"}).status_code
+        wait_until(lambda: statuses(router)["stub"] == "loaded", "the stub runs")
+        guard_pid = next(iter(_child_processes(router.process.pid)))
+        group = os.getpgid(guard_pid)
+        router.process.send_signal(signal.SIGKILL)
+        router.process.wait(timeout=5)
+        wait_until(lambda: not _group_members(group), "the stub's group is gone", 5)
+
+
+def _child_processes(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
