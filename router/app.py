@@ -6,13 +6,14 @@ the pool (model management) or the proxy (everything else). Errors leave as Open
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
@@ -26,13 +27,17 @@ from router.errors import (
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
+    QueueFull,
+    RouterError,
 )
 from router.extra_args import checked_extra_args
 from router.jsonbody import parse_json_object
+from router.plugin_types import Denial, Principal, RequestInfo
+from router.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
 from router.pool import ModelPool, ModelState
 from router.proxy import ForwardRequest, start_forward
 from router.settings import RouterSettings
-from router.web import check_api_key, json_response, new_app, request_body
+from router.web import PUBLIC_PATHS, json_response, new_app, request_body
 
 log = logging.getLogger("router.app")
 
@@ -40,14 +45,39 @@ FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def create_app(
-    pool: ModelPool, settings: RouterSettings, *, rescan: Callable[[], None]
+    pool: ModelPool,
+    settings: RouterSettings,
+    plugins: Plugins,
+    *,
+    rescan: Callable[[], None],
 ) -> QuartTrio:
     app = new_app("router")
     started = int(time.time())
 
     @app.before_request
     async def authenticate() -> None:
-        check_api_key((*settings.api_keys, *settings.admin_api_keys))
+        if request.path in PUBLIC_PATHS:
+            return
+        result = await call_first(plugins, "authenticate", request=_request_info())
+        if isinstance(result, Denial):
+            raise _denial_error(result)
+        if not isinstance(result, Principal):
+            raise AuthenticationFailed("no plugin recognized this caller")
+        g.principal = result
+
+    async def resolve(requested: str) -> ModelState:
+        """The model for ``requested`` (plugins may route it), if the caller may use it."""
+        info = _request_info()
+        model_id = await call_first(
+            plugins, "resolve_model", requested=requested, request=info, catalog=pool.catalog()
+        )
+        state = pool.resolve(model_id if isinstance(model_id, str) else requested)
+        denial = await call_first(
+            plugins, "authorize", principal=g.principal, model=state.spec.id, request=info
+        )
+        if isinstance(denial, Denial):
+            raise _denial_error(denial)
+        return state
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -84,13 +114,13 @@ def create_app(
                     "allow a safe set with --models-allow-extra-args"
                 )
             extra_args = checked_extra_args(body["args"])
-        pool.request_load(model, app.nursery, extra_args=extra_args)
+        pool.request_load((await resolve(model)).spec.id, app.nursery, extra_args=extra_args)
         return json_response({"success": True})
 
     @app.post("/models/unload")
     async def unload() -> Response:
         model = _model_field(parse_json_object(await request_body()))
-        pool.request_unload(model)
+        pool.request_unload((await resolve(model)).spec.id)
         return json_response({"success": True})
 
     async def config_target(model_id: str) -> Path:
@@ -98,13 +128,8 @@ def create_app(
             raise PermissionDenied(
                 "config writes are off; start the router with --allow-config-writes"
             )
-        if settings.admin_api_keys or settings.api_keys:
-            try:
-                check_api_key(settings.admin_api_keys)
-            except AuthenticationFailed:
-                raise PermissionDenied(
-                    "changing a model's configuration needs an admin key"
-                ) from None
+        if not g.principal.is_admin:
+            raise PermissionDenied("changing a model's configuration needs an admin key")
         if settings.conf_dir is None:
             raise Conflict("the router has no conf.d folder (--conf-dir) to write to")
         state = pool.models.get(model_id)
@@ -115,7 +140,7 @@ def create_app(
 
     @app.get("/models/<path:model_id>/config")
     async def get_config(model_id: str) -> Response:
-        state = pool.resolve(model_id)
+        state = await resolve(model_id)
         if state.spec.source_file is None:
             raise ModelNotFound(f"model {model_id!r} has no conf.d file")
         return json_response(read_config(state.spec.source_file))
@@ -151,15 +176,18 @@ def create_app(
     @app.route("/<path:path>", methods=FORWARDED_METHODS)
     async def forward(path: str) -> Response:
         body = await request_body()
-        model = _requested_model(pool, body)
+        state = await resolve(_requested_model(pool, body))
+        body = await _transformed(plugins, state.spec.id, body, g.principal)
         autoload = settings.models_autoload
         if "autoload" in request.args:
             autoload = request.args["autoload"].lower() in ("1", "true", "yes")
         forwarded = await start_forward(
             app.nursery,
             pool,
+            plugins,
             ForwardRequest(
-                model=model,
+                model=state.spec.id,
+                principal=g.principal,
                 autoload=autoload,
                 method=request.method,
                 path=request.path,
@@ -176,7 +204,39 @@ def create_app(
 
         return Response(chunks(), status=forwarded.status, headers=Headers(forwarded.headers))
 
+    call_each_now(plugins, "register_routes", app=app)
     return app
+
+
+async def _transformed(plugins: Plugins, model: str, body: bytes, principal: Principal) -> bytes:
+    """``body`` after every ``transform_request`` hook (JSON object bodies only)."""
+    if not has_implementations(plugins, "transform_request") or not body.strip():
+        return body
+    parsed = parse_json_object(body)
+    for result in await call_each(
+        plugins, "transform_request", model=model, body=parsed, principal=principal
+    ):
+        if isinstance(result, dict):  # or None: the body was changed in place, if at all
+            parsed = result
+    return json.dumps(parsed).encode()
+
+
+def _denial_error(denial: Denial) -> RouterError:
+    if denial.status == 401:
+        return AuthenticationFailed(denial.message)
+    if denial.status == 429:
+        return QueueFull(denial.message, retry_after_s=denial.retry_after_s or 1)
+    return PermissionDenied(denial.message)
+
+
+def _request_info() -> RequestInfo:
+    return RequestInfo(
+        method=request.method,
+        path=request.path,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        query=dict(request.args.items()),
+        client=request.remote_addr or "",
+    )
 
 
 def _requested_model(pool: ModelPool, body: bytes) -> str:

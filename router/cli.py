@@ -18,7 +18,7 @@ import router
 from router.confd import CHILD_OPTIONS, RouterFileError, read_router_file
 
 ENV_PREFIX = "LLAMA_ROUTER_"
-COMMANDS = ("serve", "child")
+COMMANDS = ("serve", "child", "plugins")
 
 # Child flags the router accepts and passes on to every model: (flags, conf.d [args] key).
 CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
@@ -122,6 +122,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let PUT/PATCH/DELETE /models/{id}/config edit conf.d files (default: off)",
     )
     add(
+        "--plugin",
+        action="append",
+        default=_env_list("plugin"),
+        help="load a plugin: a module name or a path to a .py file (repeatable)",
+    )
+    add(
+        "--no-plugins",
+        action="store_true",
+        default=_env_flag("no-plugins", False),
+        help="do not load installed plugin packages (entry points)",
+    )
+    add(
         "--stop-timeout",
         type=float,
         default=float(_env("stop-timeout") or 10),
@@ -169,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "process, started on demand. Every flag also reads LLAMA_ROUTER_<FLAG>.",
     )
     add_serve_arguments(serve)
+    listing = commands.add_parser(
+        "plugins",
+        help="list the plugins that serve would load, with versions and hooks",
+        description="List the plugins that 'serve' would load, with versions and hooks.",
+    )
+    add_serve_arguments(listing)
     child = commands.add_parser(
         "child",
         help="serve one model (like llama-server -m); the router runs one per model",
@@ -202,12 +220,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     if config_path is None and conf_dir is not None and (conf_dir.parent / "router.toml").is_file():
         config_path = conf_dir.parent / "router.toml"
     defaults: dict[str, Any] = {}
+    file_plugins: list[str] = []
     if config_path is not None:
         try:
             router_file = read_router_file(config_path)
         except RouterFileError as exc:
             parser.error(str(exc))
         defaults = router_file.defaults
+        file_plugins = router_file.plugins
         args = _with_router_file(parser, args, router_file.router, config_path, argv)
     keys = list(args.api_key)
     if args.api_key_file is not None:
@@ -234,10 +254,30 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             conf_dir=conf_dir,
             allow_config_writes=args.allow_config_writes,
             stop_timeout_s=args.stop_timeout,
+            plugins=(*file_plugins, *args.plugin),
+            load_installed_plugins=not args.no_plugins,
         )
     except SettingsError as exc:
         parser.error(exc.message)
+    if args.command == "plugins":
+        return _list_plugins(settings)
     return run_router(settings)
+
+
+def _list_plugins(settings: Any) -> int:
+    from router.plugins import PluginLoadError, describe, load_plugins
+
+    try:
+        plugins = load_plugins(
+            settings, entry_points=settings.load_installed_plugins, extra=settings.plugins
+        )
+    except PluginLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for plugin in describe(plugins):
+        version = f" ({plugin['version']})" if plugin["version"] else ""
+        print(f"{plugin['name']}{version}: {', '.join(plugin['hooks'])}")
+    return 0
 
 
 def _default_conf_dir() -> Path | None:

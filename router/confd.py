@@ -268,6 +268,7 @@ class RouterFile:
 
     router: dict[str, Any]
     defaults: dict[str, Any]
+    plugins: list[str] = field(default_factory=list)
 
 
 class RouterFileError(Exception):
@@ -287,7 +288,10 @@ def read_router_file(path: Path) -> RouterFile:
     except ConfigInvalid as exc:
         raise RouterFileError(f"{path}: {exc.message}") from exc
     router = {key.replace("-", "_"): value for key, value in data.get("router", {}).items()}
-    return RouterFile(router=router, defaults=defaults)
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise RouterFileError(f"{path}: 'plugins' must be a list of module names or .py paths")
+    return RouterFile(router=router, defaults=defaults, plugins=plugins)
 
 
 def _suggestion(key: str, known: Iterable[str]) -> str:

@@ -10,10 +10,11 @@ how peers ended up with requests waiting forever during an unload.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -30,7 +31,17 @@ from router.errors import (
     RouterError,
     Unavailable,
 )
-from router.scheduler import ModelView, Status, Waiting, backoff_s, idle_expired, plan
+from router.plugin_types import ModelInfo, PluginContext
+from router.plugins import PluginFailed, Plugins, call_each_now, call_first_now
+from router.scheduler import (
+    ModelView,
+    Status,
+    Waiting,
+    backoff_s,
+    idle_expired,
+    least_recently_used,
+    plan,
+)
 from router.supervisor import ChildExit, Supervisor
 
 log = logging.getLogger("router.pool")
@@ -84,6 +95,7 @@ class ModelPool:
         *,
         models_max: int,
         clock: Callable[[], float] = trio.current_time,
+        plugins: Plugins | None = None,
     ) -> None:
         self.models = {model_id: ModelState(spec) for model_id, spec in specs.items()}
         self.models_max = models_max
@@ -94,11 +106,80 @@ class ModelPool:
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # wakes the idle timers after any change
+        self._plugins = plugins
+        self.context: PluginContext | None = None
 
-    def attach(self, supervisor: Supervisor, nursery: trio.Nursery) -> None:
-        """Connect the supervisor that runs children, and the nursery for small chores."""
+    def attach(
+        self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
+    ) -> None:
+        """Connect the supervisor that runs children, the nursery for small chores, and
+        what plugins see of the router."""
         self._supervisor = supervisor
         self._nursery = nursery
+        self.context = context
+
+    # ---- what plugins see ----------------------------------------------------------------------
+
+    def info(self, state: ModelState) -> ModelInfo:
+        return ModelInfo(
+            id=state.spec.id,
+            path=state.spec.path,
+            aliases=state.spec.aliases,
+            status=state.status.value,
+            in_flight=state.in_flight,
+            last_used=state.last_used,
+            args=dict(state.spec.args),
+            is_pinned=state.spec.is_pinned,
+        )
+
+    def catalog(self) -> dict[str, ModelInfo]:
+        return {
+            model_id: self.info(state)
+            for model_id, state in self.models.items()
+            if not state.is_retired
+        }
+
+    def _set_status(self, state: ModelState, new: Status, detail: str = "") -> None:
+        old, state.status = state.status, new
+        if self._plugins is None or old is new:
+            return
+        try:
+            results = call_each_now(
+                self._plugins, "model_status",
+                model=state.spec.id, old=old.value, new=new.value, detail=detail,
+            )  # fmt: skip
+        except PluginFailed:
+            return  # logged by the plugin layer; a status report never stops the router
+        for result in results:
+            if inspect.isawaitable(result) and self._nursery is not None:
+                self._nursery.start_soon(_await_quietly, result)
+
+    def _choose_victim(self, candidates: Sequence[ModelView], incoming: str) -> str | None:
+        if self._plugins is None or self.context is None:
+            return least_recently_used(candidates, incoming)
+        try:
+            victim = call_first_now(
+                self._plugins, "choose_eviction",
+                candidates=[self.info(self.models[c.id]) for c in candidates],
+                incoming=incoming, router=self.context,
+            )  # fmt: skip
+        except PluginFailed:
+            victim = least_recently_used(candidates, incoming)
+        return victim if victim in {c.id for c in candidates} else None
+
+    def _fits(self, incoming: str, holding: Sequence[str]) -> bool:
+        if self._plugins is None or self.context is None:
+            return True
+        try:
+            verdict = call_first_now(
+                self._plugins, "model_fits",
+                incoming=self.info(self.models[incoming]),
+                loaded=[self.info(self.models[m]) for m in holding if m in self.models],
+                router=self.context,
+            )  # fmt: skip
+        except PluginFailed:
+            return True
+        return verdict is not False
 
     def apply_catalog(
         self, specs: Mapping[str, ModelSpec], problems: Mapping[str, ConfigProblem]
@@ -270,7 +351,7 @@ class ModelPool:
         if state.status is not Status.LOADING:
             return  # asked to unload while it was loading: it is being stopped
         state.client = _client_for(address)
-        state.status = Status.LOADED
+        self._set_status(state, Status.LOADED)
         state.failures, state.is_failed, state.exit_code, state.last_error = 0, False, None, ""
         state.last_used = self._clock()
         log.info("model %s loaded", model_id)
@@ -279,7 +360,7 @@ class ModelPool:
     def child_exited(self, model_id: str, ended: ChildExit) -> None:
         state = self.models[model_id]
         was_loading = state.status is Status.LOADING
-        state.status = Status.UNLOADED
+        self._set_status(state, Status.UNLOADED, f"exit code {ended.exit_code}")
         if state.client is not None and self._nursery is not None:
             self._nursery.start_soon(state.client.aclose)
             state.client = None
@@ -319,6 +400,8 @@ class ModelPool:
             [Waiting(w.ticket, w.model) for w in self._queue],
             models_max=self.models_max,
             now=self._clock(),
+            choose_victim=self._choose_victim,
+            fits=self._fits,
         )
         by_ticket = {w.ticket: w for w in self._queue}
         for ticket in decisions.admit:
@@ -340,13 +423,13 @@ class ModelPool:
 
     def _begin_load(self, state: ModelState) -> None:
         assert self._supervisor is not None
-        state.status = Status.LOADING
+        self._set_status(state, Status.LOADING)
         log.info("loading model %s", state.spec.id)
         state.args = self._supervisor.start(state.spec, extra_args=state.extra_args)
 
     def _begin_unload(self, state: ModelState) -> None:
         assert self._supervisor is not None and self._nursery is not None
-        state.status = Status.UNLOADING
+        self._set_status(state, Status.UNLOADING)
         log.info("unloading model %s", state.spec.id)
         client, supervisor = state.client, self._supervisor
         if client is None or state.in_flight > 0:
@@ -374,6 +457,13 @@ class ModelPool:
             f"(last: exit code {state.exit_code}: {state.last_error}); "
             f"not restarting it for another {wait_s:.0f}s"
         )
+
+
+async def _await_quietly(awaitable: Awaitable[object]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("a plugin's background work failed")
 
 
 def _client_for(address: str) -> httpx.AsyncClient:

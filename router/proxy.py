@@ -9,7 +9,9 @@ generation. A child that dies mid-stream ends an SSE answer with an error event.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ import httpx
 import trio
 
 from router.errors import RouterError, Unavailable, sse_error_event
+from router.plugin_types import Principal, Usage
+from router.plugins import Plugins, call_each, has_implementations
 from router.pool import ModelPool
 
 log = logging.getLogger("router.proxy")
@@ -45,6 +49,7 @@ CHANNEL_CHUNKS = 16
 @dataclass(frozen=True)
 class ForwardRequest:
     model: str
+    principal: Principal
     autoload: bool
     method: str
     path: str
@@ -61,7 +66,7 @@ class ForwardedResponse:
 
 
 async def start_forward(
-    nursery: trio.Nursery, pool: ModelPool, request: ForwardRequest
+    nursery: trio.Nursery, pool: ModelPool, plugins: Plugins, request: ForwardRequest
 ) -> ForwardedResponse:
     """Wait for the model, send it the request, and return once its headers are in.
 
@@ -69,14 +74,49 @@ async def start_forward(
     does not answer; the body then streams from the returned channel.
     Cancellation: before the headers, gives up the request (and its place in the queue).
     """
-    response: ForwardedResponse = await nursery.start(_forward, pool, request)
+    response: ForwardedResponse = await nursery.start(_forward, pool, plugins, request)
     return response
 
 
 async def _forward(
     pool: ModelPool,
+    plugins: Plugins,
     request: ForwardRequest,
     task_status: trio.TaskStatus[ForwardedResponse],
+) -> None:
+    started = time.monotonic()
+    tail = _Tail()
+    status = 0
+    try:
+        await _forward_with_lease(pool, request, task_status, tail)
+        status = tail.status
+    except RouterError as exc:
+        status = exc.status
+        raise
+    finally:
+        if has_implementations(plugins, "request_finished"):
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await _report(plugins, request, tail, time.monotonic() - started, status)
+
+
+async def _report(
+    plugins: Plugins, request: ForwardRequest, tail: _Tail, duration_s: float, status: int
+) -> None:
+    try:
+        await call_each(
+            plugins, "request_finished",
+            model=request.model, principal=request.principal, usage=tail.usage(),
+            duration_s=duration_s, status=status,
+        )  # fmt: skip
+    except Exception:  # the answer is out; a failing report must not take the router down
+        log.exception("request_finished hook failed")
+
+
+async def _forward_with_lease(
+    pool: ModelPool,
+    request: ForwardRequest,
+    task_status: trio.TaskStatus[ForwardedResponse],
+    tail: _Tail,
 ) -> None:
     async with pool.lease(request.model, autoload=request.autoload) as client:
         outgoing = client.build_request(
@@ -93,6 +133,7 @@ async def _forward(
                 f"model {request.model!r} did not answer ({type(exc).__name__}); its process "
                 "may have exited: see GET /models"
             ) from exc
+        tail.status = response.status_code
         send, receive = trio.open_memory_channel[bytes](CHANNEL_CHUNKS)
         is_event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
         try:
@@ -104,7 +145,7 @@ async def _forward(
                 )
             )
             async with send:
-                await _pump(request.model, response, send, is_event_stream)
+                await _pump(request.model, response, send, is_event_stream, tail)
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
@@ -115,10 +156,12 @@ async def _pump(
     response: httpx.Response,
     send: trio.MemorySendChannel[bytes],
     is_event_stream: bool,
+    tail: _Tail,
 ) -> None:
     """Copy the child's bytes to the client; never raise into the app's nursery."""
     try:
         async for chunk in response.aiter_raw():
+            tail.keep(chunk)
             await send.send(chunk)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client left; closing the response cancels the child's work
@@ -133,6 +176,35 @@ async def _pump(
                 await send.send(sse_error_event(error))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+
+
+class _Tail:
+    """The last bytes of an answer, where OpenAI puts ``usage`` (body end, or last chunks)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.status = 0
+
+    def keep(self, chunk: bytes) -> None:
+        self.data = (self.data + chunk)[-self.SIZE :]
+
+    def usage(self) -> Usage | None:
+        start = self.data.rfind(b'"usage"')
+        if start < 0:
+            return None
+        brace = self.data.find(b"{", start)
+        end = self.data.find(b"}", brace)
+        try:
+            numbers = json.loads(self.data[brace : end + 1])
+            return Usage(
+                prompt_tokens=int(numbers.get("prompt_tokens", 0)),
+                completion_tokens=int(numbers.get("completion_tokens", 0)),
+                total_tokens=int(numbers.get("total_tokens", 0)),
+            )
+        except (ValueError, AttributeError):
+            return None
 
 
 def _forwardable(headers: list[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:

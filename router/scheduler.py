@@ -67,10 +67,11 @@ class Plan:
     unload: tuple[str, ...] = ()
 
 
-ChooseVictim = Callable[[Sequence[ModelView]], str | None]
+ChooseVictim = Callable[[Sequence[ModelView], str], str | None]  # (candidates, incoming)
+Fits = Callable[[str, Sequence[str]], bool]  # (incoming, models holding a slot)
 
 
-def least_recently_used(candidates: Sequence[ModelView]) -> str | None:
+def least_recently_used(candidates: Sequence[ModelView], incoming: str = "") -> str | None:
     """The default eviction: the idle model whose last request finished longest ago."""
     if not candidates:
         return None
@@ -84,8 +85,13 @@ def plan(
     models_max: int,
     now: float,
     choose_victim: ChooseVictim = least_recently_used,
+    fits: Fits = lambda _incoming, _holding: True,
 ) -> Plan:
-    """Decide what to do next for ``queue`` (oldest first) given ``models``."""
+    """Decide what to do next for ``queue`` (oldest first) given ``models``.
+
+    ``choose_victim`` picks the model to evict (plugins: ``choose_eviction``); ``fits`` may say
+    that a model needs room even below ``models_max`` (plugins: ``model_fits``).
+    """
     capacity = math.inf if models_max <= 0 else models_max
     free = capacity - sum(1 for m in models.values() if m.status in HOLDS_A_SLOT)
     being_freed = sum(1 for m in models.values() if m.status is Status.UNLOADING)
@@ -109,7 +115,8 @@ def plan(
         if is_blocked:
             continue
         claimed.add(model.id)
-        if free > 0:
+        holding = [m.id for m in models.values() if m.status in HOLDS_A_SLOT and m.id not in unload]
+        if free > 0 and fits(model.id, [*holding, *load]):
             free -= 1
             load.append(model.id)
         elif being_freed > 0:
@@ -120,7 +127,7 @@ def plan(
                 for m in models.values()
                 if m.is_idle and not m.is_pinned and m.id not in unload and m.id not in wanted
             ]
-            victim = choose_victim(candidates)
+            victim = choose_victim(candidates, model.id)
             if victim is not None:
                 unload.append(victim)
             else:

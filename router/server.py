@@ -8,6 +8,7 @@ its private runtime directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -23,8 +24,17 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from router.app import create_app
-from router.catalog import scan_models_dirs
+from router.catalog import ModelSpec, scan_models_dirs
 from router.confd import merge_catalog, scan_conf_dir
+from router.plugin_types import PluginContext
+from router.plugins import (
+    PluginFailed,
+    PluginLoadError,
+    Plugins,
+    call_each,
+    call_each_now,
+    load_plugins,
+)
 from router.pool import ModelPool
 from router.settings import RouterSettings
 from router.supervisor import Supervisor, SupervisorSettings
@@ -39,7 +49,11 @@ def run_router(settings: RouterSettings) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger("router").addHandler(handler)
     logging.getLogger("router").setLevel(logging.INFO)
-    trio.run(serve_router, settings)
+    try:
+        trio.run(serve_router, settings)
+    except PluginLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -50,9 +64,12 @@ async def serve_router(
 
     Cancellation: stops serving and stops every child (gracefully, then by force) first.
     """
+    plugins = load_plugins(
+        settings, entry_points=settings.load_installed_plugins, extra=settings.plugins
+    )
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
-        pool = ModelPool({}, models_max=settings.models_max)
+        pool = ModelPool({}, models_max=settings.models_max, plugins=plugins)
 
         def rescan() -> None:
             specs, problems = merge_catalog(
@@ -76,8 +93,11 @@ async def serve_router(
                     load_timeout_s=settings.load_timeout_s,
                 ),
                 events=pool,
+                adjust_launch=lambda spec, argv, env: _child_launch(plugins, pool, spec, argv, env),
             )
-            pool.attach(supervisor, chores)
+            context = PluginContext(settings, chores, pool.catalog)
+            pool.attach(supervisor, chores, context)
+            await call_each(plugins, "startup", router=context)
             for state in list(pool.models.values()):
                 if state.spec.load_on_startup:
                     pool.request_load(state.spec.id, chores)
@@ -86,8 +106,9 @@ async def serve_router(
                 background.start_soon(_rescan_on_sighup, rescan)
                 if settings.conf_dir is not None:
                     background.start_soon(watch_conf_dir, settings.conf_dir, rescan)
-                await _serve_http(settings, pool, rescan, task_status)
+                await _serve_http(settings, pool, plugins, rescan, task_status)
                 background.cancel_scope.cancel()
+            await call_each(plugins, "shutdown", router=context)
             log.info("stopping every model")
             await supervisor.stop_all()
     finally:
@@ -102,13 +123,25 @@ async def _rescan_on_sighup(rescan: Callable[[], None]) -> None:
             rescan()
 
 
+def _child_launch(
+    plugins: Plugins, pool: ModelPool, spec: ModelSpec, argv: list[str], env: dict[str, str]
+) -> None:
+    state = pool.models.get(spec.id)
+    if state is None:
+        return
+    # A failure is logged with the plugin's name; the model then starts as the router built it.
+    with contextlib.suppress(PluginFailed):
+        call_each_now(plugins, "child_launch", model=pool.info(state), argv=argv, env=env)
+
+
 async def _serve_http(
     settings: RouterSettings,
     pool: ModelPool,
+    plugins: Plugins,
     rescan: Callable[[], None],
     task_status: trio.TaskStatus[str],
 ) -> None:
-    app = create_app(pool, settings, rescan=rescan)
+    app = create_app(pool, settings, plugins, rescan=rescan)
     config = Config()
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75

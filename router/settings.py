@@ -31,6 +31,8 @@ class RouterSettings:
     conf_dir: Path | None = None
     allow_config_writes: bool = False  # PUT/PATCH/DELETE /models/{id}/config
     admin_api_keys: tuple[str, ...] = ()  # required for config writes when keys are set
+    plugins: tuple[str, ...] = ()  # modules or .py files (--plugin, router.toml plugins)
+    load_installed_plugins: bool = True  # the llama_router entry points (--no-plugins: off)
     stop_timeout_s: float = 10.0
     load_timeout_s: float = 600.0
     graceful_timeout_s: float = 10.0  # how long running requests may finish on shutdown

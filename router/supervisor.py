@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -67,6 +67,7 @@ class SupervisorSettings:
 class _Child:
     spec: ModelSpec
     argv: list[str]
+    env: dict[str, str]
     port: int | None  # a 'command' child's TCP port; None for our own children (Unix socket)
     stop_requested: trio.Event = field(default_factory=trio.Event)
     exited: trio.Event = field(default_factory=trio.Event)
@@ -77,11 +78,16 @@ class _Child:
 
 class Supervisor:
     def __init__(
-        self, nursery: trio.Nursery, settings: SupervisorSettings, events: ChildEvents
+        self,
+        nursery: trio.Nursery,
+        settings: SupervisorSettings,
+        events: ChildEvents,
+        adjust_launch: Callable[[ModelSpec, list[str], dict[str, str]], None] | None = None,
     ) -> None:
         self._nursery = nursery
         self._settings = settings
         self._events = events
+        self._adjust_launch = adjust_launch  # plugins' child_launch: may edit argv and env
         self._children: dict[str, _Child] = {}
 
     def command_for(
@@ -117,7 +123,12 @@ class Supervisor:
         if spec.id in self._children:
             raise RuntimeError(f"model {spec.id!r} already has a child")
         port = _free_port() if spec.command is not None else None
-        child = _Child(spec=spec, argv=self.command_for(spec, extra_args, port), port=port)
+        argv = self.command_for(spec, extra_args, port)
+        env = {**os.environ, **spec.env}
+        env.pop(lifeline.ENV_VAR, None)
+        if self._adjust_launch is not None:
+            self._adjust_launch(spec, argv, env)
+        child = _Child(spec=spec, argv=argv, env=env, port=port)
         self._children[spec.id] = child
         self._nursery.start_soon(self._run, child, name=f"child {spec.id}")
         return child.argv
@@ -143,11 +154,9 @@ class Supervisor:
 
     async def _run(self, child: _Child) -> None:
         secret = lifeline.new_secret()
-        env = {**os.environ, **child.spec.env}
+        env = dict(child.env)
         if child.port is None:
             env[lifeline.ENV_VAR] = secret  # only our own children speak the lifeline
-        else:
-            env.pop(lifeline.ENV_VAR, None)
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:

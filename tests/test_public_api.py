@@ -6,4 +6,15 @@ import router
 
 
 def test_public_names() -> None:
-    assert sorted(router.__all__) == ["__version__"]
+    assert sorted(router.__all__) == [
+        "Denial",
+        "ModelInfo",
+        "PluginContext",
+        "Principal",
+        "RequestInfo",
+        "Usage",
+        "__version__",
+        "hookimpl",
+    ]
+    for name in router.__all__:
+        assert getattr(router, name) is not None

@@ -1,0 +1,25 @@
+"""Built-in model resolution: a model's id, or one of its aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from router.plugin_types import ModelInfo
+from router.plugins import hookimpl
+from router.settings import RouterSettings
+
+
+class Aliases:
+    name = "aliases"
+
+    def __init__(self, settings: RouterSettings) -> None:
+        del settings  # nothing to configure
+
+    @hookimpl(trylast=True)
+    def resolve_model(self, requested: str, catalog: Mapping[str, ModelInfo]) -> str | None:
+        if requested in catalog:
+            return requested
+        for model_id, model in catalog.items():
+            if requested in model.aliases:
+                return model_id
+        return None

@@ -1,0 +1,22 @@
+"""Built-in eviction: the least recently used idle model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router.plugin_types import ModelInfo
+from router.plugins import hookimpl
+from router.settings import RouterSettings
+
+
+class LeastRecentlyUsed:
+    name = "lru"
+
+    def __init__(self, settings: RouterSettings) -> None:
+        del settings  # nothing to configure
+
+    @hookimpl(trylast=True)
+    def choose_eviction(self, candidates: Sequence[ModelInfo]) -> str | None:
+        if not candidates:
+            return None
+        return min(candidates, key=lambda model: (model.last_used, model.id)).id

@@ -1,0 +1,133 @@
+"""The hooks a plugin can implement. ``docs/plugins.md`` is generated from these docstrings.
+
+Implement a hook with ``@router.hookimpl``; only the arguments you name are passed. The
+router's own behaviour (API keys, aliases, LRU eviction) is built from the same hooks in
+``router/default_plugins/``, registered ``trylast``: a deployer's implementation runs first,
+and for the ``firstresult`` hooks its answer wins.
+
+Hooks marked *async-capable* may return an awaitable, which the router awaits. The others are
+called where the router decides synchronously and must return a plain value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pluggy
+
+from router.plugin_types import Denial, ModelInfo, PluginContext, Principal, RequestInfo, Usage
+
+hookspec = pluggy.HookspecMarker("llama_router")
+
+
+@hookspec
+def startup(router: PluginContext) -> Any:
+    """The router has started and is about to serve. *Async-capable.*
+
+    Start background work with ``router.nursery.start_soon(...)``: it is cancelled when the
+    router shuts down.
+    """
+
+
+@hookspec
+def shutdown(router: PluginContext) -> Any:
+    """The router has stopped serving and is about to stop its models. *Async-capable.*"""
+
+
+@hookspec(firstresult=True)
+def authenticate(request: RequestInfo) -> Principal | Denial | None:
+    """Who is calling. *Async-capable.*
+
+    Return a ``Principal`` to let the request in, a ``Denial`` to refuse it (401 by default),
+    or ``None`` to leave the decision to the next plugin. The built-in implementation checks
+    ``--api-key``; with no keys set it lets everyone in as ``anonymous``. ``/health`` is
+    never authenticated.
+    """
+
+
+@hookspec(firstresult=True)
+def authorize(principal: Principal, model: str, request: RequestInfo) -> Denial | None:
+    """Whether ``principal`` may use ``model``. *Async-capable.*
+
+    Return a ``Denial`` (403 by default; 429 with ``retry_after_s`` for rate limits) to refuse.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_model(
+    requested: str, request: RequestInfo, catalog: Mapping[str, ModelInfo]
+) -> str | None:
+    """Which model serves a request that asked for ``requested``. *Async-capable.*
+
+    Return a model id from ``catalog`` (aliases, a default model, routing by header, A/B
+    splits), or ``None`` to pass. The built-in implementation resolves ids and aliases.
+    """
+
+
+@hookspec
+def transform_request(
+    model: str, body: dict[str, Any], principal: Principal
+) -> dict[str, Any] | None:
+    """Change a JSON request body before it reaches the model. *Async-capable.*
+
+    Return the new body (or change ``body`` in place and return ``None``). Every
+    implementation runs, in turn.
+    """
+
+
+@hookspec(firstresult=True)
+def choose_eviction(
+    candidates: Sequence[ModelInfo], incoming: str, router: PluginContext
+) -> str | None:
+    """Which idle model to unload to make room for ``incoming``.
+
+    ``candidates`` are the loaded models with no requests in flight that are not pinned.
+    Return one of their ids, or ``None`` to pass; the built-in implementation picks the least
+    recently used. Called while the router decides: return a value, not an awaitable.
+    """
+
+
+@hookspec(firstresult=True)
+def model_fits(
+    incoming: ModelInfo, loaded: Sequence[ModelInfo], router: PluginContext
+) -> bool | None:
+    """Whether ``incoming`` can be loaded next to ``loaded`` without evicting.
+
+    Return ``False`` to make the router evict first (through ``choose_eviction``) even below
+    ``--models-max``, ``True`` or ``None`` to leave it to the model count. Return a value,
+    not an awaitable.
+    """
+
+
+@hookspec
+def child_launch(model: ModelInfo, argv: list[str], env: dict[str, str]) -> None:
+    """Adjust how a model's process is started: change ``argv`` and ``env`` in place.
+
+    Called for every start, after the router built both. Return nothing.
+    """
+
+
+@hookspec
+def model_status(model: str, old: str, new: str, detail: str) -> Any:
+    """A model's status changed (``unloaded``, ``loading``, ``loaded``, ``unloading``).
+
+    ``detail`` says why, when there is something to say (an exit code, an error line).
+    For logs, metrics, webhooks. An awaitable result is run in the background.
+    """
+
+
+@hookspec
+def register_routes(app: Any) -> None:
+    """Add HTTP routes to the router's Quart app (``@app.get(...)``...)."""
+
+
+@hookspec
+def request_finished(
+    model: str, principal: Principal, usage: Usage | None, duration_s: float, status: int
+) -> Any:
+    """A proxied request has ended (the answer's last byte went out, or the client left).
+
+    ``usage`` is the token usage when the answer carried one. An awaitable result is run in
+    the background.
+    """
