@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from router.plugin_types import (  # noqa: E402  (after __version__, which they do not need)
+from router.plugin_types import (
     Denial,
     ModelInfo,
     PluginContext,
@@ -17,7 +17,7 @@ from router.plugin_types import (  # noqa: E402  (after __version__, which they 
     RequestInfo,
     Usage,
 )
-from router.plugins import hookimpl  # noqa: E402
+from router.plugins import hookimpl
 
 __all__ = [
     "Denial",
