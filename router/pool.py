@@ -17,12 +17,13 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import trio
 
 from router.catalog import ModelSpec
-from router.confd import ConfigProblem
+from router.confd import ConfigProblem, effective_child_options
 from router.errors import (
     Conflict,
     ModelLoadFailed,
@@ -96,6 +97,8 @@ class ModelPool:
         models_max: int,
         clock: Callable[[], float] = trio.current_time,
         plugins: Plugins | None = None,
+        child_defaults: Mapping[str, Any] | None = None,
+        child_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.models = {model_id: ModelState(spec) for model_id, spec in specs.items()}
         self.models_max = models_max
@@ -108,6 +111,8 @@ class ModelPool:
         self._changed = trio.Event()  # wakes the idle timers after any change
         self._plugins = plugins
         self.context: PluginContext | None = None
+        self._child_defaults = child_defaults or {}  # to show plugins the effective options
+        self._child_options = child_options or {}
 
     def attach(
         self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
@@ -128,7 +133,7 @@ class ModelPool:
             status=state.status.value,
             in_flight=state.in_flight,
             last_used=state.last_used,
-            args=dict(state.spec.args),
+            args=effective_child_options(state.spec, self._child_defaults, self._child_options),
             is_pinned=state.spec.is_pinned,
         )
 

@@ -69,7 +69,13 @@ async def serve_router(
     )
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
-        pool = ModelPool({}, models_max=settings.models_max, plugins=plugins)
+        pool = ModelPool(
+            {},
+            models_max=settings.models_max,
+            plugins=plugins,
+            child_defaults=settings.child_defaults,
+            child_options=settings.child_options,
+        )
 
         def rescan() -> None:
             specs, problems = merge_catalog(

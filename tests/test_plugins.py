@@ -267,3 +267,33 @@ def test_every_hookspec_is_documented() -> None:
         function = getattr(hookspecs, name)
         if callable(function) and hasattr(function, "llama_router_spec"):
             assert f"### `{name}(" in docs, f"hook {name} is missing from docs/plugins.md"
+
+
+def test_router_toml_lists_plugins(tmp_path: Path) -> None:
+    plugin = tmp_path / "from_toml.py"
+    plugin.write_text("from router import hookimpl\n\n@hookimpl\ndef shutdown(router):\n    pass\n")
+    config = tmp_path / "router.toml"
+    config.write_text(f'plugins = ["{plugin}"]\n')
+    completed = subprocess.run(
+        [sys.executable, "-m", "router", "plugins", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert f"{plugin}: shutdown" in completed.stdout
+
+
+def test_no_plugins_skips_installed_packages(tmp_path: Path) -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "router", "plugins", "--no-plugins"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
+    assert [line.split(":")[0] for line in listed.splitlines()] == [
+        "router.api_keys", "router.aliases", "router.lru",
+    ]  # fmt: skip
