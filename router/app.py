@@ -269,6 +269,8 @@ def _model_entry(state: ModelState, created: int, settings: RouterSettings) -> d
     status: dict[str, Any] = {"value": state.status.value}
     if state.args is not None:
         status["args"] = state.args
+    if state.pid is not None:
+        status["pid"] = state.pid
     if state.is_failed:
         status["failed"] = True
         status["exit_code"] = state.exit_code

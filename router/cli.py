@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments == ["child", "--spare"]:
+        from router.child.main import run_spare
+
+        return run_spare(_child_options_from)
     if not arguments or arguments[0] not in (*COMMANDS, "-h", "--help", "--version"):
         arguments.insert(0, "serve")
     parser = build_parser()
@@ -209,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine_options, serve_options = options_from_arguments(args)
         return run_child(engine_options, serve_options)
     return _serve(parser, args, arguments)
+
+
+def _child_options_from(arguments: list[str]) -> tuple[Any, Any]:
+    """Engine and serve options from ``llama-router child`` arguments (for a spare)."""
+    from router.child.options import options_from_arguments
+
+    return options_from_arguments(build_parser().parse_args(["child", *arguments]))
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:

@@ -64,6 +64,7 @@ class ModelState:
     last_error: str = ""
     is_failed: bool = False
     client: httpx.AsyncClient | None = None  # to the child, while it is loaded
+    pid: int | None = None  # its process, while it is loaded
     config_error: str = ""  # its conf.d file is broken now; the last good settings stay
     pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
     restart_when_stopped: bool = False  # it was running when its settings changed
@@ -351,8 +352,9 @@ class ModelPool:
 
     # ---- child events --------------------------------------------------------------------------
 
-    def child_ready(self, model_id: str, address: str) -> None:
+    def child_ready(self, model_id: str, address: str, pid: int) -> None:
         state = self.models[model_id]
+        state.pid = pid
         if state.status is not Status.LOADING:
             return  # asked to unload while it was loading: it is being stopped
         state.client = _client_for(address)
@@ -366,6 +368,7 @@ class ModelPool:
         state = self.models[model_id]
         was_loading = state.status is Status.LOADING
         self._set_status(state, Status.UNLOADED, f"exit code {ended.exit_code}")
+        state.pid = None
         if state.client is not None and self._nursery is not None:
             self._nursery.start_soon(state.client.aclose)
             state.client = None

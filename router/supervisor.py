@@ -13,6 +13,7 @@ If the router itself dies, the kernel closes the children's stdin and they exit 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from router.confd import child_argv, effective_child_options
 log = logging.getLogger("router.children")
 
 KILL_AFTER_TERM_S = 2.0
+_SPARE_ARGV = [sys.executable, "-m", "router", "child", "--spare"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class ChildExit:
 
 
 class ChildEvents(Protocol):
-    def child_ready(self, model_id: str, address: str) -> None: ...
+    def child_ready(self, model_id: str, address: str, pid: int) -> None: ...
 
     def child_exited(self, model_id: str, ended: ChildExit) -> None: ...
 
@@ -61,6 +63,7 @@ class SupervisorSettings:
     stop_timeout_s: float = 10.0
     load_timeout_s: float = 600.0
     health_poll_s: float = 0.1  # how often a 'command' child's health path is tried
+    use_spares: bool = True  # keep a pre-started child waiting for the next load
 
 
 @dataclass
@@ -76,6 +79,15 @@ class _Child:
     was_ready: bool = False
 
 
+@dataclass
+class _Holder:
+    """One process the supervisor runs: a model's child, or a spare waiting for one."""
+
+    child: _Child | None
+    assigned: trio.Event = field(default_factory=trio.Event)
+    process: trio.Process | None = None  # set once spawned (a spare is usable from then)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -89,6 +101,8 @@ class Supervisor:
         self._events = events
         self._adjust_launch = adjust_launch  # plugins' child_launch: may edit argv and env
         self._children: dict[str, _Child] = {}
+        self._spare: _Holder | None = None
+        self._is_stopping = False
 
     def command_for(
         self, spec: ModelSpec, extra_args: Sequence[str] = (), port: int | None = None
@@ -130,7 +144,9 @@ class Supervisor:
             self._adjust_launch(spec, argv, env)
         child = _Child(spec=spec, argv=argv, env=env, port=port)
         self._children[spec.id] = child
-        self._nursery.start_soon(self._run, child, name=f"child {spec.id}")
+        if not self._take_spare(child):
+            self._nursery.start_soon(self._run, _Holder(child), name=f"child {spec.id}")
+        self.keep_a_spare()
         return child.argv
 
     def stop(self, model_id: str) -> None:
@@ -146,34 +162,54 @@ class Supervisor:
         Cancellation: returns early; cancelling the supervisor's nursery then stops the rest
         (trio's ``run_process`` runs the same stop sequence, shielded).
         """
+        self._is_stopping = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.assigned.set()  # with no child: it ends
         children = list(self._children.values())
         for child in children:
             child.stop_requested.set()
         for child in children:
             await child.exited.wait()
 
-    async def _run(self, child: _Child) -> None:
+    async def _run(self, holder: _Holder) -> None:
+        """Run one process from spawn to exit: a model's child, or a spare until it gets one.
+
+        A spare is ``llama-router child --spare``: an interpreter with llama.cpp and the
+        server already imported, waiting for an ``assign`` line with its model's arguments.
+        Handing a load to a spare saves the half second a new Python process spends importing.
+        """
         secret = lifeline.new_secret()
-        env = dict(child.env)
-        if child.port is None:
-            env[lifeline.ENV_VAR] = secret  # only our own children speak the lifeline
+        child = holder.child
+        if child is not None and child.port is not None:
+            argv, env = child.argv, dict(child.env)  # a 'command': no lifeline, no spare
+        else:
+            argv = child.argv if child is not None else _SPARE_ARGV
+            env = dict(child.env) if child is not None else self._base_env()
+            env[lifeline.ENV_VAR] = secret
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:
                 process = await nursery.start(
                     partial(
                         trio.run_process,
-                        child.argv,
+                        argv,
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE,
                         env=env,
                         start_new_session=True,  # its own process group, killed as one
-                        cwd=_working_dir(child.spec),
+                        cwd=_working_dir(child.spec) if child is not None else None,
                         check=False,
-                        deliver_cancel=partial(self._terminate, child),
+                        deliver_cancel=partial(self._terminate_held, holder),
                     )
                 )
+                holder.process = process
+                if child is None:
+                    child = await self._wait_for_assignment(holder, process)
+                    if child is None:
+                        nursery.cancel_scope.cancel()
+                        return
                 stderr_done = trio.Event()
                 nursery.start_soon(self._forward_stderr, child, process, stderr_done)
                 if child.port is None:
@@ -186,17 +222,83 @@ class Supervisor:
                     await stderr_done.wait()  # keep the last lines: they say why it died
                 nursery.cancel_scope.cancel()
         finally:
-            del self._children[child.spec.id]
-            child.exited.set()
-            exit_code = process.returncode if process is not None else None
-            ended = ChildExit(
-                exit_code=exit_code,
-                last_error=child.last_error or child.last_line,
-                was_stopped=child.stop_requested.is_set(),
-                was_ready=child.was_ready,
-            )
-            log.info("[%s] exited with code %s", child.spec.id, exit_code)
-            self._events.child_exited(child.spec.id, ended)
+            if holder.child is not None:
+                self._report_exit(holder.child, process)
+            elif self._spare is holder:
+                self._spare = None
+
+    def _report_exit(self, child: _Child, process: trio.Process | None) -> None:
+        del self._children[child.spec.id]
+        child.exited.set()
+        exit_code = process.returncode if process is not None else None
+        ended = ChildExit(
+            exit_code=exit_code,
+            last_error=child.last_error or child.last_line,
+            was_stopped=child.stop_requested.is_set(),
+            was_ready=child.was_ready,
+        )
+        log.info("[%s] exited with code %s", child.spec.id, exit_code)
+        self._events.child_exited(child.spec.id, ended)
+
+    # ---- spares --------------------------------------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop(lifeline.ENV_VAR, None)
+        return env
+
+    def keep_a_spare(self) -> None:
+        """Have one spare child waiting (started in the background if there is none)."""
+        if self._settings.use_spares and self._spare is None and not self._is_stopping:
+            self._spare = _Holder(None)
+            self._nursery.start_soon(self._run, self._spare, name="spare child")
+
+    def _take_spare(self, child: _Child) -> bool:
+        """Hand ``child`` to the waiting spare, if there is one it can serve as."""
+        spare = self._spare
+        if spare is None or spare.process is None or child.port is not None:
+            return False
+        if child.env != self._base_env():
+            return False  # its own environment must be there from the process's start
+        self._spare = None
+        spare.child = child
+        spare.assigned.set()
+        return True
+
+    async def _wait_for_assignment(self, holder: _Holder, process: trio.Process) -> _Child | None:
+        """Wait until a model is handed to this spare; None if it died or we stop first."""
+        async with trio.open_nursery() as nursery:
+
+            async def end_if_it_dies() -> None:
+                await process.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(end_if_it_dies)
+            await holder.assigned.wait()
+            nursery.cancel_scope.cancel()
+        child = holder.child
+        if child is None or process.returncode is not None:
+            return None
+        assert process.stdin is not None
+        arguments = child.argv[child.argv.index("child") + 1 :]
+        try:
+            await process.stdin.send_all(b"assign " + json.dumps(arguments).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None  # it died just now; its exit is reported as this child's
+        return child
+
+    async def _terminate_held(self, holder: _Holder, process: trio.Process) -> None:
+        if holder.child is not None:
+            await self._terminate(holder.child, process)
+            return
+        if process.stdin is not None:  # an idle spare: end-of-file makes it exit at once
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await process.stdin.aclose()
+        with trio.move_on_after(KILL_AFTER_TERM_S):
+            await process.wait()
+            return
+        _signal_group(process, signal.SIGKILL)
+        await process.wait()
 
     async def _await_ready(self, child: _Child, process: trio.Process, secret: str) -> None:
         """Read the child's stdout until its ready line; stop it if that takes too long."""
@@ -210,7 +312,7 @@ class Supervisor:
                     address = lifeline.ready_address(line.decode(errors="replace"), secret)
                     if address is not None and not child.was_ready:
                         child.was_ready = True
-                        self._events.child_ready(child.spec.id, address)
+                        self._events.child_ready(child.spec.id, address, process.pid)
         if timer.cancelled_caught and not child.was_ready:
             child.last_error = (
                 f"not ready after {self._settings.load_timeout_s:g}s (load timeout); stopped"
@@ -229,7 +331,7 @@ class Supervisor:
                         if (await client.get(url)).status_code == 200:
                             child.was_ready = True
                             self._events.child_ready(
-                                child.spec.id, f"http://127.0.0.1:{child.port}"
+                                child.spec.id, f"http://127.0.0.1:{child.port}", process.pid
                             )
                             return
                     except httpx.TransportError:

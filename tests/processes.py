@@ -150,8 +150,19 @@ class RouterProcess:
         return "".join(self.stderr_lines)
 
     def child_pids(self) -> dict[str, int]:
-        """The router's live children, by the model id they serve."""
-        return {model: pid for pid, model in _children_of(self.process.pid) if model is not None}
+        """The processes of the loaded models, by model id (as GET /models reports them).
+
+        Not from the command lines: a model handed to a spare child runs in a process whose
+        command line says only ``child --spare``.
+        """
+        import httpx
+
+        data = httpx.get(f"{self.base_url}/models", timeout=10).json()["data"]
+        return {
+            entry["id"]: entry["status"]["pid"]
+            for entry in data
+            if entry["status"].get("pid") is not None
+        }
 
 
 def _children_of(parent: int) -> list[tuple[int, str | None]]:

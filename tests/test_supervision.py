@@ -155,3 +155,37 @@ def test_swapping_models_leaks_no_file_descriptors_or_processes(models: Path) ->
         after = len(list(fd_dir.iterdir()))
         assert after <= before
         assert len(router.child_pids()) == 1
+
+
+def test_a_load_goes_to_the_waiting_spare_child(models: Path) -> None:
+    from tests.processes import _children_of
+
+    with running_router(models) as router:
+        httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "good", "prompt": "x", "max_tokens": 1},
+            timeout=30,
+        )
+
+        def spares() -> list[int]:
+            """Children waiting as spares: started with --spare, serving no model."""
+            serving = set(router.child_pids().values())
+            return [
+                pid for pid, model in _children_of(router.process.pid)
+                if model is None and pid not in serving
+            ]  # fmt: skip
+
+        wait_until(lambda: len(spares()) == 1, "a spare waits")
+        spare = spares()[0]
+        assert b"--spare" in Path(f"/proc/{spare}/cmdline").read_bytes()
+        httpx.post(
+            f"{router.base_url}/v1/completions",
+            json={"model": "other", "prompt": "x", "max_tokens": 1},
+            timeout=30,
+        )
+        assert router.child_pids()["other"] == spare  # the spare became "other"
+        wait_until(lambda: len(spares()) == 1 and spares()[0] != spare, "a new spare waits")
+        everyone = [pid for pid, _ in _children_of(router.process.pid)]
+        router.process.send_signal(signal.SIGTERM)
+        assert router.process.wait(timeout=30) == 0
+        assert not [pid for pid in everyone if pid_is_alive(pid)]  # the spare exits too

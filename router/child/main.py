@@ -6,6 +6,7 @@ be loaded (after one line on stderr that says why), 2 for bad command-line optio
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -33,17 +34,52 @@ GRACE_FOR_ERROR_BODIES_S = 1.0
 GRACE_FOR_LAST_BYTES_S = 0.2
 
 
-def run_child(engine_options: EngineOptions, serve_options: ServeOptions) -> int:
+def run_child(
+    engine_options: EngineOptions,
+    serve_options: ServeOptions,
+    lifeline: ChildLifeline | None = None,
+) -> int:
     """The ``llama-router child`` command."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    lifeline = ChildLifeline.from_environment()
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    if lifeline is None:
+        lifeline = ChildLifeline.from_environment()
     try:
         return trio.run(serve_model, engine_options, serve_options, lifeline)
     except KeyboardInterrupt:
         return 0
+
+
+def run_spare(parse_arguments: Callable[[list[str]], tuple[EngineOptions, ServeOptions]]) -> int:
+    """``llama-router child --spare``: wait, with everything imported, for a model to serve.
+
+    The router starts one spare ahead of need and writes ``assign ["-m", "x.gguf", ...]`` on
+    its stdin when a load comes; the spare then serves that model exactly as ``child`` would.
+    End-of-file instead of an assignment means the router stopped (or died): exit at once.
+    """
+    lifeline = ChildLifeline.from_environment()
+    if lifeline is None:
+        print("error: --spare is for the router's own use (it needs a lifeline)", file=sys.stderr)
+        return 2
+    line = _read_line()
+    if not line.startswith(b"assign "):
+        return 0
+    engine_options, serve_options = parse_arguments(json.loads(line[len(b"assign ") :]))
+    return run_child(engine_options, serve_options, lifeline)
+
+
+def _read_line() -> bytes:
+    """One line from stdin, read a byte at a time: what follows it stays for the lifeline."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            return b""
+        line += byte
+    return line
 
 
 async def serve_model(

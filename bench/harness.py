@@ -1,0 +1,169 @@
+"""Processes under test, and the results they produce.
+
+Every system runs as a real process on this machine, started and stopped here:
+
+* ``direct``: our child (``llama-router child``) on a TCP port, the baseline for the router;
+* ``llama-router``: our router over a models folder;
+* ``llama-server``: llama.cpp's server on one model (the baseline for its router);
+* ``llama.cpp-router``: llama.cpp's router mode over the same folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from router.cpu import physical_core_count
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str  # what was measured: "added_latency", "stream_gemma", ...
+    system: str  # direct, llama-router, llama.cpp-router, llama-server
+    metric: str  # p50_ms, tokens_per_s, ...
+    value: float
+    unit: str
+
+
+@dataclass
+class Results:
+    items: list[Result] = field(default_factory=list)
+
+    def add(self, name: str, system: str, metric: str, value: float, unit: str) -> None:
+        self.items.append(Result(name, system, metric, round(value, 4), unit))
+        print(f"  {name:18s} {system:17s} {metric:16s} {value:10.3f} {unit}", file=sys.stderr)
+
+    def get(self, name: str, system: str, metric: str) -> float | None:
+        for item in self.items:
+            if (item.name, item.system, item.metric) == (name, system, metric):
+                return item.value
+        return None
+
+    def write_json(self, path: Path) -> None:
+        payload = {"machine": machine(), "results": [asdict(item) for item in self.items]}
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def machine() -> dict[str, object]:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = 0
+    if Path("/proc/meminfo").exists():
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "cpu": model or platform.processor(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_core_count(),
+        "memory_bytes": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@contextmanager
+def serve(command: list[str], port: int, *, cwd: Path | None = None) -> Iterator[Server]:
+    """Run ``command`` (which listens on ``port``) until the block ends; wait for /health."""
+    log = open(os.devnull, "wb")  # noqa: SIM115 - closed in finally
+    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, cwd=cwd)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start: {' '.join(command)}")
+            time.sleep(0.05)
+        yield Server(process, base_url)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def our_child(model: Path, port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "router", "child", "-m", str(model), "--port", str(port),
+            "--alias", model.stem, *args]  # fmt: skip
+
+
+def our_router(models_dir: Path, port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "router", "serve", "--models-dir", str(models_dir),
+            "--port", str(port), "--no-plugins", *args]  # fmt: skip
+
+
+def llama_server(binary: Path, model: Path, port: int, *args: str) -> list[str]:
+    return [str(binary), "-m", str(model), "--port", str(port), "--alias", model.stem,
+            "--no-webui", *args]  # fmt: skip
+
+
+def llama_cpp_router(binary: Path, models_dir: Path, port: int, *args: str) -> list[str]:
+    return [str(binary), "--models-dir", str(models_dir), "--port", str(port), "--no-webui",
+            *args]  # fmt: skip
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used by ``pid`` itself so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0

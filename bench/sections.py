@@ -1,0 +1,417 @@
+"""The measurements. Each section starts the systems it compares, measures them in the same run
+(interleaved where it matters), and adds Results."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from bench import harness
+from bench.harness import Results, median, percentile
+
+
+@dataclass(frozen=True)
+class Setup:
+    tiny_dir: Path  # three tiny models: a, b, c
+    gemma: Path | None
+    llama_server: Path | None
+    threads: int
+    quick: bool
+    progress: Callable[[str], None]
+
+    @property
+    def gemma_dir(self) -> Path | None:
+        return self.gemma.parent if self.gemma else None
+
+
+COMPLETION = "/v1/completions"
+
+
+def _one_token(client: httpx.Client, base: str, model: str) -> float:
+    start = time.perf_counter()
+    response = client.post(
+        base + COMPLETION,
+        json={"model": model, "prompt": "x", "max_tokens": 1, "temperature": 0},
+    )
+    response.raise_for_status()
+    return (time.perf_counter() - start) * 1000
+
+
+def _stream(
+    base: str, model: str, prompt: str | list[int], tokens: int
+) -> tuple[float, float, int]:
+    """(time to first token s, decode tokens/s after it, tokens) for one greedy stream."""
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True}  # fmt: skip
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    with httpx.stream("POST", base + COMPLETION, json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                count += 1
+    rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return first - start, rate, count
+
+
+def _ensure_loaded(base: str, model: str) -> None:
+    """Load ``model`` first where the server is a router (a no-op for a plain server)."""
+    response = httpx.get(base + "/models", timeout=10)
+    entries = response.json().get("data", []) if response.status_code == 200 else []
+    if not any("status" in entry for entry in entries):
+        return
+    httpx.post(base + "/models/load", json={"model": model}, timeout=10)
+    _wait_status(base, model, "loaded")
+
+
+def _wait_status(base: str, model: str, value: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in httpx.get(base + "/models", timeout=10).json()["data"]:
+            if entry["id"] == model and entry["status"]["value"] == value:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{model} did not become {value}")
+
+
+# ---- 1. added latency ------------------------------------------------------------------------
+
+
+def added_latency(setup: Setup, results: Results) -> None:
+    """A 1-token completion, through the router and straight to the same kind of child."""
+    n = 60 if setup.quick else 300
+    model = setup.tiny_dir / "a.gguf"
+    pairs = [("direct", "llama-router")]
+    ours_port, child_port = harness.free_port(), harness.free_port()
+    args = ["-t", "1", "-c", "512"]
+    samples: dict[str, list[float]] = {}
+    with (
+        harness.serve(harness.our_child(model, child_port, *args), child_port) as child,
+        harness.serve(harness.our_router(setup.tiny_dir, ours_port, *args), ours_port) as ours,
+    ):
+        systems = {"direct": child.base_url, "llama-router": ours.base_url}
+        if setup.llama_server:
+            samples.update(_latency_llama_cpp(setup, model, n))
+            pairs.append(("llama-server", "llama.cpp-router"))
+        samples.update(_interleaved_latencies(systems, "a", n, setup.progress))
+    for system, values in samples.items():
+        for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
+            results.add("one_token_latency", system, label, percentile(values, fraction), "ms")
+    for baseline, router in pairs:
+        added = percentile(samples[router], 0.5) - percentile(samples[baseline], 0.5)
+        results.add("added_latency", router, "p50_added_ms", added, "ms")
+        ratio = percentile(samples[router], 0.5) / percentile(samples[baseline], 0.5)
+        results.add("added_latency", router, "p50_ratio", ratio, "x")
+
+
+def _latency_llama_cpp(setup: Setup, model: Path, n: int) -> dict[str, list[float]]:
+    assert setup.llama_server is not None
+    server_port, router_port = harness.free_port(), harness.free_port()
+    args = ["-t", "1", "-c", "512"]
+    with (
+        harness.serve(harness.llama_server(setup.llama_server, model, server_port, *args),
+                      server_port) as server,
+        harness.serve(harness.llama_cpp_router(setup.llama_server, setup.tiny_dir,
+                                               router_port, *args), router_port) as router,
+    ):  # fmt: skip
+        systems = {"llama-server": server.base_url, "llama.cpp-router": router.base_url}
+        return _interleaved_latencies(systems, "a", n, setup.progress)
+
+
+def _interleaved_latencies(
+    systems: dict[str, str], model: str, n: int, progress: Callable[[str], None]
+) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in systems}
+    clients = {name: httpx.Client(timeout=60) for name in systems}
+    for base in systems.values():
+        _ensure_loaded(base, model)
+    try:
+        for name, base in systems.items():
+            for _ in range(20):  # warm-up: loads the model, fills keep-alive pools
+                _one_token(clients[name], base, model)
+        for index in range(n):
+            for name, base in systems.items():
+                samples[name].append(_one_token(clients[name], base, model))
+            if index % 50 == 0:
+                progress(f"latency {index}/{n}")
+    finally:
+        for client in clients.values():
+            client.close()
+    return samples
+
+
+# ---- 2. streaming ----------------------------------------------------------------------------
+
+
+def streaming(setup: Setup, results: Results) -> None:
+    """A greedy stream of Gemma (or a tiny model in --quick) through the router vs direct."""
+    model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
+    folder = model.parent
+    tokens = 32 if setup.quick else 128
+    rounds = 2 if setup.quick else 5
+    args = ["-t", str(setup.threads), "-c", "2048"]
+    child_port, ours_port = harness.free_port(), harness.free_port()
+    name = f"stream_{model.stem}"
+    runs: dict[str, list[tuple[float, float, int]]] = {}
+    with (
+        harness.serve(harness.our_child(model, child_port, *args), child_port) as child,
+        harness.serve(harness.our_router(folder, ours_port, *args), ours_port) as ours,
+    ):
+        systems = {"direct": child.base_url, "llama-router": ours.base_url}
+        for base in systems.values():
+            _ensure_loaded(base, model.stem)
+            _stream(base, model.stem, "Once upon a time", 4)
+        for round_index in range(rounds):
+            for system, base in systems.items():
+                runs.setdefault(system, []).append(
+                    _stream(base, model.stem, "Once upon a time", tokens)
+                )
+            setup.progress(f"streaming round {round_index + 1}/{rounds}")
+    for system, values in runs.items():
+        results.add(name, system, "ttft_ms", median([v[0] for v in values]) * 1000, "ms")
+        results.add(name, system, "tokens_per_s", median([v[1] for v in values]), "tok/s")
+    ratio = median([v[1] for v in runs["llama-router"]]) / median([v[1] for v in runs["direct"]])
+    results.add(name, "llama-router", "tokens_per_s_ratio", ratio, "x")
+
+
+# ---- 3. cold start and 4. swap ---------------------------------------------------------------
+
+
+def cold_start_and_swap(setup: Setup, results: Results) -> None:
+    """Request to first byte for an unloaded model; seconds per swap with --models-max 1."""
+    rounds = 2 if setup.quick else 5
+    routers = {"llama-router": harness.our_router}
+    if setup.llama_server:
+        binary = setup.llama_server
+        routers["llama.cpp-router"] = lambda d, p, *a: harness.llama_cpp_router(binary, d, p, *a)
+    targets = [(setup.tiny_dir, "a", "tiny")]
+    if setup.gemma and not setup.quick:
+        targets.append((setup.gemma.parent, setup.gemma.stem, "gemma"))
+    for system, command in routers.items():
+        for folder, model, label in targets:
+            port = harness.free_port()
+            args = ["-t", str(setup.threads), "-c", "2048", "--models-max", "1"]
+            with harness.serve(command(folder, port, *args), port) as router:
+                times = []
+                for _ in range(rounds):
+                    _ensure_loaded(router.base_url, model)
+                    httpx.post(router.base_url + "/models/unload", json={"model": model})
+                    _wait_status(router.base_url, model, "unloaded")
+                    times.append(_first_byte_s(router.base_url, model))
+                results.add(f"cold_start_{label}", system, "first_byte_s", median(times), "s")
+                setup.progress(f"cold start {label} on {system}")
+        port = harness.free_port()
+        args = ["-t", "1", "-c", "512", "--models-max", "1"]
+        with harness.serve(command(setup.tiny_dir, port, *args), port) as router:
+            with httpx.Client(timeout=120) as client:
+                _ensure_loaded(router.base_url, "a")
+                _one_token(client, router.base_url, "a")
+                swaps = []
+                for index in range(4 if setup.quick else 10):
+                    model = "b" if index % 2 == 0 else "a"
+                    swaps.append(_one_token(client, router.base_url, model) / 1000)
+            results.add("swap_tiny", system, "seconds_per_swap", median(swaps), "s")
+            setup.progress(f"swaps on {system}")
+
+
+def _first_byte_s(base: str, model: str) -> float:
+    body = {"model": model, "prompt": "x", "max_tokens": 1, "stream": True}
+    start = time.perf_counter()
+    with httpx.stream("POST", base + COMPLETION, json=body, timeout=300) as response:
+        for _ in response.iter_raw():
+            return time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+# ---- 5. load ---------------------------------------------------------------------------------
+
+
+def load(setup: Setup, results: Results) -> None:
+    """N concurrent clients over three models with --models-max 2."""
+    levels = [1, 8] if setup.quick else [1, 8, 32, 128]
+    per_client = 4 if setup.quick else 12
+    port = harness.free_port()
+    args = ["-t", "1", "-c", "512", "--models-max", "2", "-np", "2", "--max-queue", "256"]
+    with harness.serve(harness.our_router(setup.tiny_dir, port, *args), port) as router:
+        for clients in levels:
+            cpu_before = harness.process_tree_cpu_seconds(router.pid)
+            latencies, errors, wall = trio.run(_load_run, router.base_url, clients, per_client)
+            cpu = harness.process_tree_cpu_seconds(router.pid) - cpu_before
+            name = f"load_c{clients}"
+            results.add(name, "llama-router", "requests_per_s", len(latencies) / wall, "req/s")
+            results.add(name, "llama-router", "p99_ms", percentile(latencies, 0.99) * 1000, "ms")
+            results.add(name, "llama-router", "errors", errors, "count")
+            results.add(name, "llama-router", "router_cpu_s", cpu, "s")
+            setup.progress(f"load with {clients} clients")
+        results.add("load", "llama-router", "router_peak_rss_mib",
+                    harness.peak_rss_bytes(router.pid) / 2**20, "MiB")  # fmt: skip
+
+
+async def _load_run(base: str, clients: int, per_client: int) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    rng = random.Random(clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
+
+        async def one_client() -> None:
+            nonlocal errors
+            for _ in range(per_client):
+                body = {"model": rng.choice("abc"), "prompt": "x", "max_tokens": 4,
+                        "ignore_eos": True}  # fmt: skip
+                start = time.perf_counter()
+                try:
+                    response = await client.post(COMPLETION, json=body)
+                    if response.status_code != 200:
+                        errors += 1
+                        continue
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(one_client)
+        return latencies, errors, time.perf_counter() - start
+
+
+# ---- 6. backends -----------------------------------------------------------------------------
+
+
+def backends(setup: Setup, results: Results) -> list[str]:
+    """The ggml devices this llama-cpp-python can use, and pp512/tg128 on each offload setting."""
+    import llama_cpp
+
+    devices = list_devices()
+    setup.progress("devices: " + ", ".join(devices))
+    model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
+    offloads = [0] if not llama_cpp.llama_supports_gpu_offload() else [0, -1]
+    for n_gpu_layers in offloads:
+        llama = llama_cpp.Llama(str(model), n_ctx=1024, n_batch=512, n_threads=setup.threads,
+                                n_gpu_layers=n_gpu_layers, verbose=False)  # fmt: skip
+        try:
+            system = f"ngl{'all' if n_gpu_layers else 0}"
+            vocabulary = llama.n_vocab()
+            prompt = [llama.token_bos()] + [(1000 + i) % vocabulary for i in range(511)]
+            llama.reset()
+            start = time.perf_counter()
+            llama.eval(prompt)
+            results.add("pp512", system, "tokens_per_s", 512 / (time.perf_counter() - start),
+                        "tok/s")  # fmt: skip
+            tokens = 32 if setup.quick else 128
+            start = time.perf_counter()
+            for index in range(tokens):
+                llama.eval([(1000 + index) % vocabulary])
+            results.add(f"tg{tokens}", system, "tokens_per_s",
+                        tokens / (time.perf_counter() - start), "tok/s")  # fmt: skip
+        finally:
+            llama.close()
+    return devices
+
+
+def list_devices() -> list[str]:
+    """Every device the bundled ggml registers: "CPU: ...", "CUDA0: ...", ..."""
+    import llama_cpp
+
+    library_dir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(library_dir.glob("libggml.so*")) + sorted(library_dir.glob("libggml.dylib"))
+    if not candidates:
+        return ["unknown (libggml not found)"]
+    ggml = ctypes.CDLL(str(candidates[0]))
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_name.restype = ctypes.c_char_p
+    ggml.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_description.restype = ctypes.c_char_p
+    ggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    devices = []
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        name = ggml.ggml_backend_dev_name(device).decode()
+        description = ggml.ggml_backend_dev_description(device).decode()
+        devices.append(f"{name}: {description}")
+    return devices
+
+
+# ---- 8. engine -------------------------------------------------------------------------------
+
+
+def engine(setup: Setup, results: Results) -> None:
+    """Our child against llama-server on the same GGUF and threads: pp512, tg128, and the
+    aggregate speed of 1, 4 and 8 concurrent greedy streams."""
+    if setup.llama_server is None:
+        setup.progress("engine: skipped (no --llama-server)")
+        return
+    model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
+    tokens = 32 if setup.quick else 128
+    levels = [1, 4] if setup.quick else [1, 4, 8]
+    threads = ["-t", str(setup.threads)]
+    child_port, server_port = harness.free_port(), harness.free_port()
+    # Eight slots of 1024 tokens each: llama-server divides -c among its slots, we do not.
+    with (
+        harness.serve(harness.our_child(model, child_port, *threads, "-c", "1024", "-np", "8"),
+                      child_port) as child,
+        harness.serve(harness.llama_server(setup.llama_server, model, server_port, *threads,
+                                           "-c", "8192", "-np", "8"), server_port) as server,
+    ):  # fmt: skip
+        systems = {"direct": child.base_url, "llama-server": server.base_url}
+        n_vocab = httpx.get(child.base_url + "/v1/models").json()["data"][0]["meta"]["n_vocab"]
+        prompt_512 = [5 + (index * 7) % (n_vocab - 10) for index in range(512)]
+        for system, base in systems.items():
+            _stream(base, model.stem, "warm up", 4)
+            ttft, _, _ = _stream(base, model.stem, prompt_512, 2)  # type: ignore[arg-type]
+            results.add("pp512", system, "tokens_per_s", 512 / ttft, "tok/s")
+            _, rate, _ = _stream(base, model.stem, "Once upon a time", tokens)
+            results.add(f"tg{tokens}", system, "tokens_per_s", rate, "tok/s")
+            for streams in levels:
+                total = trio.run(_concurrent_tokens, base, model.stem, streams, tokens)
+                results.add(f"concurrent_{streams}", system, "aggregate_tokens_per_s", total,
+                            "tok/s")  # fmt: skip
+            setup.progress(f"engine on {system}")
+
+
+async def _concurrent_tokens(base: str, model: str, streams: int, tokens: int) -> float:
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens,
+            "temperature": 0, "ignore_eos": True}  # fmt: skip
+    generated = 0
+    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+
+        async def one() -> None:
+            nonlocal generated
+            response = await client.post(COMPLETION, json=body)
+            generated += response.json()["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(streams):
+                nursery.start_soon(one)
+        return generated / (time.perf_counter() - start)
+
+
+SECTIONS = {
+    "latency": added_latency,
+    "streaming": streaming,
+    "cold": cold_start_and_swap,
+    "load": load,
+    "backends": backends,
+    "engine": engine,
+}
