@@ -103,6 +103,7 @@ async def serve_router(
             )
             context = PluginContext(settings, chores, pool.catalog)
             pool.attach(supervisor, chores, context)
+            supervisor.keep_a_spare()
             await call_each(plugins, "startup", router=context)
             for state in list(pool.models.values()):
                 if state.spec.load_on_startup:

@@ -146,7 +146,7 @@ class Supervisor:
         self._children[spec.id] = child
         if not self._take_spare(child):
             self._nursery.start_soon(self._run, _Holder(child), name=f"child {spec.id}")
-        self.keep_a_spare()
+        self.keep_a_spare()  # for the next load: a back-to-back swap finds it ready
         return child.argv
 
     def stop(self, model_id: str) -> None:
