@@ -44,6 +44,8 @@ def write_tiny_llama(
     seed: int = 0,
     n_embd: int = N_EMBD,
     n_ff: int = N_FF,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
 ) -> Path:
     """Write a working tiny llama GGUF to ``path`` and return it (wider if asked)."""
     rng = np.random.default_rng(seed)
@@ -54,11 +56,11 @@ def write_tiny_llama(
     writer.add_name("tiny-test-llama")
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
-    writer.add_block_count(N_LAYERS)
+    writer.add_block_count(n_layers)
     writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(N_HEADS)
-    writer.add_head_count_kv(N_HEADS)
-    writer.add_rope_dimension_count(n_embd // N_HEADS)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_heads)
+    writer.add_rope_dimension_count(n_embd // n_heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
@@ -80,7 +82,7 @@ def write_tiny_llama(
     writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     writer.add_tensor("output.weight", weights(n_vocab, n_embd))
-    for layer in range(N_LAYERS):
+    for layer in range(n_layers):
         block = f"blk.{layer}"
         writer.add_tensor(f"{block}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"{block}.attn_q.weight", weights(n_embd, n_embd))
