@@ -14,12 +14,11 @@ import inspect
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import trio
 
 from router.catalog import ModelSpec
@@ -44,6 +43,7 @@ from router.scheduler import (
     plan,
 )
 from router.supervisor import ChildExit, Supervisor
+from router.wire import ChildConnections
 
 log = logging.getLogger("router.pool")
 
@@ -63,7 +63,7 @@ class ModelState:
     exit_code: int | None = None
     last_error: str = ""
     is_failed: bool = False
-    client: httpx.AsyncClient | None = None  # to the child, while it is loaded
+    client: ChildConnections | None = None  # to the child, while it is loaded
     pid: int | None = None  # its process, while it is loaded
     config_error: str = ""  # its conf.d file is broken now; the last good settings stay
     pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
@@ -138,12 +138,9 @@ class ModelPool:
             is_pinned=state.spec.is_pinned,
         )
 
-    def catalog(self) -> dict[str, ModelInfo]:
-        return {
-            model_id: self.info(state)
-            for model_id, state in self.models.items()
-            if not state.is_retired
-        }
+    def catalog(self) -> Mapping[str, ModelInfo]:
+        """The listed models as plugins see them, built only as far as a hook looks."""
+        return _Catalog(self)
 
     def _set_status(self, state: ModelState, new: Status, detail: str = "") -> None:
         old, state.status = state.status, new
@@ -274,7 +271,7 @@ class ModelPool:
         return state
 
     @asynccontextmanager
-    async def lease(self, model_id: str, *, autoload: bool) -> AsyncIterator[httpx.AsyncClient]:
+    async def lease(self, model_id: str, *, autoload: bool) -> AsyncIterator[ChildConnections]:
         """Hold ``model_id`` loaded for the block, loading it first if needed; yield its client.
 
         Raises ModelNotFound, Unavailable (not loaded and autoload off, or backing off after
@@ -467,6 +464,30 @@ class ModelPool:
         )
 
 
+class _Catalog(Mapping[str, ModelInfo]):
+    """A read-only view of the pool's models that builds each ModelInfo on access: the
+    default resolver only asks ``requested in catalog`` on every request."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self._pool = pool
+
+    def __getitem__(self, model_id: str) -> ModelInfo:
+        state = self._pool.models.get(model_id)
+        if state is None or state.is_retired:
+            raise KeyError(model_id)
+        return self._pool.info(state)
+
+    def __contains__(self, model_id: object) -> bool:
+        state = self._pool.models.get(model_id) if isinstance(model_id, str) else None
+        return state is not None and not state.is_retired
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([m for m, state in self._pool.models.items() if not state.is_retired])
+
+    def __len__(self) -> int:
+        return sum(1 for state in self._pool.models.values() if not state.is_retired)
+
+
 async def _await_quietly(awaitable: Awaitable[object]) -> None:
     try:
         await awaitable
@@ -474,11 +495,6 @@ async def _await_quietly(awaitable: Awaitable[object]) -> None:
         log.exception("a plugin's background work failed")
 
 
-def _client_for(address: str) -> httpx.AsyncClient:
-    """A keep-alive client for a child at ``unix:/path`` or ``http://host:port``."""
-    timeout = httpx.Timeout(connect=10.0, read=None, write=None, pool=None)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    if address.startswith("unix:"):
-        transport = httpx.AsyncHTTPTransport(uds=address[len("unix:") :], limits=limits)
-        return httpx.AsyncClient(transport=transport, base_url="http://child", timeout=timeout)
-    return httpx.AsyncClient(base_url=address, timeout=timeout, limits=limits)
+def _client_for(address: str) -> ChildConnections:
+    """Keep-alive connections to a child at ``unix:/path`` or ``http://host:port``."""
+    return ChildConnections(address)

@@ -15,13 +15,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
 import trio
 
 from router.errors import RouterError, Unavailable, sse_error_event
 from router.plugin_types import Principal, Usage
 from router.plugins import Plugins, call_each, has_implementations
 from router.pool import ModelPool
+from router.wire import WireError, WireResponse
 
 log = logging.getLogger("router.proxy")
 
@@ -118,29 +118,27 @@ async def _forward_with_lease(
     task_status: trio.TaskStatus[ForwardedResponse],
     tail: _Tail,
 ) -> None:
-    async with pool.lease(request.model, autoload=request.autoload) as client:
-        outgoing = client.build_request(
-            request.method,
-            request.path,
-            params=request.query.decode("latin-1") or None,
-            headers=_forwardable(request.headers),
-            content=request.body,
-        )
+    async with pool.lease(request.model, autoload=request.autoload) as child:
+        target = request.path
+        if request.query:
+            target += "?" + request.query.decode("latin-1")
         try:
-            response = await client.send(outgoing, stream=True)
-        except httpx.TransportError as exc:
+            response = await child.request(
+                request.method, target, _forwardable(request.headers), request.body
+            )
+        except WireError as exc:
             raise Unavailable(
-                f"model {request.model!r} did not answer ({type(exc).__name__}); its process "
-                "may have exited: see GET /models"
+                f"model {request.model!r} did not answer ({exc}); its process may have "
+                "exited: see GET /models"
             ) from exc
         tail.status = response.status_code
         send, receive = trio.open_memory_channel[bytes](CHANNEL_CHUNKS)
-        is_event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+        is_event_stream = response.content_type.startswith("text/event-stream")
         try:
             task_status.started(
                 ForwardedResponse(
                     status=response.status_code,
-                    headers=_forwardable(response.headers.multi_items()),
+                    headers=_forwardable(response.headers),
                     body=receive,
                 )
             )
@@ -153,7 +151,7 @@ async def _forward_with_lease(
 
 async def _pump(
     model: str,
-    response: httpx.Response,
+    response: WireResponse,
     send: trio.MemorySendChannel[bytes],
     is_event_stream: bool,
     tail: _Tail,
@@ -165,7 +163,7 @@ async def _pump(
             await send.send(chunk)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client left; closing the response cancels the child's work
-    except httpx.TransportError as exc:
+    except WireError as exc:
         log.warning("model %s broke off its answer: %s", model, exc)
         if is_event_stream:
             error = RouterError(
