@@ -109,9 +109,19 @@ class Server:
 
 @contextmanager
 def serve(command: list[str], port: int, *, cwd: Path | None = None) -> Iterator[Server]:
-    """Run ``command`` (which listens on ``port``) until the block ends; wait for /health."""
+    """Run ``command`` (which listens on ``port``) until the block ends; wait for /health.
+
+    It runs in a neutral folder (default: the temporary folder), so that no conf.d or
+    router.toml of the current folder changes what is measured.
+    """
     log = open(os.devnull, "wb")  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, cwd=cwd)
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        cwd=cwd or tempfile.gettempdir(),
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
