@@ -38,7 +38,7 @@ from router.plugins import (
 from router.pool import ModelPool
 from router.settings import RouterSettings
 from router.supervisor import Supervisor, SupervisorSettings
-from router.watch import watch_conf_dir
+from router.watch import ConfDirWatcher
 
 log = logging.getLogger("router")
 
@@ -111,9 +111,13 @@ async def serve_router(
             async with trio.open_nursery() as background:
                 background.start_soon(pool.run_idle_timers)
                 background.start_soon(_rescan_on_sighup, rescan)
+                watcher = None
                 if settings.conf_dir is not None:
-                    background.start_soon(watch_conf_dir, settings.conf_dir, rescan)
+                    watcher = ConfDirWatcher(settings.conf_dir, rescan)
+                    background.start_soon(watcher.run)
                 await _serve_http(settings, pool, plugins, rescan, task_status)
+                if watcher is not None:
+                    watcher.stop()
                 background.cancel_scope.cancel()
             await call_each(plugins, "shutdown", router=context)
             log.info("stopping every model")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -13,9 +14,37 @@ log = logging.getLogger("router.watch")
 
 POLL_INTERVAL_S = 0.5
 DEBOUNCE_MS = 200
+RUST_TIMEOUT_MS = 1000  # the longest a cancelled watch waits for its thread
 
 
-async def watch_conf_dir(folder: Path, on_change: Callable[[], None]) -> None:
+class ConfDirWatcher:
+    """Watches a conf.d folder until ``stop()``; see :meth:`run`."""
+
+    def __init__(self, folder: Path, on_change: Callable[[], None]) -> None:
+        self.folder = folder
+        self.on_change = on_change
+        import anyio
+
+        # watchfiles waits on a thread; cancelling it alone would wait for that thread's
+        # timeout (seconds). Setting this event first ends the thread within a step.
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Call ``on_change()`` after ``*.toml`` files are added, changed or removed.
+
+        Bursts of events (an editor's save, a package install) are folded into one call.
+        Returns soon after ``stop()``. Cancellation: stops watching and returns, after up to
+        a second if ``stop()`` was not called first.
+        """
+        await watch_conf_dir(self.folder, self.on_change, stop_event=self._stop)
+
+
+async def watch_conf_dir(
+    folder: Path, on_change: Callable[[], None], *, stop_event: Any = None
+) -> None:
     """Call ``on_change()`` after ``*.toml`` files in ``folder`` were added, changed or removed.
 
     Bursts of events (an editor's save, a package install) are folded into one call.
@@ -32,6 +61,8 @@ async def watch_conf_dir(folder: Path, on_change: Callable[[], None]) -> None:
             debounce=DEBOUNCE_MS,
             recursive=False,
             watch_filter=lambda _change, path: path.endswith(".toml"),
+            stop_event=stop_event,
+            rust_timeout=RUST_TIMEOUT_MS,
         ):
             on_change()
     except (OSError, RuntimeError) as exc:
