@@ -1,7 +1,9 @@
 """Stop strings: cut generated text at the first stop string, even one split across tokens.
 
-Text that might be the beginning of a stop string is held back until the next piece shows
-whether it is; so a client never sees part of a stop string.
+"First" means the first to be completed, as if the text came one character at a time; when
+several complete at the same character, the longest wins. So the result does not depend on how
+the text was split into tokens. Text that might be the beginning of a stop string is held back
+until the next piece shows whether it is, so a client never sees part of a stop string.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ class StopScanner:
         After a hit, the returned text is everything before the stop string, and the
         scanner should not be fed again.
         """
+        if not self._stops:
+            return text, False
         held = self._held + text
-        first_hit = min(
-            (index for stop in self._stops if (index := held.find(stop)) >= 0), default=-1
-        )
-        if first_hit >= 0:
-            self._held = ""
-            return held[:first_hit], True
+        # Any stop that ends in the new text starts within the held part (which is the
+        # longest end of the old text that begins a stop), so only new end positions matter.
+        for end in range(len(self._held) + 1, len(held) + 1):
+            lengths = [len(stop) for stop in self._stops if held.endswith(stop, 0, end)]
+            if lengths:
+                self._held = ""
+                return held[: end - max(lengths)], True
         keep = self._longest_stop_prefix_suffix(held)
         self._held = held[len(held) - keep :]
         return held[: len(held) - keep], False

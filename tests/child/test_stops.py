@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.child.stops import StopScanner
@@ -22,10 +22,15 @@ def _run(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
 
 
 def _expected(text: str, stops: list[str]) -> tuple[str, bool]:
-    hits = [text.find(stop) for stop in stops if stop and stop in text]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """Character by character: cut at the first stop completed (the longest, on a tie)."""
+    for end in range(1, len(text) + 1):
+        lengths = [len(stop) for stop in stops if stop and text[:end].endswith(stop)]
+        if lengths:
+            return text[: end - max(lengths)], True
+    return text, False
 
 
+@settings(max_examples=300)
 @given(
     text=st.text(alphabet="abc\n", max_size=40),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=10),
@@ -50,3 +55,9 @@ def test_no_stops_passes_everything_through() -> None:
     scanner = StopScanner([])
     assert scanner.feed("abc") == ("abc", False)
     assert scanner.flush() == ""
+
+
+def test_the_stop_completed_first_wins_even_if_another_started_earlier() -> None:
+    # "\naa" starts first but "a" is complete one character sooner: generation stops there.
+    scanner = StopScanner(["a", "\naa"])
+    assert scanner.feed("\na") == ("\n", True)
