@@ -294,12 +294,19 @@ class ModelPool:
                 )
         waiter = _Waiter(ticket=next(self._tickets), model=state.spec.id)
         self._queue.append(waiter)
+        is_resumed = False
         try:
             self._reschedule()
             await waiter.done.wait()
+            is_resumed = True
         finally:
             if waiter in self._queue:
                 self._queue.remove(waiter)
+                self._reschedule()
+            elif not is_resumed and waiter.error is None:
+                # Admitted, then cancelled before it could resume: give the slot back, or the
+                # model would look busy for ever and never be evicted.
+                state.in_flight -= 1
                 self._reschedule()
         if waiter.error is not None:
             raise waiter.error
