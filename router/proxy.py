@@ -85,7 +85,7 @@ async def _forward(
     task_status: trio.TaskStatus[ForwardedResponse],
 ) -> None:
     started = time.monotonic()
-    tail = _Tail()
+    tail = _Tail(is_kept=has_implementations(plugins, "request_finished"))
     status = 0
     try:
         await _forward_with_lease(pool, request, task_status, tail)
@@ -94,7 +94,7 @@ async def _forward(
         status = exc.status
         raise
     finally:
-        if has_implementations(plugins, "request_finished"):
+        if tail.is_kept:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await _report(plugins, request, tail, time.monotonic() - started, status)
 
@@ -181,12 +181,14 @@ class _Tail:
 
     SIZE = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, *, is_kept: bool) -> None:
+        self.is_kept = is_kept  # only a request_finished hook reads it: else skip the copies
         self.data = b""
         self.status = 0
 
     def keep(self, chunk: bytes) -> None:
-        self.data = (self.data + chunk)[-self.SIZE :]
+        if self.is_kept:
+            self.data = (self.data + chunk)[-self.SIZE :]
 
     def usage(self) -> Usage | None:
         start = self.data.rfind(b'"usage"')

@@ -22,6 +22,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 class Status(enum.StrEnum):
@@ -71,7 +72,15 @@ ChooseVictim = Callable[[Sequence[ModelView], str], str | None]  # (candidates, 
 Fits = Callable[[str, Sequence[str]], bool]  # (incoming, models holding a slot)
 
 
-def least_recently_used(candidates: Sequence[ModelView], incoming: str = "") -> str | None:
+class HasRecency(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def last_used(self) -> float: ...
+
+
+def least_recently_used(candidates: Sequence[HasRecency], incoming: str = "") -> str | None:
     """The default eviction: the idle model whose last request finished longest ago."""
     if not candidates:
         return None

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from router.plugin_types import ModelInfo
 from router.plugins import hookimpl
+from router.scheduler import least_recently_used
 from router.settings import RouterSettings
 
 
@@ -17,6 +18,4 @@ class LeastRecentlyUsed:
 
     @hookimpl(trylast=True)
     def choose_eviction(self, candidates: Sequence[ModelInfo]) -> str | None:
-        if not candidates:
-            return None
-        return min(candidates, key=lambda model: (model.last_used, model.id)).id
+        return least_recently_used(candidates)
