@@ -128,6 +128,8 @@ def request_finished(
 ) -> Any:
     """A proxied request has ended (the answer's last byte went out, or the client left).
 
-    ``usage`` is the token usage when the answer carried one. An awaitable result is run in
-    the background.
+    ``usage`` is the answer's token usage as the router read it (``router/usage.py``): what
+    the answer stated, from any backend, streamed or not; for a stream without it, its
+    completion tokens, counted; None when there was nothing to count (an error body). An
+    awaitable result is run in the background.
     """

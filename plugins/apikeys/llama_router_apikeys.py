@@ -13,6 +13,11 @@ Set ``LLAMA_ROUTER_APIKEYS_FILE`` to a file like::
 The file is read again whenever it changes. Without the variable the plugin does nothing.
 Keys are compared by hashing the offered key and comparing with every stored hash in constant
 time. Past a limit a request gets 429 with Retry-After.
+
+Tokens are charged when an answer ends, as the router counted them (``router.usage``): the
+answer's own ``usage`` from any backend, streamed or not; for a stream without it (no
+``stream_options.include_usage``), its completion tokens. A request that starts under the limit
+runs to its end, so a key can go past its limit by one answer (or by its requests in flight).
 """
 
 from __future__ import annotations
@@ -100,7 +105,10 @@ class KeyStore:
         return None
 
     def add_tokens(self, name: str, tokens: int) -> None:
-        self._tokens[(name, _day(self._clock()))] += tokens
+        today = _day(self._clock())
+        for past in [entry for entry in self._tokens if entry[1] != today]:
+            del self._tokens[past]  # only today's count matters: keep the map small
+        self._tokens[(name, today)] += tokens
 
 
 def _read_keys(path: Path) -> list[Key]:

@@ -4,7 +4,10 @@
 ``LLAMA_ROUTER_USAGE_LOG_MAX_BYTES`` (default 10 MB) is the size past which the file becomes
 ``usage.jsonl.1`` (the older ``.1`` becoming ``.2``, up to ``LLAMA_ROUTER_USAGE_LOG_BACKUPS``,
 default 5). Each line: ``time``, ``principal``, ``model``, ``prompt_tokens``,
-``completion_tokens``, ``total_tokens``, ``latency_s``, ``status``.
+``completion_tokens``, ``total_tokens``, ``latency_s``, ``status``. The tokens are those the
+router read from the answer (null for an error); a stream sent without
+``stream_options.include_usage`` has its completion tokens counted, and ``prompt_tokens`` 0
+unless the backend says (llama-server's ``timings``).
 """
 
 from __future__ import annotations

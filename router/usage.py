@@ -1,0 +1,253 @@
+"""How many tokens an answer used, read from its bytes as they pass through the router.
+
+A ``UsageCounter`` is fed each chunk of a child's answer and keeps a bounded part of it (never
+a copy of the whole answer); at the end it says the answer's ``Usage``, or None when the answer
+carried nothing to count (an error body, an answer that is not JSON or SSE):
+
+- a JSON answer (chat, completions, embeddings): its top-level ``usage`` object, read with a
+  real JSON parser, so nested fields (llama-server's ``prompt_tokens_details``) are no problem;
+  llama-server's own ``/completion`` answers give ``tokens_evaluated`` and ``tokens_predicted``
+  instead. An answer longer than ``HEAD_BYTES + TAIL_BYTES`` is read from its first and last
+  bytes, where backends put ``usage``.
+- an SSE stream: the last ``usage`` object among its events (``stream_options.include_usage``).
+  Without one, llama-server's ``timings`` (``prompt_n``, ``predicted_n``) when present; else
+  each choice that carries content in an event counts as one completion token, which is how
+  ``llama-router child`` and llama-server stream (a piece per token). That last count is an
+  estimate: a piece held back (an unfinished UTF-8 character, a possible stop string) makes it
+  low, and the prompt is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from router.plugin_types import Usage
+
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 64 * 1024
+EVENT_BYTES = 256 * 1024  # an SSE line or event longer than this is skipped, not kept
+
+_USAGE_KEY = re.compile(r'"usage"\s*:\s*(?=\{)')
+_CONTENT_FIELDS = ("content", "reasoning_content", "tool_calls", "function_call", "refusal")
+
+
+class UsageCounter:
+    """Counts the tokens of one answer; call ``begin``, then ``feed`` each chunk, then ``usage``."""
+
+    def __init__(self) -> None:
+        self._reader: _JsonBody | _EventStream | None = None
+
+    def begin(self, content_type: str) -> None:
+        """The answer's headers are in: read its body as SSE or as a JSON document."""
+        if content_type.lower().startswith("text/event-stream"):
+            self._reader = _EventStream()
+        else:
+            self._reader = _JsonBody()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._reader is not None:
+            self._reader.feed(chunk)
+
+    def usage(self) -> Usage | None:
+        """The tokens of the bytes fed so far (all of them, once the answer has ended)."""
+        return None if self._reader is None else self._reader.usage()
+
+
+class _JsonBody:
+    """The whole body while it is short; its first and last bytes once it is not."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._is_cut = False  # bytes between head and tail were dropped
+
+    def feed(self, chunk: bytes) -> None:
+        room = HEAD_BYTES - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        self._tail += chunk
+        if len(self._tail) > TAIL_BYTES:
+            del self._tail[: len(self._tail) - TAIL_BYTES]
+            self._is_cut = True
+
+    def usage(self) -> Usage | None:
+        if not self._is_cut:
+            payload = _json_or_none(bytes(self._head + self._tail))
+            return _usage_in(payload) if isinstance(payload, dict) else None
+        for text, is_tail in ((_text(self._tail), True), (_text(self._head), False)):
+            starts = [match.end() for match in _USAGE_KEY.finditer(text)]
+            for start in reversed(starts) if is_tail else starts:
+                found = _decoded_at(text, start)
+                usage = _usage_object(found)
+                if usage is not None:
+                    return usage
+        return None
+
+
+class _EventStream:
+    """Server-sent events, parsed one event at a time as their lines complete."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # the line being received
+        self._data = bytearray()  # the data lines of the event being received
+        self._is_line_dropped = False  # the line went past EVENT_BYTES: drop it to its end
+        self._is_event_dropped = False  # the event lost a line: drop it to its blank line
+        self._is_ended = False
+        self._saw_choices = False
+        self._usage: Usage | None = None
+        self._timings: Usage | None = None
+        self._pieces = 0
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if self._is_line_dropped:
+                self._is_line_dropped = False
+            else:
+                line = chunk[start:end]
+                if self._line:
+                    line = bytes(self._line) + line
+                    self._line.clear()
+                self._take_line(line.removesuffix(b"\r"))
+            start = end + 1
+        if not self._is_line_dropped:
+            self._line += chunk[start:]
+            if len(self._line) > EVENT_BYTES:
+                self._line.clear()
+                self._is_line_dropped = True
+                self._drop_event()
+
+    def usage(self) -> Usage | None:
+        if not self._is_ended:  # a stream cut short: what it sent still counts
+            self._is_ended = True
+            if not self._is_line_dropped:
+                self._take_line(bytes(self._line).removesuffix(b"\r"))
+            self._take_line(b"")
+        if self._usage is not None:
+            return self._usage
+        if self._timings is not None:
+            return self._timings
+        if self._saw_choices:
+            return Usage(prompt_tokens=0, completion_tokens=self._pieces, total_tokens=self._pieces)
+        return None
+
+    def _take_line(self, line: bytes) -> None:
+        if not line:
+            if self._data and not self._is_event_dropped:
+                self._take_event(bytes(self._data))
+            self._data.clear()
+            self._is_event_dropped = False
+        elif self._is_event_dropped:
+            return
+        elif line.startswith(b"data:"):
+            value = line[6:] if line.startswith(b"data: ") else line[5:]
+            if self._data:
+                self._data += b"\n"
+            self._data += value
+            if len(self._data) > EVENT_BYTES:
+                self._drop_event()
+
+    def _drop_event(self) -> None:
+        self._data.clear()
+        self._is_event_dropped = True
+
+    def _take_event(self, data: bytes) -> None:
+        if data == b"[DONE]":
+            return
+        payload = _json_or_none(data)
+        if not isinstance(payload, dict):
+            return
+        usage = _usage_object(payload.get("usage"))
+        if usage is not None:
+            self._usage = usage
+        timings = _timings(payload)
+        if timings is not None:
+            self._timings = timings
+        choices = payload.get("choices")
+        if isinstance(choices, list):
+            self._saw_choices = True
+            self._pieces += sum(1 for choice in choices if _carries_content(choice))
+        elif isinstance(payload.get("content"), str):  # llama-server's own /completion
+            self._saw_choices = True
+            if payload["content"]:
+                self._pieces += 1
+
+
+def _usage_in(payload: dict[str, Any]) -> Usage | None:
+    """The usage a whole JSON answer states: OpenAI's ``usage``, or llama-server's fields."""
+    usage = _usage_object(payload.get("usage"))
+    if usage is not None:
+        return usage
+    prompt = _count(payload.get("tokens_evaluated"))
+    completion = _count(payload.get("tokens_predicted"))
+    if prompt is not None or completion is not None:
+        return _usage(prompt, completion, None)
+    return _timings(payload)
+
+
+def _usage_object(found: object) -> Usage | None:
+    if not isinstance(found, dict):
+        return None
+    prompt = _count(found.get("prompt_tokens"))
+    completion = _count(found.get("completion_tokens"))
+    total = _count(found.get("total_tokens"))
+    if prompt is None and completion is None and total is None:
+        return None
+    return _usage(prompt, completion, total)
+
+
+def _timings(payload: dict[str, Any]) -> Usage | None:
+    timings = payload.get("timings")
+    if not isinstance(timings, dict):
+        return None
+    prompt = _count(timings.get("prompt_n"))
+    completion = _count(timings.get("predicted_n"))
+    if prompt is None and completion is None:
+        return None
+    return _usage(prompt, completion, None)
+
+
+def _usage(prompt: int | None, completion: int | None, total: int | None) -> Usage:
+    """A Usage whose total is never less than its parts (a backend may leave one out)."""
+    prompt, completion = prompt or 0, completion or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=max(total or 0, prompt + completion),
+    )
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _carries_content(choice: object) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return any(delta.get(name) for name in _CONTENT_FIELDS)
+    return bool(choice.get("text"))
+
+
+def _json_or_none(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _decoded_at(text: str, start: int) -> object:
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]
+    except (ValueError, RecursionError):
+        return None
+
+
+def _text(data: bytearray) -> str:
+    return bytes(data).decode("utf-8", errors="replace")
