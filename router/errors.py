@@ -6,7 +6,9 @@ The tree (HTTP status, OpenAI ``error.type``)::
     ├── InvalidRequest                  400 invalid_request_error
     │   ├── InvalidJSON                 400   the body is not JSON, or not an object
     │   ├── InvalidField                400   one field has a wrong type or value; names the field
-    │   └── ContextLengthExceeded       400   the prompt does not fit the model's context
+    │   ├── ContextLengthExceeded       400   the prompt does not fit the model's context
+    │   │   └── PromptTooLarge          400     known from its size in bytes, before tokenizing
+    │   └── UnsupportedMediaType        415   a body that is not the JSON the route takes
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error
@@ -73,6 +75,29 @@ class ContextLengthExceeded(InvalidRequest):
         self.n_ctx = n_ctx
 
 
+class PromptTooLarge(ContextLengthExceeded):
+    """The prompt has more bytes than the context could hold whatever its tokens; found
+    before tokenizing it, which takes seconds to minutes for megabytes of text."""
+
+    def __init__(self, field: str, n_bytes: int, n_ctx: int, max_token_bytes: int) -> None:
+        InvalidRequest.__init__(
+            self,
+            f"'{field}' is {n_bytes} bytes long, more than the model's context of {n_ctx} "
+            f"tokens can hold whatever its tokens (none stands for more than {max_token_bytes} "
+            f"bytes, so {n_ctx * max_token_bytes} bytes at most): shorten it, or start the "
+            "model with a larger --ctx-size",
+            param=field,
+        )
+        self.n_prompt_tokens = -(-n_bytes // max_token_bytes)  # at least
+        self.n_ctx = n_ctx
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The body is not declared as the media type the route takes."""
+
+    status = 415
+
+
 class AuthenticationFailed(RouterError):
     status = 401
     error_type = "authentication_error"
@@ -120,8 +145,19 @@ class NotSupported(RouterError):
 
 
 class Unavailable(RouterError):
+    """The model cannot serve now; with ``retry_after_s``, it is worth retrying after that."""
+
     status = 503
     error_type = "unavailable_error"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 class ModelLoadFailed(Unavailable):

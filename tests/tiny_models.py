@@ -7,6 +7,7 @@ under a second.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -46,10 +47,15 @@ def write_tiny_llama(
     n_ff: int = N_FF,
     n_layers: int = N_LAYERS,
     n_heads: int = N_HEADS,
+    special_tokens: Sequence[str] = (),
 ) -> Path:
-    """Write a working tiny llama GGUF to ``path`` and return it (wider if asked)."""
+    """Write a working tiny llama GGUF to ``path`` and return it (wider if asked, with
+    ``special_tokens`` added as user-defined tokens, which a prompt's text can name)."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = byte_vocabulary()
+    tokens += special_tokens
+    scores += [0.0] * len(special_tokens)
+    types += [int(gguf.TokenType.USER_DEFINED)] * len(special_tokens)
     n_vocab = len(tokens)
 
     writer = gguf.GGUFWriter(str(path), "llama")

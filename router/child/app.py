@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -17,7 +18,7 @@ from quart_trio import QuartTrio
 
 import router
 from router.child import responses
-from router.child.engine import GenerationRequest, SamplingParams
+from router.child.engine import Engine, GenerationRequest, ModelInfo, SamplingParams
 from router.child.parsing import (
     GenerationSettings,
     parse_chat,
@@ -166,17 +167,13 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             raise InvalidField("content", "is required and must be a string")
         add_special = _flag(body, "add_special", False)
         parse_special = _flag(body, "parse_special", True)
-        tokens = engine.tokenize(content, add_special=add_special, parse_special=parse_special)
-        if not _flag(body, "with_pieces", False):
+        with_pieces = _flag(body, "with_pieces", False)
+        tokens = await service.tokenize_prompt(
+            content, field="content", add_special=add_special, parse_special=parse_special
+        )
+        if not with_pieces:
             return json_response({"tokens": tokens})
-        pieces: list[dict[str, Any]] = []
-        for token in tokens:
-            raw = engine.token_piece(token)
-            try:
-                piece: str | list[int] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                piece = list(raw)
-            pieces.append({"id": token, "piece": piece})
+        pieces = await service.off_loop(partial(_pieces, engine, tokens), size=len(tokens))
         return json_response({"tokens": pieces})
 
     @app.post("/detokenize")
@@ -187,22 +184,24 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             isinstance(t, int) and not isinstance(t, bool) for t in tokens
         ):
             raise InvalidField("tokens", "is required and must be a list of token ids")
-        return json_response({"content": engine.detokenize(tokens)})
+        content = await service.off_loop(partial(engine.detokenize, tokens), size=len(tokens))
+        return json_response({"content": content})
 
     @app.post("/v1/completions")
     @app.post("/completions")
     async def completions() -> Response:
         parsed = parse_completion(parse_json_object(await request_body()))
-        if isinstance(parsed.prompt, str):
-            tokens = engine.tokenize(parsed.prompt, add_special=True, parse_special=True)
-            prompt_text = parsed.prompt
-        else:
-            tokens = _checked_token_ids(parsed.prompt, info.n_vocab)
-            prompt_text = engine.detokenize(tokens)
         engine.check_sampling(parsed.settings.sampling)
+        echo = ""
+        if isinstance(parsed.prompt, str):
+            tokens = await service.tokenize_prompt(parsed.prompt, field="prompt", add_special=True)
+            echo = parsed.prompt if parsed.echo else ""
+        else:
+            tokens = _checked_token_ids(parsed.prompt, "prompt", info.n_ctx - 1, info)
+            if parsed.echo:
+                echo = await service.off_loop(partial(engine.detokenize, tokens), size=len(tokens))
         generation = _generation_request(tokens, parsed.settings, "prompt", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="cmpl")
-        echo = prompt_text if parsed.echo else ""
         if not parsed.settings.stream:
             text, finished = await service.complete(generation)
             return json_response(responses.text_completion(ids, echo + text, finished))
@@ -218,10 +217,15 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
         parsed = parse_chat(parse_json_object(await request_body()))
-        prompt = engine.format_chat(parsed.messages, **parsed.template_args)
-        starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
-        tokens = engine.tokenize(prompt, add_special=not starts_with_bos, parse_special=True)
         engine.check_sampling(parsed.settings.sampling)
+        prompt = await service.off_loop(
+            partial(engine.format_chat, parsed.messages, **parsed.template_args),
+            size=sum(len(message["content"]) for message in parsed.messages),
+        )
+        starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
+        tokens = await service.tokenize_prompt(
+            prompt, field="messages", add_special=not starts_with_bos
+        )
         generation = _generation_request(tokens, parsed.settings, "messages", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
         if not parsed.settings.stream:
@@ -244,11 +248,15 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "(or `embeddings = true` in its config)"
             )
         parsed = parse_embedding(parse_json_object(await request_body()))
-        texts = [
-            item if isinstance(item, str) else engine.detokenize(item) for item in parsed.inputs
-        ]
-        for index, text in enumerate(texts):
-            n_tokens = len(engine.tokenize(text, add_special=True, parse_special=True))
+        for index, item in enumerate(parsed.inputs):
+            if not isinstance(item, str):
+                _checked_token_ids(item, f"input[{index}]", info.n_ctx, info)
+        texts = await service.off_loop(
+            partial(_texts_of, engine, parsed.inputs),
+            size=sum(len(item) for item in parsed.inputs),
+        )
+        counts = await service.count_prompt_tokens(texts, field="input")
+        for index, n_tokens in enumerate(counts):
             if n_tokens > info.n_ctx:
                 raise ContextLengthExceeded(f"input[{index}]", n_tokens, info.n_ctx)
         result = await service.embed(texts)
@@ -286,11 +294,33 @@ def _generation_request(
     )
 
 
-def _checked_token_ids(tokens: list[int], n_vocab: int) -> list[int]:
+def _checked_token_ids(tokens: list[int], field: str, most: int, info: ModelInfo) -> list[int]:
+    """``tokens``, once known to be at most ``most`` ids of the vocabulary (length first: a
+    list too long for the context is refused without a look at its millions of ids)."""
+    if len(tokens) > most:
+        raise ContextLengthExceeded(field, len(tokens), info.n_ctx)
     for token in tokens:
-        if not 0 <= token < n_vocab:
-            raise InvalidField("prompt", f"holds token id {token}, outside the vocabulary")
+        if not 0 <= token < info.n_vocab:
+            raise InvalidField(field, f"holds token id {token}, outside the vocabulary")
     return tokens
+
+
+def _texts_of(engine: Engine, inputs: Sequence[str | list[int]]) -> list[str]:
+    return [item if isinstance(item, str) else engine.detokenize(item) for item in inputs]
+
+
+def _pieces(engine: Engine, tokens: list[int]) -> list[dict[str, Any]]:
+    """``/tokenize``'s ``with_pieces`` answer: each token with its text, or its bytes when
+    they are not UTF-8 on their own."""
+    pieces: list[dict[str, Any]] = []
+    for token in tokens:
+        raw = engine.token_piece(token)
+        try:
+            piece: str | list[int] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)
+        pieces.append({"id": token, "piece": piece})
+    return pieces
 
 
 def _flag(body: dict[str, Any], name: str, default: bool) -> bool:

@@ -114,6 +114,11 @@ class ModelInfo:
     total_slots: int
     n_threads: int
     embeddings: bool
+    # The most bytes of text one token can stand for, or None when the tokenizer may fold any
+    # number of bytes into one token (it normalizes text, or a special token swallows the
+    # whitespace around it). With it, a prompt of more than ``n_ctx * max_token_bytes`` bytes
+    # is known not to fit before it is tokenized.
+    max_token_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,12 @@ class Engine(Protocol):
         id outside the vocabulary): found here, it is a 400, not a crash mid-generation."""
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        """Text to token ids."""
+        """Text to token ids.
+
+        Blocking, and slow on long texts (seconds for a megabyte of some texts), like the three
+        methods below: the service calls them on a worker thread, never on the event loop.
+        Safe to call from several threads at once, and while generations run.
+        """
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Token ids to text."""

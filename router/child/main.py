@@ -17,9 +17,8 @@ from pathlib import Path
 
 import trio
 from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
+from router import http_server
 from router.child.app import create_app
 from router.child.llama_engine import LlamaCppEngine
 from router.child.options import EngineOptions, ServeOptions
@@ -32,6 +31,7 @@ log = logging.getLogger("router.child")
 DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
 GRACE_FOR_ERROR_BODIES_S = 1.0
 GRACE_FOR_LAST_BYTES_S = 0.2
+MAX_CONNECTIONS = 256  # only the router connects: its pool, its health checks
 
 
 def run_child(
@@ -150,11 +150,12 @@ async def _serve_loaded(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, request_stop)
 
-        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-            await worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"),
+        async def serve(task_status: trio.TaskStatus[None]) -> None:
+            await http_server.serve(
+                app,
                 config,
-                sockets=sockets,
+                sockets.insecure_sockets[0],
+                max_connections=MAX_CONNECTIONS,
                 shutdown_trigger=stop_requested.wait,
                 task_status=task_status,
             )

@@ -5,21 +5,33 @@ async generator: Trio forbids a nursery (the engine opens one) to span a ``yield
 generator that a framework may abandon. The response generator only reads a memory channel;
 when it is closed (the client left), the task's next send fails and the engine stops within
 one token.
+
+Tokenizing, templating and detokenizing are blocking work proportional to the text (llama.cpp
+takes seconds to minutes on some megabyte prompts), so they run on worker threads, never on
+the event loop, and a prompt that cannot fit the context is refused from its size in bytes
+before it is tokenized at all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
+from typing import TypeVar
 
 import trio
 
 from router.child.admission import Admission
 from router.child.engine import Embeddings, Engine, Finished, GenerationRequest
-from router.errors import RouterError, Unavailable
+from router.errors import InvalidField, PromptTooLarge, RouterError, Unavailable
 
 StreamItem = str | Finished | RouterError
+T = TypeVar("T")
+
+# Text work on more characters (or tokens) than this can take llama.cpp seconds (minutes, for
+# some megabyte prompts); work on less takes milliseconds, and never waits behind the former.
+LARGE_TEXT = 16 * 1024
 
 
 class ModelService:
@@ -28,6 +40,10 @@ class ModelService:
         self.admission = Admission(engine.capacity, max_queue)
         self._stop_deadline = math.inf
         self._running: set[trio.CancelScope] = set()
+        # One thread per slot, plus one, for large text work: a thread whose client left runs
+        # on to its end (llama.cpp cannot stop a tokenization midway) and keeps its place until
+        # then, so clients that give up cannot pile up work on the model's cores.
+        self._large_text_work = trio.CapacityLimiter(engine.capacity + 1)
 
     def stop_within(self, timeout_s: float) -> None:
         """Let running and queued requests go on for ``timeout_s`` more, then cut them short.
@@ -105,10 +121,76 @@ class ModelService:
                     except trio.BrokenResourceError:
                         return
 
+    async def off_loop(self, work: Callable[[], T], *, size: int) -> T:
+        """Run ``work``, blocking text work on the model, on a worker thread.
+
+        ``size`` is how many characters or tokens it handles: past LARGE_TEXT, it waits for
+        one of ``capacity + 1`` places; smaller work runs at once.
+        Cancellation: returns at once, waiting or not; a thread already running goes on to its
+        end in the background, keeping its place until then.
+        """
+        limiter = self._large_text_work if size > LARGE_TEXT else None  # None: trio's own
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
+
+    async def tokenize_prompt(
+        self, text: str, *, field: str, add_special: bool, parse_special: bool = True
+    ) -> list[int]:
+        """The tokens of ``text``, the value of the request's ``field``.
+
+        Raises PromptTooLarge, without tokenizing, when ``text`` has more bytes than the
+        context could hold whatever its tokens, and InvalidField when it is not text.
+        Cancellation: as ``off_loop``.
+        """
+        if text.isascii():  # its size in bytes is known at once: a refusal needs no thread
+            self._check_size(field, len(text))
+        return await self.off_loop(
+            partial(self._tokenize_prompt, text, field, add_special, parse_special),
+            size=len(text),
+        )
+
+    async def count_prompt_tokens(self, texts: Sequence[str], *, field: str) -> list[int]:
+        """How many tokens each of ``texts`` (``field[0]``, ``field[1]``...) makes, with BOS.
+
+        Raises as ``tokenize_prompt``, for the first text at fault.
+        Cancellation: as ``off_loop``.
+        """
+        for index, text in enumerate(texts):
+            if text.isascii():
+                self._check_size(f"{field}[{index}]", len(text))
+
+        def count() -> list[int]:
+            return [
+                len(self._tokenize_prompt(text, f"{field}[{index}]", True, True))
+                for index, text in enumerate(texts)
+            ]
+
+        return await self.off_loop(count, size=sum(len(text) for text in texts))
+
+    def _tokenize_prompt(
+        self, text: str, field: str, add_special: bool, parse_special: bool
+    ) -> list[int]:
+        try:
+            self._check_size(field, len(text.encode("utf-8")))
+        except UnicodeEncodeError as exc:
+            raise InvalidField(field, _not_text(exc)) from None
+        return self.engine.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def _check_size(self, field: str, n_bytes: int) -> None:
+        """Raise PromptTooLarge if ``n_bytes`` of text cannot fit the context, whatever their
+        tokens: every token stands for ``max_token_bytes`` at most."""
+        info = self.engine.info
+        if info.max_token_bytes is not None and n_bytes > info.n_ctx * info.max_token_bytes:
+            raise PromptTooLarge(field, n_bytes, info.n_ctx, info.max_token_bytes)
+
     async def embed(self, texts: list[str]) -> Embeddings:
         """Embed ``texts`` in one slot. Cancellation: as ``complete``."""
         async with self.admission.slot():
             return await self.engine.embed(texts)
+
+
+def _not_text(error: UnicodeEncodeError) -> str:
+    surrogate = ascii(error.object[error.start])
+    return f"is not text: it holds {surrogate}, half of a UTF-16 surrogate pair"
 
 
 def _stopped() -> Unavailable:

@@ -72,6 +72,37 @@ def test_wrong_field_is_a_400_naming_the_field(
     assert f"'{field}'" in str(error["message"])
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", b'{"prompt": "a\\ud800b", "max_tokens": 1}', "prompt"),
+        ("/tokenize", b'{"content": "a\\udfffb"}', "content"),
+        (
+            "/v1/chat/completions",
+            b'{"messages": [{"role": "user", "content": "a\\ud800"}], "max_tokens": 1}',
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            b'{"prompt": "a", "grammar": "root ::= \\"\\ud800\\"", "max_tokens": 1}',
+            "grammar",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_not_a_500(
+    shared_child: ChildProcess, path: str, body: bytes, field: str
+) -> None:
+    """JSON may escape half of a UTF-16 pair (``"\\ud800"``); that is not text to tokenize."""
+    response = httpx.post(
+        f"{shared_child.base_url}{path}",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    error = _error(response, 400)
+    assert error["param"] == field
+    assert "surrogate" in str(error["message"])
+
+
 def test_body_that_is_not_an_object_is_a_400(shared_child: ChildProcess) -> None:
     error = _error(httpx.post(f"{shared_child.base_url}/v1/completions", json=[1, 2]), 400)
     assert "JSON object" in str(error["message"])
