@@ -4,13 +4,19 @@ The forwarding runs as a task in a nursery the app owns (not inside the response
 which a framework may abandon): it holds the model's lease for as long as the answer flows,
 and hands the bytes over a small channel, so a slow client slows the child (back-pressure) and
 a client that leaves closes the channel, which closes the child's response and so cancels its
-generation. A child that dies mid-stream ends an SSE answer with an error event.
+generation. A child that dies or stays silent (``timeout_s``, the router's ``-to/--timeout``)
+before its answer's head makes a 503; after, it ends an SSE answer with an error event, and any
+other answer with ``BrokenOff``, on which the app cuts the client's connection, so that a part
+is never taken for the whole.
+
+Only end-to-end headers cross: hop-by-hop ones (and any a ``Connection`` header names), the
+client's ``Expect`` (the router's server answers it), and the router's own never do.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,18 +24,24 @@ from dataclasses import dataclass
 import trio
 
 from router.errors import RouterError, Unavailable, sse_error_event
-from router.plugin_types import Principal, Usage
+from router.plugin_types import Principal
 from router.plugins import Plugins, call_each, has_implementations
 from router.pool import ModelPool
-from router.wire import WireError, WireResponse
+from router.usage import UsageCounter
+from router.wire import ChildTimeout, RequestBody, WireError, WireResponse
 
 log = logging.getLogger("router.proxy")
 
-# Hop-by-hop headers, and those the router owns: never forwarded either way.
+# Hop-by-hop headers, and those the router owns (its server writes its own Date and Server):
+# never forwarded either way.
 _DROPPED_HEADERS = frozenset(
     {
         "connection",
+        "proxy-connection",
         "keep-alive",
+        "expect",
+        "date",
+        "server",
         "proxy-authenticate",
         "proxy-authorization",
         "te",
@@ -55,14 +67,22 @@ class ForwardRequest:
     path: str
     query: bytes
     headers: list[tuple[str, str]]
-    body: bytes
+    body: RequestBody  # sent from this buffer as it is: a large body is never copied
+    timeout_s: float = math.inf  # -to/--timeout: the longest silence from the child
+
+
+@dataclass(frozen=True)
+class BrokenOff:
+    """Sent in place of the rest of an answer (not an event stream) the child broke off."""
+
+    reason: str
 
 
 @dataclass
 class ForwardedResponse:
     status: int
     headers: list[tuple[str, str]]
-    body: trio.MemoryReceiveChannel[bytes]
+    body: trio.MemoryReceiveChannel[bytes | BrokenOff]
 
 
 async def start_forward(
@@ -85,27 +105,31 @@ async def _forward(
     task_status: trio.TaskStatus[ForwardedResponse],
 ) -> None:
     started = time.monotonic()
-    tail = _Tail(is_kept=has_implementations(plugins, "request_finished"))
+    # Only a request_finished hook reads the usage: without one, nothing is kept or parsed.
+    counter = UsageCounter() if has_implementations(plugins, "request_finished") else None
     status = 0
     try:
-        await _forward_with_lease(pool, request, task_status, tail)
-        status = tail.status
+        status = await _forward_with_lease(pool, request, task_status, counter)
     except RouterError as exc:
         status = exc.status
         raise
     finally:
-        if tail.is_kept:
+        if counter is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await _report(plugins, request, tail, time.monotonic() - started, status)
+                await _report(plugins, request, counter, time.monotonic() - started, status)
 
 
 async def _report(
-    plugins: Plugins, request: ForwardRequest, tail: _Tail, duration_s: float, status: int
+    plugins: Plugins,
+    request: ForwardRequest,
+    counter: UsageCounter,
+    duration_s: float,
+    status: int,
 ) -> None:
     try:
         await call_each(
             plugins, "request_finished",
-            model=request.model, principal=request.principal, usage=tail.usage(),
+            model=request.model, principal=request.principal, usage=counter.usage(),
             duration_s=duration_s, status=status,
         )  # fmt: skip
     except Exception:  # the answer is out; a failing report must not take the router down
@@ -116,23 +140,33 @@ async def _forward_with_lease(
     pool: ModelPool,
     request: ForwardRequest,
     task_status: trio.TaskStatus[ForwardedResponse],
-    tail: _Tail,
-) -> None:
+    counter: UsageCounter | None,
+) -> int:
     async with pool.lease(request.model, autoload=request.autoload) as child:
         target = request.path
         if request.query:
             target += "?" + request.query.decode("latin-1")
         try:
             response = await child.request(
-                request.method, target, _forwardable(request.headers), request.body
+                request.method,
+                target,
+                _forwardable(request.headers),
+                request.body,
+                timeout_s=request.timeout_s,
             )
+        except ChildTimeout as exc:
+            raise Unavailable(
+                f"model {request.model!r} did not answer within {request.timeout_s:g} s (the "
+                "router's -to/--timeout): it may be hung or overloaded"
+            ) from exc
         except WireError as exc:
             raise Unavailable(
                 f"model {request.model!r} did not answer ({exc}); its process may have "
                 "exited: see GET /models"
             ) from exc
-        tail.status = response.status_code
-        send, receive = trio.open_memory_channel[bytes](CHANNEL_CHUNKS)
+        if counter is not None:
+            counter.begin(response.content_type)
+        send, receive = trio.open_memory_channel[bytes | BrokenOff](CHANNEL_CHUNKS)
         is_event_stream = response.content_type.startswith("text/event-stream")
         try:
             task_status.started(
@@ -143,70 +177,62 @@ async def _forward_with_lease(
                 )
             )
             async with send:
-                await _pump(request.model, response, send, is_event_stream, tail)
+                await _pump(request, response, send, is_event_stream, counter)
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
+        return response.status_code
 
 
 async def _pump(
-    model: str,
+    request: ForwardRequest,
     response: WireResponse,
-    send: trio.MemorySendChannel[bytes],
+    send: trio.MemorySendChannel[bytes | BrokenOff],
     is_event_stream: bool,
-    tail: _Tail,
+    counter: UsageCounter | None,
 ) -> None:
-    """Copy the child's bytes to the client; never raise into the app's nursery."""
+    """Copy the child's bytes to the client; never raise into the app's nursery.
+
+    A client that takes nothing for ``timeout_s`` (it stopped reading but keeps its
+    connection) is given up on, as llama-server's ``-to`` does, so it cannot hold the
+    model's slot for ever.
+    """
+    model = request.model
     try:
         async for chunk in response.aiter_raw():
-            tail.keep(chunk)
-            await send.send(chunk)
+            if counter is not None:
+                counter.feed(chunk)
+            with trio.move_on_after(request.timeout_s) as waiting:
+                await send.send(chunk)
+            if waiting.cancelled_caught:
+                log.warning(
+                    "model %s: the client read nothing for %g s; its answer is cut",
+                    model, request.timeout_s,
+                )  # fmt: skip
+                return
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client left; closing the response cancels the child's work
     except WireError as exc:
         log.warning("model %s broke off its answer: %s", model, exc)
-        if is_event_stream:
-            error = RouterError(
+        if isinstance(exc, ChildTimeout):
+            reason = f"model {model!r} sent nothing more for too long; it may be hung"
+        else:
+            reason = (
                 f"model {model!r} stopped in the middle of its answer (its process may have "
-                "crashed); retry the request"
+                "crashed)"
             )
-            try:
-                await send.send(sse_error_event(error))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-
-
-class _Tail:
-    """The last bytes of an answer, where OpenAI puts ``usage`` (body end, or last chunks)."""
-
-    SIZE = 4096
-
-    def __init__(self, *, is_kept: bool) -> None:
-        self.is_kept = is_kept  # only a request_finished hook reads it: else skip the copies
-        self.data = b""
-        self.status = 0
-
-    def keep(self, chunk: bytes) -> None:
-        if self.is_kept:
-            self.data = (self.data + chunk)[-self.SIZE :]
-
-    def usage(self) -> Usage | None:
-        start = self.data.rfind(b'"usage"')
-        if start < 0:
-            return None
-        brace = self.data.find(b"{", start)
-        end = self.data.find(b"}", brace)
+        ending = sse_error_event(RouterError(f"{reason}; retry the request"))
         try:
-            numbers = json.loads(self.data[brace : end + 1])
-            return Usage(
-                prompt_tokens=int(numbers.get("prompt_tokens", 0)),
-                completion_tokens=int(numbers.get("completion_tokens", 0)),
-                total_tokens=int(numbers.get("total_tokens", 0)),
-            )
-        except (ValueError, AttributeError):
-            return None
+            await send.send(ending if is_event_stream else BrokenOff(reason))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
 
 
 def _forwardable(headers: list[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(name, value) for name, value in items if name.lower() not in _DROPPED_HEADERS]
+    """``headers`` less the hop-by-hop ones, those named by ``Connection`` among them."""
+    items = list(headers.items() if isinstance(headers, Mapping) else headers)
+    dropped = _DROPPED_HEADERS
+    for name, value in items:
+        if name.lower() == "connection":
+            dropped = dropped.union(token.strip().lower() for token in value.split(","))
+    return [(name, value) for name, value in items if name.lower() not in dropped]

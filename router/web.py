@@ -1,5 +1,11 @@
 """What both HTTP surfaces (the router's and the child's) share: OpenAI error bodies for every
-failure, the API-key check, JSON responses and reading the body."""
+failure, the API-key check, JSON responses, reading the body, and when to close a connection.
+
+A connection is closed after an answer (``Connection: close``) when what is left of the request
+cannot be told apart from the next one: a body that was not read to its end (answered early,
+with 401 or 413), or a request with both ``Content-Length`` and ``Transfer-Encoding``, which is
+refused (RFC 9112 section 6.3: a request smuggling attempt, or a broken client).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,64 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from quart import Response, request
+import trio
+from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from quart_trio.wrappers.request import TrioBody, TrioRequest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from router.errors import AuthenticationFailed, RouterError, error_body
+from router.errors import AuthenticationFailed, InvalidRequest, RouterError, error_body
 
 log = logging.getLogger("router.web")
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 
 
+class CutConnection(Exception):
+    """Raised by a response's body to end it by closing the connection: a chunked answer then
+    lacks its last chunk, so the client knows it is incomplete (``http_server`` catches it)."""
+
+
+class _HandedOverBody(TrioBody):
+    """Quart-Trio's request body, whose pieces are handed over as they are, not copied: a body
+    that arrived whole before it was read would otherwise exist twice at once."""
+
+    async def __anext__(self) -> bytes:
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            await self._has_data.wait()
+        if self._complete.is_set() and not self._data:
+            raise StopAsyncIteration
+        data, self._data = self._data, bytearray()
+        self._has_data.clear()
+        return data  # type: ignore[return-value]  # a bytearray, which request_body keeps
+
+
+class _Request(TrioRequest):
+    body_class = _HandedOverBody
+
+
 def new_app(name: str) -> QuartTrio:
     """A Quart-Trio app whose every error leaves as an OpenAI-style body."""
     app = QuartTrio(name)
+    app.request_class = _Request
     app.config["RESPONSE_TIMEOUT"] = None  # a long generation is not a hung one
     app.config["BODY_TIMEOUT"] = 60
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+
+    @app.before_request
+    async def refuse_ambiguous_framing() -> None:
+        if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
+            raise InvalidRequest(
+                "the request has both Content-Length and Transfer-Encoding; send only one"
+            )
+
+    @app.after_request
+    async def close_when_the_rest_is_unread(response: Response) -> Response:
+        if _is_rest_unread():
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(RouterError)
     async def router_error(error: RouterError) -> Response:
@@ -76,6 +123,35 @@ def json_response(
     )
 
 
-async def request_body() -> bytes:
-    data = await request.get_data(as_text=False)
-    return data if isinstance(data, bytes) else data.encode()
+async def request_body() -> bytearray:
+    """The request's body, read once, as it arrives, into one buffer that is not copied again.
+
+    Quart's ``get_data`` holds the body twice (its buffer, then the bytes it returns); a 60 MB
+    prompt costs 60 MB here. Raises 413 past ``MAX_CONTENT_LENGTH`` (chunked bodies included)
+    and 408 when the body does not arrive within ``BODY_TIMEOUT`` seconds.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    timeout_s = current_app.config["BODY_TIMEOUT"]
+    body = bytearray()
+    with trio.move_on_after(timeout_s if timeout_s is not None else float("inf")) as waited:
+        async for piece in request.body:
+            if body:
+                body += piece
+            else:
+                body = bytearray(piece) if isinstance(piece, bytes) else piece  # kept, not copied
+            if limit is not None and len(body) > limit:
+                raise RequestEntityTooLarge()
+    if waited.cancelled_caught:
+        raise RequestTimeout()
+    g.is_body_read = True
+    return body
+
+
+def _is_rest_unread() -> bool:
+    """Whether part of the request may still be on its way: the connection cannot be reused."""
+    headers = request.headers
+    is_chunked = "Transfer-Encoding" in headers
+    if is_chunked and "Content-Length" in headers:
+        return True
+    has_body = is_chunked or bool(request.content_length)
+    return has_body and not g.get("is_body_read", False)

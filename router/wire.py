@@ -1,22 +1,35 @@
 """A small HTTP/1.1 client for talking to our children, and only that: one pool of keep-alive
-connections per child, requests written in one piece, response bodies read as they arrive.
+connections per child, request bodies sent without copies, response bodies read as they arrive.
 
 Why not httpx: on the router's hot path, httpx's request building and connection pool cost
 about as much as everything else together (profiled: ~0.8 ms of a ~1.4 ms overhead per
 request). A child speaks plain HTTP/1.1 over a Unix socket or loopback TCP, answers with
 Content-Length or chunked bodies, and never needs redirects, cookies, TLS or HTTP/2, so the
 client it needs is this one.
+
+What keeps one client's answer from reaching another (the pool is shared by every client):
+interim ``1xx`` answers are skipped, never taken for the answer; and a connection goes back to
+the pool only when its request was sent whole and its answer was read to its last byte, as its
+framing says. Anything else closes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
 MAX_HEAD_BYTES = 64 * 1024
 RECEIVE_BYTES = 64 * 1024
+# A request up to this size is written in one piece with its head; a larger body is written
+# from the caller's buffer, a slice at a time, while the answer is awaited.
+SMALL_BODY_BYTES = 64 * 1024
+SEND_SLICE_BYTES = 1024 * 1024
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+RequestBody = bytes | bytearray | memoryview
 
 
 class WireError(Exception):
@@ -25,6 +38,10 @@ class WireError(Exception):
 
 class ClosedBeforeAnswer(WireError):
     """The connection ended before any byte of an answer (a reused one the child had closed)."""
+
+
+class ChildTimeout(WireError):
+    """The child sent nothing, and took nothing, for the request's ``timeout_s``."""
 
 
 class ChildConnections:
@@ -50,22 +67,26 @@ class ChildConnections:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes,
+        body: RequestBody,
+        *,
+        timeout_s: float = math.inf,
     ) -> WireResponse:
-        """Send one request; return once the response's head has arrived.
+        """Send one request; return once the response's final head has arrived.
 
-        A reused connection that turns out to have been closed by the child before it read
-        anything is replaced by a new one, once. Cancellation: the connection is closed.
+        ``body`` is sent from the caller's buffer, never copied. ``timeout_s`` bounds each wait
+        for the child: to take the next piece of the request, or to send the next byte of the
+        answer (``ChildTimeout``). A reused connection that turns out to have been closed by the
+        child before it read anything is replaced by a new one, once.
+        Cancellation: the connection is closed.
         """
-        head = [f"{method} {target} HTTP/1.1", "Host: child", f"Content-Length: {len(body)}"]
-        head += [f"{name}: {value}" for name, value in headers]
-        message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        lines = [f"{method} {target} HTTP/1.1", "Host: child", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for attempt in range(2):
             is_reused = bool(self._idle) and attempt == 0
             stream = self._idle.pop() if is_reused else await self._connect()
             try:
-                await stream.send_all(message)
-                response = await WireResponse.read_head(self, stream, method)
+                return await self._exchange(stream, head, body, method, timeout_s)
             except ClosedBeforeAnswer:
                 await _close_quietly(stream)
                 if is_reused:
@@ -82,8 +103,57 @@ class ChildConnections:
             except BaseException:
                 await _close_quietly(stream)
                 raise
-            return response
         raise WireError(f"{self.address} closed every connection")
+
+    async def _exchange(
+        self, stream: trio.abc.Stream, head: bytes, body: RequestBody, method: str, timeout_s: float
+    ) -> WireResponse:
+        """Send the request and read the answer's head, both under one no-progress deadline."""
+        watchdog = trio.CancelScope(deadline=trio.current_time() + timeout_s)
+
+        def progress() -> None:
+            watchdog.deadline = trio.current_time() + timeout_s
+
+        response: WireResponse | None = None
+        is_sent = False
+        with watchdog:
+            if len(body) <= SMALL_BODY_BYTES:
+                await stream.send_all(head + body)
+                is_sent = True
+                progress()
+                response = await WireResponse.read_head(self, stream, method, timeout_s, progress)
+            else:
+                # The child may answer before it has read the whole body (a 404, a 413): the
+                # body is written while the answer is awaited, and the rest is dropped then.
+                failure: Exception | None = None
+                async with trio.open_nursery() as nursery:
+
+                    async def send_request() -> None:
+                        nonlocal is_sent
+                        with contextlib.suppress(
+                            trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                        ):  # then the answer, or the lack of one, says what happened
+                            await _send_progressively(stream, head, body, progress)
+                            is_sent = True
+
+                    nursery.start_soon(send_request)
+                    try:
+                        response = await WireResponse.read_head(
+                            self, stream, method, timeout_s, progress
+                        )
+                    except Exception as exc:  # re-raised below, not wrapped in a group
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
+        if response is None:
+            raise ChildTimeout(
+                f"{self.address} {'sent nothing' if is_sent else 'took no more of the request'} "
+                f"for {timeout_s:g} s"
+            )
+        if not is_sent:
+            response.is_reusable = False  # what was left of the request would be read as a new one
+        return response
 
     async def _give_back(self, stream: trio.abc.Stream) -> None:
         if self._is_closed:
@@ -99,6 +169,16 @@ class ChildConnections:
             await _close_quietly(stream)
 
 
+async def _send_progressively(
+    stream: trio.abc.Stream, head: bytes, body: RequestBody, progress: Callable[[], None]
+) -> None:
+    await stream.send_all(head)
+    with memoryview(body) as view:
+        for start in range(0, len(view), SEND_SLICE_BYTES):
+            await stream.send_all(view[start : start + SEND_SLICE_BYTES])
+            progress()
+
+
 class WireResponse:
     """A response whose head has been read; its body is read with ``aiter_raw``."""
 
@@ -110,52 +190,65 @@ class WireResponse:
         headers: list[tuple[str, str]],
         rest: bytes,
         method: str,
+        timeout_s: float,
     ) -> None:
         self.status_code = status
         self.headers = headers
         self._owner = owner
         self._stream: trio.abc.Stream | None = stream
         self._buffer = rest
+        self._timeout_s = timeout_s
         self._is_done = False
         lowered = {name.lower(): value for name, value in headers}
         self.content_type = lowered.get("content-type", "")
-        self._keep_alive = lowered.get("connection", "").lower() != "close"
+        self.is_reusable = "close" not in lowered.get("connection", "").lower()
         self._chunked = "chunked" in lowered.get("transfer-encoding", "").lower()
+        self._length: int | None = None
         length = lowered.get("content-length")
-        self._length = int(length) if length is not None else None
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        if length is not None and not self._chunked:
+            if not length.strip().isdigit() or not length.isascii():
+                raise WireError(f"bad Content-Length in the answer: {length[:40]!r}")
+            self._length = int(length)
+        if method == "HEAD" or status in (204, 304):
             self._length = 0
             self._chunked = False
 
     @classmethod
     async def read_head(
-        cls, owner: ChildConnections, stream: trio.abc.Stream, method: str
+        cls,
+        owner: ChildConnections,
+        stream: trio.abc.Stream,
+        method: str,
+        timeout_s: float = math.inf,
+        progress: Callable[[], None] = lambda: None,
     ) -> WireResponse:
+        """Read up to the final answer's head, skipping interim (1xx) ones."""
         buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            data = bytes(await stream.receive_some(RECEIVE_BYTES))
-            if not data and not buffer:
-                raise ClosedBeforeAnswer(f"{owner.address} closed the connection before answering")
-            if not data:
-                raise WireError("the connection ended in the middle of the response head")
-            buffer += data
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise WireError("response head too large")
-        head, rest = buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise WireError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
-        headers = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise WireError(f"malformed header line: {line[:80]!r}")
-            headers.append((name.strip(), value.strip()))
-        return cls(owner, stream, int(parts[1]), headers, rest, method)
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                data = bytes(await stream.receive_some(RECEIVE_BYTES))
+                if not data and not buffer:
+                    raise ClosedBeforeAnswer(
+                        f"{owner.address} closed the connection before answering"
+                    )
+                if not data:
+                    raise WireError("the connection ended in the middle of the response head")
+                progress()
+                buffer += data
+                if len(buffer) > MAX_HEAD_BYTES:
+                    raise WireError("response head too large")
+            head, buffer = buffer.split(b"\r\n\r\n", 1)
+            status, headers = _parse_head(head)
+            if status == 101:
+                raise WireError("the child switched protocols, which the router never asks for")
+            if not 100 <= status < 200:
+                return cls(owner, stream, status, headers, buffer, method, timeout_s)
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body's bytes as they arrive (chunked framing removed)."""
+        """The body's bytes as they arrive (chunked framing removed).
+
+        Raises ChildTimeout when the child sends nothing for the request's ``timeout_s``.
+        """
         try:
             if self._chunked:
                 async for piece in self._chunks():
@@ -169,7 +262,7 @@ class WireResponse:
                     remaining -= len(data)
                     yield data
             else:
-                self._keep_alive = False  # delimited by the connection's end
+                self.is_reusable = False  # delimited by the connection's end
                 if self._buffer:
                     yield self._buffer
                     self._buffer = b""
@@ -181,31 +274,44 @@ class WireResponse:
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
-            while b"\r\n" not in self._buffer:
-                self._buffer += await self._receive()
-            size_line, self._buffer = self._buffer.split(b"\r\n", 1)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise WireError(f"bad chunk size line: {size_line[:40]!r}") from None
+            size = self._chunk_size(await self._line())
             if size == 0:  # the last chunk: then optional trailers, then an empty line
-                while True:
-                    if self._buffer.startswith(b"\r\n"):
-                        self._buffer = self._buffer[2:]
-                        return
-                    end = self._buffer.find(b"\r\n\r\n")
-                    if end >= 0:
-                        self._buffer = self._buffer[end + 4 :]
-                        return
-                    self._buffer += await self._receive()
-            while len(self._buffer) < size + 2:
-                self._buffer += await self._receive()
-            yield self._buffer[:size]
-            self._buffer = self._buffer[size + 2 :]
+                while await self._line():
+                    pass
+                return
+            while size > 0:  # a chunk is passed on as it arrives, however large it is
+                if not self._buffer:
+                    self._buffer = await self._receive()
+                data, self._buffer = self._buffer[:size], self._buffer[size:]
+                size -= len(data)
+                yield data
+            if await self._line():
+                raise WireError("a chunk is longer than its size line says")
+
+    async def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                raise WireError("a chunk size or trailer line is too long")
+            self._buffer += await self._receive()
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        return line
+
+    @staticmethod
+    def _chunk_size(line: bytes) -> int:
+        digits = line.split(b";", 1)[0].strip()
+        if digits and len(digits) <= 16 and all(c in _HEX_DIGITS for c in digits):
+            return int(digits, 16)
+        raise WireError(f"bad chunk size line: {line[:40]!r}")
 
     async def _receive(self, *, allow_eof: bool = False) -> bytes:
         assert self._stream is not None
-        data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
+        try:
+            with trio.fail_after(self._timeout_s):
+                data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
+        except trio.TooSlowError:
+            raise ChildTimeout(
+                f"{self._owner.address} sent nothing for {self._timeout_s:g} s"
+            ) from None
         if not data and not allow_eof:
             raise WireError("the child closed the connection in the middle of the answer")
         return data
@@ -215,10 +321,30 @@ class WireResponse:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if self._is_done and self._keep_alive and not self._buffer:
+        if self._is_done and self.is_reusable and not self._buffer:
             await self._owner._give_back(stream)
         else:
             await _close_quietly(stream)
+
+
+def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if (
+        len(parts) < 2
+        or not parts[0].startswith("HTTP/1.")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+        or not parts[1].isascii()
+    ):
+        raise WireError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise WireError(f"malformed header line: {line[:80]!r}")
+        headers.append((name.strip(), value.strip()))
+    return int(parts[1]), headers
 
 
 async def _close_quietly(stream: trio.abc.Stream) -> None:
@@ -227,3 +353,23 @@ async def _close_quietly(stream: trio.abc.Stream) -> None:
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
     ):
         await stream.aclose()
+
+
+async def probe(address: str, path: str, *, timeout_s: float) -> int:
+    """``GET path`` on a connection of its own, closed afterwards: the answer's status.
+
+    For health checks, which must never queue behind (or reuse) a connection that carries
+    requests. Raises WireError, ChildTimeout when the child is silent for ``timeout_s``.
+    Cancellation: the connection is closed.
+    """
+    connections = ChildConnections(address)
+    try:
+        response = await connections.request("GET", path, [], b"", timeout_s=timeout_s)
+        try:
+            async for _ in response.aiter_raw():
+                pass
+        finally:
+            await response.aclose()
+        return response.status_code
+    finally:
+        await connections.aclose()

@@ -1,14 +1,20 @@
-"""The router's HTTP/1.1 client for its children, against canned answers from a Trio server."""
+"""The router's HTTP/1.1 client for its children, against canned answers from a Trio server.
+
+Timeouts run on trio's MockClock (``autojump_clock``): instant, and exact."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
-from router.wire import ChildConnections, WireError
+from router.wire import ChildConnections, ChildTimeout, WireError
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -124,3 +130,184 @@ async def test_a_connection_cut_mid_body_is_a_wire_error(nursery: trio.Nursery) 
 async def test_nothing_listening_is_a_wire_error() -> None:
     with pytest.raises(WireError, match="cannot connect"):
         await ChildConnections("unix:/nonexistent/child.sock").request("GET", "/", [], b"")
+
+
+async def test_interim_answers_are_skipped_never_taken_for_the_answer(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        count = 0
+        while await read_request(stream):
+            count += 1
+            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n")
+            body = b"answer %d" % count
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            await stream.send_all(body)
+
+    address, connections = await serve(nursery, handler)
+    client = ChildConnections(address)
+    assert await body_of(client) == (200, b"answer 1")
+    assert await body_of(client) == (200, b"answer 2")  # its own, on the same connection
+    assert len(connections) == 1
+
+
+async def test_switching_protocols_is_a_wire_error(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+
+    address, _ = await serve(nursery, handler)
+    with pytest.raises(WireError, match="switched protocols"):
+        await ChildConnections(address).request("GET", "/", [], b"")
+
+
+async def test_a_connection_whose_answer_was_not_read_whole_is_not_reused(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        count = 0
+        with contextlib.suppress(trio.BrokenResourceError):  # the client leaves mid-answer
+            while await read_request(stream):
+                count += 1
+                body = b"answer %d " % count + b"x" * 100_000
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                await stream.send_all(head + body)
+
+    address, connections = await serve(nursery, handler)
+    client = ChildConnections(address)
+    first = await client.request("POST", "/", [], b"{}")
+    await first.aclose()  # head only: the rest of its answer is still on that connection
+    _, body = await body_of(client)
+    assert body.startswith(b"answer 1 ")  # a new connection's first answer, not the old rest
+    assert len(connections) == 2
+
+
+async def test_a_large_body_arrives_whole_and_is_not_copied(nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n" + digest)
+
+    address, _ = await serve(nursery, handler)
+    payload = bytearray(random.randbytes(5 * 1024 * 1024))
+    response = await ChildConnections(address).request("POST", "/", [], payload)
+    digest = b"".join([piece async for piece in response.aiter_raw()])
+    assert digest == hashlib.sha256(payload).hexdigest().encode()
+
+
+async def test_an_answer_before_the_body_was_taken_stops_the_sending(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+        await trio.sleep_forever()  # reads no more, and keeps the connection open
+
+    address, _ = await serve(nursery, handler)
+    client = ChildConnections(address)
+    response = await client.request("POST", "/", [], b"x" * (32 * 1024 * 1024))
+    assert response.status_code == 404
+    assert b"".join([piece async for piece in response.aiter_raw()]) == b"nope"
+    assert not response.is_reusable  # the rest of the body would be read as a new request
+    await response.aclose()
+
+
+async def test_a_silent_child_times_out_before_its_head(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await trio.sleep_forever()
+
+    address, _ = await serve(nursery, handler)
+    with pytest.raises(ChildTimeout, match="sent nothing for 30 s"):
+        await ChildConnections(address).request("GET", "/", [], b"", timeout_s=30)
+
+
+async def test_a_child_that_stops_taking_the_body_times_out(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()  # reads nothing at all
+
+    address, _ = await serve(nursery, handler)
+    with pytest.raises(ChildTimeout, match="took no more of the request"):
+        await ChildConnections(address).request("POST", "/", [], b"x" * 50_000_000, timeout_s=30)
+
+
+async def test_a_child_silent_in_the_middle_of_its_answer_times_out(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await trio.sleep_forever()
+
+    address, _ = await serve(nursery, handler)
+    response = await ChildConnections(address).request("GET", "/", [], b"", timeout_s=30)
+    pieces = []
+    with pytest.raises(ChildTimeout, match="sent nothing for 30 s"):
+        async for piece in response.aiter_raw():
+            pieces.append(piece)
+    assert pieces == [b"abc"]
+
+
+async def test_a_large_chunk_is_passed_on_as_it_arrives(nursery: trio.Nursery) -> None:
+    size = 3 * 1024 * 1024
+    sent = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await stream.send_all(b"%x\r\n" % size + b"a" * (size // 2))
+        await sent.wait()
+        await stream.send_all(b"a" * (size - size // 2) + b"\r\n0\r\n\r\n")
+
+    address, _ = await serve(nursery, handler)
+    response = await ChildConnections(address).request("GET", "/", [], b"")
+    received = 0
+    async for piece in response.aiter_raw():
+        received += len(piece)
+        if received >= size // 2:
+            sent.set()  # half the chunk came through before the rest was even sent
+    assert received == size
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+    ],
+)
+async def test_a_malformed_head_is_a_wire_error(nursery: trio.Nursery, answer: bytes) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(answer)
+
+    address, _ = await serve(nursery, handler)
+    with pytest.raises(WireError):
+        await ChildConnections(address).request("GET", "/", [], b"")
+
+
+@pytest.mark.parametrize("size_line", [b"zz", b"", b"1_0", b"f" * 40])
+async def test_a_bad_chunk_size_is_a_wire_error(nursery: trio.Nursery, size_line: bytes) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await stream.send_all(size_line + b"\r\nabc\r\n0\r\n\r\n")
+
+    address, _ = await serve(nursery, handler)
+    response = await ChildConnections(address).request("GET", "/", [], b"")
+    with pytest.raises(WireError, match="chunk size"):
+        async for _ in response.aiter_raw():
+            pass
