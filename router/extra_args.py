@@ -1,49 +1,125 @@
 """Child arguments a client may send with ``POST /models/load``, when the operator allows it.
 
 Off by default (``--models-allow-extra-args`` turns it on), and even then only the flags below,
-each with a value of the right shape: a client can size a model's context or threads, never
-point a child at another file, socket or command.
+each with an ASCII decimal value inside its bounds: a client can size a model's context or
+threads within what the machine and the model make sensible, never point a child at another
+file, socket or command, nor ask for a million slots. The arguments last for the load that
+asked for them (``pool.py``): a later autoload runs the operator's settings again.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from router.errors import InvalidField
 
-_INTEGER = re.compile(r"-?\d{1,9}")
-_FLASH_ATTN = re.compile(r"on|off|auto")
+_ASCII_INTEGER = re.compile(r"[0-9]{1,9}")  # \d would take any script's digits
+_FLASH_ATTN = ("on", "off", "auto")
+FALLBACK_MAX_CTX = 8192  # when the GGUF's trained context cannot be read
+MAX_PARALLEL = 16
+MAX_BATCH = 16384
+MAX_GPU_LAYERS = 999  # llama.cpp's own "every layer"
 
-# Each allowed flag, by every spelling, with the pattern its value must match.
-ALLOWED_EXTRA_ARGS: dict[str, re.Pattern[str]] = {
-    flag: pattern
-    for flags, pattern in (
-        (("-c", "--ctx-size"), _INTEGER),
-        (("-ngl", "--n-gpu-layers", "--gpu-layers"), _INTEGER),
-        (("-t", "--threads"), _INTEGER),
-        (("-tb", "--threads-batch"), _INTEGER),
-        (("-b", "--batch-size"), _INTEGER),
-        (("-ub", "--ubatch-size"), _INTEGER),
-        (("-np", "--parallel"), _INTEGER),
-        (("-fa", "--flash-attn"), _FLASH_ATTN),
+
+@dataclass(frozen=True)
+class ExtraArgLimits:
+    """The upper bounds for one model's client-given arguments."""
+
+    max_ctx: int
+    max_threads: int
+
+    @classmethod
+    def for_model(cls, model_path: Path | None, options: Mapping[str, Any]) -> ExtraArgLimits:
+        """The model's trained context, or more if the operator configured more; the CPUs."""
+        configured = options.get("ctx_size")
+        trained = trained_context(model_path) if model_path is not None else None
+        max_ctx = max(trained or FALLBACK_MAX_CTX, configured if isinstance(configured, int) else 0)
+        return cls(max_ctx=max_ctx, max_threads=os.cpu_count() or 1)
+
+    def bounds(self, key: str) -> tuple[int, int]:
+        return {
+            "ctx_size": (0, self.max_ctx),  # 0: the model's own
+            "n_gpu_layers": (0, MAX_GPU_LAYERS),
+            "threads": (1, self.max_threads),
+            "threads_batch": (1, self.max_threads),
+            "batch_size": (1, MAX_BATCH),
+            "ubatch_size": (1, MAX_BATCH),
+            "parallel": (1, MAX_PARALLEL),
+        }[key]
+
+
+# Each allowed flag, by every spelling, with the child option it sets.
+ALLOWED_EXTRA_ARGS: dict[str, str] = {
+    flag: key
+    for flags, key in (
+        (("-c", "--ctx-size"), "ctx_size"),
+        (("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers"),
+        (("-t", "--threads"), "threads"),
+        (("-tb", "--threads-batch"), "threads_batch"),
+        (("-b", "--batch-size"), "batch_size"),
+        (("-ub", "--ubatch-size"), "ubatch_size"),
+        (("-np", "--parallel"), "parallel"),
+        (("-fa", "--flash-attn"), "flash_attn"),
     )
     for flag in flags
 }
+MAX_EXTRA_ARGS = 2 * len(set(ALLOWED_EXTRA_ARGS.values()))
 
 
-def checked_extra_args(raw: object) -> tuple[str, ...]:
+def checked_extra_args(raw: object, limits: ExtraArgLimits) -> tuple[str, ...]:
     """``raw`` as a flat list of allowed ``flag value`` pairs, or InvalidField naming the fault."""
     if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
         raise InvalidField("args", 'must be a list of strings, like ["-c", "8192"]')
     items: Sequence[str] = raw
     if len(items) % 2:
         raise InvalidField("args", "must hold flag and value pairs")
+    if len(items) > MAX_EXTRA_ARGS:
+        raise InvalidField("args", f"may hold at most {MAX_EXTRA_ARGS} strings")
+    seen: set[str] = set()
     for flag, value in zip(items[::2], items[1::2], strict=True):
-        pattern = ALLOWED_EXTRA_ARGS.get(flag)
-        if pattern is None:
+        key = ALLOWED_EXTRA_ARGS.get(flag)
+        if key is None:
             allowed = ", ".join(sorted(f for f in ALLOWED_EXTRA_ARGS if f.startswith("--")))
-            raise InvalidField("args", f"may not set {flag!r}; allowed: {allowed}")
-        if not pattern.fullmatch(value):
-            raise InvalidField("args", f"has {value!r} for {flag}, which it does not accept")
+            raise InvalidField("args", f"may not set {flag[:40]!r}; allowed: {allowed}")
+        if key in seen:
+            raise InvalidField("args", f"sets {flag} twice")
+        seen.add(key)
+        if key == "flash_attn":
+            if value not in _FLASH_ATTN:
+                raise InvalidField("args", f"{flag} must be one of {', '.join(_FLASH_ATTN)}")
+            continue
+        low, high = limits.bounds(key)
+        if not _ASCII_INTEGER.fullmatch(value) or not low <= int(value) <= high:
+            raise InvalidField(
+                "args", f"{flag} must be a whole number from {low} to {high}, not {value[:20]!r}"
+            )
     return tuple(items)
+
+
+def trained_context(model_path: Path) -> int | None:
+    """The context length a GGUF was trained with (``ARCH.context_length``), if readable."""
+    try:
+        stat = model_path.stat()
+    except OSError:
+        return None
+    return _trained_context(model_path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _trained_context(model_path: Path, _mtime_ns: int, _size: int) -> int | None:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(model_path)
+        architecture = reader.fields["general.architecture"]
+        arch = bytes(architecture.parts[architecture.data[0]]).decode()
+        field = reader.fields.get(f"{arch}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    except Exception:  # a corrupt or partial file: the child will say what is wrong with it
+        return None

@@ -57,7 +57,11 @@ class ModelState:
     in_flight: int = 0
     last_used: float = 0.0
     args: list[str] | None = None
-    extra_args: tuple[str, ...] = ()  # from POST /models/load, for its next start
+    # From POST /models/load: ``extra_args`` for the start it asked for, then forgotten, so
+    # that a later autoload by someone else runs the operator's settings; ``running_extra_args``
+    # are those of the child running now.
+    extra_args: tuple[str, ...] = ()
+    running_extra_args: tuple[str, ...] = ()
     failures: int = 0  # consecutive failed starts or crashes
     retry_at: float = -math.inf
     exit_code: int | None = None
@@ -96,6 +100,7 @@ class ModelPool:
         specs: Mapping[str, ModelSpec],
         *,
         models_max: int,
+        slot_timeout_s: float = 60.0,
         clock: Callable[[], float] = trio.current_time,
         plugins: Plugins | None = None,
         child_defaults: Mapping[str, Any] | None = None,
@@ -103,6 +108,7 @@ class ModelPool:
     ) -> None:
         self.models = {model_id: ModelState(spec) for model_id, spec in specs.items()}
         self.models_max = models_max
+        self.slot_timeout_s = slot_timeout_s
         self._clock = clock
         self._queue: list[_Waiter] = []
         self._tickets = itertools.count()
@@ -274,8 +280,10 @@ class ModelPool:
     async def lease(self, model_id: str, *, autoload: bool) -> AsyncIterator[ChildConnections]:
         """Hold ``model_id`` loaded for the block, loading it first if needed; yield its client.
 
-        Raises ModelNotFound, Unavailable (not loaded and autoload off, or backing off after
-        failures) or ModelLoadFailed (its load failed while we waited).
+        Raises ModelNotFound, Unavailable (not loaded and autoload off, backing off after
+        failures, or no slot freed within ``slot_timeout_s``: with Retry-After) or
+        ModelLoadFailed (its load failed while we waited). Once its model is loading, a request
+        waits for the load, which the load timeout bounds.
         Cancellation: a waiting request leaves the queue and costs no model its slot.
         """
         state = self.resolve(model_id)
@@ -297,7 +305,12 @@ class ModelPool:
         is_resumed = False
         try:
             self._reschedule()
-            await waiter.done.wait()
+            with trio.move_on_after(self.slot_timeout_s):
+                await waiter.done.wait()
+            if not waiter.done.is_set() and state.status is Status.LOADING:
+                await waiter.done.wait()  # it has its slot: the load timeout bounds the rest
+            if not waiter.done.is_set():
+                raise self._no_slot_error(state)
             is_resumed = True
         finally:
             if waiter in self._queue:
@@ -331,13 +344,13 @@ class ModelPool:
         a model that runs with other arguments must be unloaded first (Conflict).
         """
         state = self.resolve(model_id)
-        if extra_args and extra_args != state.extra_args:
-            if state.status is not Status.UNLOADED:
-                raise Conflict(
-                    f"model {state.spec.id!r} is {state.status.value} with other arguments; "
-                    "unload it first (POST /models/unload)"
-                )
+        if state.status is Status.UNLOADED:
             state.extra_args = extra_args
+        elif extra_args and extra_args != state.running_extra_args:
+            raise Conflict(
+                f"model {state.spec.id!r} is {state.status.value} with other arguments; "
+                "unload it first (POST /models/unload)"
+            )
 
         async def load_and_release() -> None:
             try:
@@ -373,6 +386,7 @@ class ModelPool:
         was_loading = state.status is Status.LOADING
         self._set_status(state, Status.UNLOADED, f"exit code {ended.exit_code}")
         state.pid = None
+        state.running_extra_args = ()
         if state.client is not None and self._nursery is not None:
             self._nursery.start_soon(state.client.aclose)
             state.client = None
@@ -437,7 +451,8 @@ class ModelPool:
         assert self._supervisor is not None
         self._set_status(state, Status.LOADING)
         log.info("loading model %s", state.spec.id)
-        state.args = self._supervisor.start(state.spec, extra_args=state.extra_args)
+        state.running_extra_args, state.extra_args = state.extra_args, ()
+        state.args = self._supervisor.start(state.spec, extra_args=state.running_extra_args)
 
     def _begin_unload(self, state: ModelState) -> None:
         assert self._supervisor is not None and self._nursery is not None
@@ -461,6 +476,15 @@ class ModelPool:
     def _load_error(self, state: ModelState) -> RouterError:
         reason = state.last_error or f"its process exited with code {state.exit_code}"
         return ModelLoadFailed(f"model {state.spec.id!r} failed to load: {reason}")
+
+    def _no_slot_error(self, state: ModelState) -> RouterError:
+        busy = [m.spec.id for m in self.models.values() if m.status is not Status.UNLOADED]
+        return Unavailable(
+            f"no slot freed for model {state.spec.id!r} within {self.slot_timeout_s:g}s: "
+            f"all {self.models_max} are held by models that are busy or pinned "
+            f"({', '.join(sorted(busy))}); retry later",
+            retry_after_s=max(1, math.ceil(self.slot_timeout_s / 4)),
+        )
 
     def _backoff_error(self, state: ModelState) -> RouterError:
         wait_s = max(0.0, state.retry_at - self._clock())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 from router.catalog import ModelSpec
+from router.errors import Unavailable
 from router.pool import ModelPool
 from router.scheduler import Status
 
@@ -55,3 +57,51 @@ async def test_a_request_cancelled_at_admission_gives_its_slot_back(
 async def _use_once(pool: ModelPool) -> None:
     async with pool.lease("m", autoload=True):
         pass
+
+
+async def test_a_request_waits_for_a_slot_only_until_its_deadline(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    specs = {name: ModelSpec(id=name, path=Path(f"{name}.gguf")) for name in ("a", "b")}
+    pool = ModelPool(specs, models_max=1, slot_timeout_s=30)
+    supervisor = RecordingSupervisor()
+    pool.attach(supervisor, nursery)  # type: ignore[arg-type]
+    holding = trio.Event()
+    release = trio.Event()
+
+    async def hold_a() -> None:
+        async with pool.lease("a", autoload=True):
+            holding.set()
+            await release.wait()
+
+    nursery.start_soon(hold_a)
+    await trio.testing.wait_all_tasks_blocked()
+    pool.child_ready("a", "unix:/nonexistent.sock", 1)
+    await holding.wait()
+    started = trio.current_time()
+    with pytest.raises(Unavailable) as caught:
+        async with pool.lease("b", autoload=True):
+            raise AssertionError("b has no slot while a is busy")
+    assert trio.current_time() - started == pytest.approx(30)
+    assert caught.value.headers()["Retry-After"].isdigit()
+    assert "no slot freed" in caught.value.message
+    assert not [w for w in pool._queue if w.model == "b"]  # it left the queue
+    release.set()
+
+
+async def test_a_request_whose_model_is_loading_waits_past_the_slot_deadline(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pool, supervisor = new_pool(nursery)
+    pool.slot_timeout_s = 5
+    served = trio.Event()
+
+    async def use() -> None:
+        async with pool.lease("m", autoload=True):
+            served.set()
+
+    nursery.start_soon(use)
+    await trio.sleep(60)  # a slow load: longer than the slot deadline
+    assert supervisor.started == ["m"] and not served.is_set()
+    pool.child_ready("m", "unix:/nonexistent.sock", 1)
+    await served.wait()
