@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
 import router
+from router.access import HostCheck, require_json
 from router.confd import effective_child_options
 from router.config_api import config_path_for, delete_config, read_config, write_config
 from router.errors import (
@@ -30,18 +33,24 @@ from router.errors import (
     QueueFull,
     RouterError,
 )
-from router.extra_args import checked_extra_args
-from router.jsonbody import parse_json_object
+from router.extra_args import ExtraArgLimits, checked_extra_args
+from router.jsonbody import is_blank, parse_json_object, top_level_field
 from router.plugin_types import Denial, Principal, RequestInfo
 from router.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
 from router.pool import ModelPool, ModelState
-from router.proxy import ForwardRequest, start_forward
+from router.proxy import BrokenOff, ForwardRequest, start_forward
 from router.settings import RouterSettings
-from router.web import PUBLIC_PATHS, json_response, new_app, request_body
+from router.web import PUBLIC_PATHS, CutConnection, json_response, new_app, request_body
 
 log = logging.getLogger("router.app")
 
 FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# The routes that change the router's state (by endpoint: the view's name). They take only
+# JSON bodies, which no web page can send to another origin unasked (router/access.py).
+STATE_CHANGING_ENDPOINTS = frozenset(
+    {"reload", "load", "unload", "put_config", "delete_model_config"}
+)
+CORS_PREFIX = "access-control-"
 
 
 def create_app(
@@ -53,17 +62,33 @@ def create_app(
 ) -> QuartTrio:
     app = new_app("router")
     started = int(time.time())
+    hosts = HostCheck.for_address(settings.host, settings.allowed_hosts)
 
     @app.before_request
     async def authenticate() -> None:
+        """The Host check, the caller's key, then JSON only where state changes."""
         if request.path in PUBLIC_PATHS:
             return
+        hosts.check(request.headers.get("Host"))
         result = await call_first(plugins, "authenticate", request=_request_info())
         if isinstance(result, Denial):
             raise _denial_error(result)
         if not isinstance(result, Principal):
             raise AuthenticationFailed("no plugin recognized this caller")
         g.principal = result
+        if request.endpoint in STATE_CHANGING_ENDPOINTS:
+            has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
+            require_json(request.method, request.headers.get("Content-Type"), has_body)
+
+    @app.after_request
+    async def no_cross_origin_reads(response: Response) -> Response:
+        """No page of another origin may read an answer: a backend's own CORS headers
+        (llama-server reflects any ``Origin``) do not pass."""
+        for name in {
+            name for name, _ in response.headers.items() if name.lower().startswith(CORS_PREFIX)
+        }:
+            del response.headers[name]
+        return response
 
     async def resolve(requested: str) -> ModelState:
         """The model for ``requested`` (plugins may route it), if the caller may use it."""
@@ -106,15 +131,23 @@ def create_app(
     async def load() -> Response:
         body = parse_json_object(await request_body())
         model = _model_field(body)
+        if body.get("args") is not None and not settings.models_allow_extra_args:
+            raise PermissionDenied(
+                "this router takes no child arguments from clients; its operator can "
+                "allow a safe set with --models-allow-extra-args"
+            )
+        state = await resolve(model)
         extra_args: tuple[str, ...] = ()
         if body.get("args") is not None:
-            if not settings.models_allow_extra_args:
-                raise PermissionDenied(
-                    "this router takes no child arguments from clients; its operator can "
-                    "allow a safe set with --models-allow-extra-args"
-                )
-            extra_args = checked_extra_args(body["args"])
-        pool.request_load((await resolve(model)).spec.id, app.nursery, extra_args=extra_args)
+            options = effective_child_options(
+                state.spec, settings.child_defaults, settings.child_options
+            )
+            # Reading the GGUF's header can touch the disk: not on the event loop.
+            limits = await trio.to_thread.run_sync(
+                ExtraArgLimits.for_model, state.spec.path, options
+            )
+            extra_args = checked_extra_args(body["args"], limits)
+        pool.request_load(state.spec.id, app.nursery, extra_args=extra_args)
         return json_response({"success": True})
 
     @app.post("/models/unload")
@@ -123,27 +156,38 @@ def create_app(
         pool.request_unload((await resolve(model)).spec.id)
         return json_response({"success": True})
 
+    def require_admin(action: str) -> None:
+        if not g.principal.is_admin:
+            raise PermissionDenied(f"{action} needs an admin key (--admin-api-key)")
+
+    def config_file(model_id: str) -> Path | None:
+        """The conf.d file of ``model_id`` (by id, listed or invalid), if it has one."""
+        state = pool.models.get(model_id)
+        if state is not None and state.spec.source_file is not None:
+            return state.spec.source_file
+        problem = pool.problems.get(model_id)
+        return problem.path if problem is not None else None
+
     async def config_target(model_id: str) -> Path:
         if not settings.allow_config_writes:
             raise PermissionDenied(
                 "config writes are off; start the router with --allow-config-writes"
             )
-        if not g.principal.is_admin:
-            raise PermissionDenied("changing a model's configuration needs an admin key")
+        require_admin("changing a model's configuration")
         if settings.conf_dir is None:
             raise Conflict("the router has no conf.d folder (--conf-dir) to write to")
-        state = pool.models.get(model_id)
-        existing = state.spec.source_file if state is not None else None
-        if existing is None and model_id in pool.problems:
-            existing = pool.problems[model_id].path
-        return config_path_for(settings.conf_dir, model_id, existing)
+        return config_path_for(settings.conf_dir, model_id, config_file(model_id))
 
     @app.get("/models/<path:model_id>/config")
     async def get_config(model_id: str) -> Response:
-        state = await resolve(model_id)
-        if state.spec.source_file is None:
+        # A file may hold secrets ([env], a command's own keys): admins only, writes on or off.
+        require_admin("reading a model's configuration")
+        path = config_file(model_id)
+        if path is None:
+            path = (await resolve(model_id)).spec.source_file  # an alias, or a folder model
+        if path is None:
             raise ModelNotFound(f"model {model_id!r} has no conf.d file")
-        return json_response(read_config(state.spec.source_file))
+        return json_response(read_config(path))
 
     @app.route("/models/<path:model_id>/config", methods=["PUT", "PATCH"])
     async def put_config(model_id: str) -> Response:
@@ -175,9 +219,9 @@ def create_app(
 
     @app.route("/<path:path>", methods=FORWARDED_METHODS)
     async def forward(path: str) -> Response:
-        body = await request_body()
-        state = await resolve(_requested_model(pool, body))
-        body = await _transformed(plugins, state.spec.id, body, g.principal)
+        received = await request_body()  # the one copy of a large body, forwarded as it is
+        state = await resolve(await _requested_model(pool, received))
+        body = await _transformed(plugins, state.spec.id, received, g.principal)
         autoload = settings.models_autoload
         if "autoload" in request.args:
             autoload = request.args["autoload"].lower() in ("1", "true", "yes")
@@ -190,16 +234,19 @@ def create_app(
                 principal=g.principal,
                 autoload=autoload,
                 method=request.method,
-                path=request.path,
+                path=_forwarded_path(),
                 query=request.query_string,
                 headers=list(request.headers.items()),
                 body=body,
+                timeout_s=settings.timeout_s,
             ),
         )
 
         async def chunks() -> AsyncIterator[bytes]:
             with forwarded.body:
                 async for chunk in forwarded.body:
+                    if isinstance(chunk, BrokenOff):
+                        raise CutConnection(chunk.reason)
                     yield chunk
 
         return Response(chunks(), status=forwarded.status, headers=Headers(forwarded.headers))
@@ -208,9 +255,14 @@ def create_app(
     return app
 
 
-async def _transformed(plugins: Plugins, model: str, body: bytes, principal: Principal) -> bytes:
-    """``body`` after every ``transform_request`` hook (JSON object bodies only)."""
-    if not has_implementations(plugins, "transform_request") or not body.strip():
+async def _transformed(
+    plugins: Plugins, model: str, body: bytearray, principal: Principal
+) -> bytes | bytearray:
+    """``body`` after every ``transform_request`` hook (JSON object bodies only).
+
+    Only then is a body parsed whole and written anew: without such a hook, it goes as it came.
+    """
+    if not has_implementations(plugins, "transform_request") or is_blank(body):
         return body
     parsed = parse_json_object(body)
     for result in await call_each(
@@ -239,11 +291,23 @@ def _request_info() -> RequestInfo:
     )
 
 
-def _requested_model(pool: ModelPool, body: bytes) -> str:
-    """The model a request names: ``"model"`` in a JSON body, or ``?model=``; else the only one."""
+def _forwarded_path() -> str:
+    """The path as the client sent it, its %-escapes kept: ``request.path`` is decoded, and may
+    hold characters that no request line can carry (``/v1/%E2%82%AC`` is ``/v1/€``)."""
+    raw_path = request.scope.get("raw_path")
+    if isinstance(raw_path, bytes) and raw_path.startswith(b"/"):
+        return raw_path.decode("latin-1")  # ASCII: the HTTP parser took nothing else
+    return urllib.parse.quote(request.path, safe="/:@!$&'()*+,;=-._~")
+
+
+async def _requested_model(pool: ModelPool, body: bytearray) -> str:
+    """The model a request names: ``"model"`` in a JSON body, or ``?model=``; else the only one.
+
+    A large body is scanned for its top-level ``"model"``, never parsed whole (jsonbody.py).
+    """
     model: Any = request.args.get("model")
-    if model is None and request.method != "GET" and body.strip():
-        model = parse_json_object(body).get("model")
+    if model is None and request.method != "GET" and not is_blank(body):
+        model = await top_level_field(body, "model")
     if model is None:
         if len(pool.models) == 1:
             return next(iter(pool.models))

@@ -8,6 +8,7 @@ take several values separated by ``os.pathsep`` (``:``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -94,19 +95,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key",
         action="append",
         default=_env_list("api-key"),
-        help="require this key as 'Authorization: Bearer KEY' (repeatable)",
+        help="require this key as 'Authorization: Bearer KEY' (repeatable; other local users "
+        "can read a command line: prefer --api-key-file)",
     )
     add(
         "--api-key-file",
         type=Path,
         default=_env("api-key-file"),
-        help="file with one API key per line",
+        help="file with one API key per line ('#' starts a comment line)",
     )
     add(
         "--admin-api-key",
         action="append",
         default=_env_list("admin-api-key"),
-        help="a key that may also change model configs (repeatable)",
+        help="a key that may also read and change model configs (repeatable). With "
+        "--allow-config-writes it can add a 'command' model or an [env] LD_PRELOAD: run any "
+        "program as this user. See SECURITY.md",
+    )
+    add(
+        "--admin-api-key-file",
+        type=Path,
+        default=_env("admin-api-key-file"),
+        help="file with one admin key per line, so that none appears in the command line",
     )
     add(
         "--models-allow-extra-args",
@@ -119,7 +129,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-config-writes",
         action="store_true",
         default=_env_flag("allow-config-writes", False),
-        help="let PUT/PATCH/DELETE /models/{id}/config edit conf.d files (default: off)",
+        help="let PUT/PATCH/DELETE /models/{id}/config edit conf.d files (default: off). "
+        "Whoever may write configs may run any program as this user (a 'command' model, "
+        "[env] LD_PRELOAD); without an admin key the router starts only on a loopback address",
     )
     add(
         "--plugin",
@@ -138,6 +150,54 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=float(_env("stop-timeout") or 10),
         help="seconds a stopping model may finish its requests (default: 10)",
+    )
+    add(
+        "-to",
+        "--timeout",
+        type=float,
+        default=float(_env("timeout") or 600),
+        help="seconds a request may wait for the next byte from its model before it fails "
+        "(default: 600, as llama-server)",
+    )
+    add(
+        "--load-timeout",
+        type=float,
+        default=float(_env("load-timeout") or 600),
+        help="seconds a model may take to load before it is stopped and marked failed "
+        "(default: 600)",
+    )
+    add(
+        "--health-interval",
+        type=float,
+        default=float(_env("health-interval") or 5),
+        help="seconds between liveness pings to each running model (default: 5)",
+    )
+    add(
+        "--health-misses",
+        type=int,
+        default=int(_env("health-misses") or 3),
+        help="pings a model may miss in a row before it is declared hung, killed and "
+        "restarted on the next request (default: 3)",
+    )
+    add(
+        "--slot-timeout",
+        type=float,
+        default=float(_env("slot-timeout") or 60),
+        help="seconds a request may wait for a free model slot (--models-max) before it gets "
+        "503 with Retry-After (default: 60)",
+    )
+    add(
+        "--max-connections",
+        type=int,
+        default=int(_env("max-connections") or 1024),
+        help="client connections served at once; more wait to be accepted (default: 1024)",
+    )
+    add(
+        "--allowed-host",
+        action="append",
+        default=_env_list("allowed-host"),
+        help="a Host header name to accept besides the bound address, localhost and "
+        "127.0.0.1 (repeatable; protects against DNS rebinding)",
     )
     children = parser.add_argument_group(
         "defaults passed to every model",
@@ -248,16 +308,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
         defaults = router_file.defaults
         file_plugins = router_file.plugins
         args = _with_router_file(parser, args, router_file.router, config_path, argv)
-    keys = list(args.api_key)
-    if args.api_key_file is not None:
-        try:
-            keys += [
-                line.strip()
-                for line in Path(args.api_key_file).read_text().splitlines()
-                if line.strip() and not line.startswith("#")
-            ]
-        except OSError as exc:
-            parser.error(f"--api-key-file {args.api_key_file}: {exc.strerror}")
+    keys = [*args.api_key, *_keys_from_file(parser, "--api-key-file", args.api_key_file)]
+    admin_keys = [
+        *args.admin_api_key,
+        *_keys_from_file(parser, "--admin-api-key-file", args.admin_api_key_file),
+    ]
     try:
         settings = RouterSettings(
             host=args.host,
@@ -266,13 +321,20 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             models_max=args.models_max,
             models_autoload=args.models_autoload,
             api_keys=tuple(keys),
-            admin_api_keys=tuple(args.admin_api_key),
+            admin_api_keys=tuple(admin_keys),
             models_allow_extra_args=args.models_allow_extra_args,
             child_defaults=defaults,
             child_options=child_options_from(args),
             conf_dir=conf_dir,
             allow_config_writes=args.allow_config_writes,
             stop_timeout_s=args.stop_timeout,
+            load_timeout_s=args.load_timeout,
+            timeout_s=args.timeout,
+            health_interval_s=args.health_interval,
+            health_misses=args.health_misses,
+            slot_timeout_s=args.slot_timeout,
+            max_connections=args.max_connections,
+            allowed_hosts=tuple(args.allowed_host),
             plugins=(*file_plugins, *args.plugin),
             load_installed_plugins=not args.no_plugins,
         )
@@ -281,6 +343,31 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     if args.command == "plugins":
         return _list_plugins(settings)
     return run_router(settings)
+
+
+def _keys_from_file(parser: argparse.ArgumentParser, flag: str, path: Any) -> list[str]:
+    """The keys in a key file: one a line; blank lines and lines starting with # skipped.
+
+    A file that holds no key is an error, not a router left open to everyone.
+    """
+    if path is None:
+        return []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        parser.error(f"{flag} {path}: {exc.strerror}")
+    except UnicodeDecodeError:
+        parser.error(f"{flag} {path}: not UTF-8 text")
+    keys = [line.strip() for line in text.splitlines()]
+    keys = [key for key in keys if key and not key.startswith("#")]
+    if not keys:
+        parser.error(f"{flag} {path} holds no key")
+    with contextlib.suppress(OSError):
+        if Path(path).stat().st_mode & 0o077:
+            print(
+                f"warning: {flag} {path} may be read by other users: chmod 600 it", file=sys.stderr
+            )
+    return keys
 
 
 def _list_plugins(settings: Any) -> int:
@@ -316,17 +403,47 @@ def _with_router_file(
     Precedence: command-line flags, then environment variables, then router.toml.
     """
     for key, value in values.items():
-        if not hasattr(args, key) or key in ("config", "conf_dir") or key in CHILD_OPTIONS:
+        if (
+            not hasattr(args, key)
+            or key in ("config", "conf_dir", "command")
+            or key in CHILD_OPTIONS
+        ):
             parser.error(
                 f"{path}: [router] has no setting {key!r} (child options go in [defaults])"
             )
         flag = "--" + key.replace("_", "-")
         if any(a == flag or a.startswith(flag + "=") for a in argv) or _env(key) is not None:
             continue
-        if isinstance(getattr(args, key), list):
+        current = getattr(args, key)
+        if isinstance(current, list):
             value = list(value) if isinstance(value, list) else [value]
-        setattr(args, key, value)
+        expected = _expected_kind(current)
+        items = value if isinstance(current, list) else [value]
+        if not all(_is_of_kind(item, expected) for item in items):
+            parser.error(f"{path}: [router] {key} must be {expected}")
+        setattr(args, key, float(value) if expected == "a number" else value)
     return args
+
+
+def _expected_kind(current: Any) -> str:
+    """What a router.toml value must be, judged by the flag's value so far."""
+    if isinstance(current, bool):
+        return "true or false"
+    if isinstance(current, int):
+        return "an integer"
+    if isinstance(current, float):
+        return "a number"
+    return "a string" if not isinstance(current, list) else "a string or a list of strings"
+
+
+def _is_of_kind(value: Any, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if kind == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "a number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 if __name__ == "__main__":

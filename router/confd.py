@@ -4,7 +4,7 @@ A model file (``conf.d/NAME.toml``)::
 
     name = "NAME"                 # default: the file's stem
     model = "models/x.gguf"       # a GGUF, relative to this file's folder; or:
-    command = ["llama-server", "-m", "{model}", "--port", "{port}"]   # any OpenAI server,
+    command = ["llama-server", "-m", "{model}", "--host", "{socket}"]  # any OpenAI server,
                                   # run in this file's folder
     health = "/health"            # polled until it answers 200 (command models)
     aliases = ["x"]
@@ -35,7 +35,20 @@ from typing import Any
 
 from router.catalog import ModelSpec
 
-PLACEHOLDERS = ("{port}", "{host}", "{model}")
+PLACEHOLDERS = ("{port}", "{host}", "{socket}", "{model}")
+
+# Sizes past which a value is a mistake, not a configuration. Linux refuses any single argv or
+# environment string over 128 KiB (MAX_ARG_STRLEN), and all of them together over ARG_MAX.
+MAX_FILE_BYTES = 1024 * 1024  # a conf.d file or router.toml
+MAX_ARGUMENT_BYTES = 64 * 1024  # one string that reaches a child's argv or environment
+MAX_ID_BYTES = 200  # a model id or alias: "<id>.toml" and its temporary stay under 255 bytes
+MAX_DESCRIPTION_CHARS = 4096
+MAX_SECONDS = 10**9  # ttl, stop_timeout: finite (JSON has no infinity) and below 31 years
+MAX_QUEUE = 10**6
+# [env] names as POSIX defines portable ones: what every shell and program can read back.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEALTH_PATH = re.compile(r"/[\x21-\x7e]*")  # an HTTP path: printable ASCII, no spaces
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 # Child options: conf.d key -> (llama-router child flag, kind). Kinds: int, str, bool (a flag
 # that is present or not), "negated" (a bool whose false is the flag), or a tuple of choices.
@@ -95,12 +108,14 @@ class ConfdScan:
 
 
 class ConfigInvalid(Exception):
-    """A model table breaks a rule; ``key`` is the key at fault, when there is one."""
+    """A model table breaks a rule; ``key`` is the key at fault, when there is one, and
+    ``table`` the table that holds it (``args``, ``env``), if not the top level."""
 
-    def __init__(self, message: str, key: str | None = None) -> None:
+    def __init__(self, message: str, key: str | None = None, table: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.key = key
+        self.table = table
 
 
 def scan_conf_dir(folder: Path | None) -> ConfdScan:
@@ -139,6 +154,10 @@ def read_model_file(path: Path) -> ModelSpec | ConfigProblem:
     """One conf.d file as a spec, or the problem that stops it."""
     text = ""
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            message = f"it is {size} bytes long; a model's file may hold {MAX_FILE_BYTES} at most"
+            return ConfigProblem(path, None, message, path.stem)
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text)
     except OSError as exc:
@@ -150,11 +169,12 @@ def read_model_file(path: Path) -> ModelSpec | ConfigProblem:
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         return ConfigProblem(path, line, f"not valid TOML: {message}", path.stem)
     name = data.get("name")
-    model_id = name if isinstance(name, str) else path.stem
+    model_id = name if isinstance(name, str) and _is_model_id(name) else path.stem
     try:
         return model_spec_from(data, path)
     except ConfigInvalid as exc:
-        return ConfigProblem(path, _line_of_key(text, exc.key), exc.message, model_id)
+        line = _line_of_key(text, exc.key, exc.table)
+        return ConfigProblem(path, line, exc.message, model_id)
 
 
 def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
@@ -168,13 +188,16 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
                 f"{key!r} must be {_type_name(expected)}, not {_toml_type(value)}", key
             )
     model_id = data.get("name", path.stem)
-    if not model_id or not re.fullmatch(r"[\w.:/-]+", model_id):
+    if not _is_model_id(model_id):
         raise ConfigInvalid(
-            f"'name' {model_id!r} may hold only letters, digits and . _ - : /", "name"
+            f"'name' {_shown(model_id)} may hold only letters, digits and . _ - : /, "
+            f"{MAX_ID_BYTES} bytes at most",
+            "name",
         )
     has_model, has_command = "model" in data, "command" in data
     model_path = None  # neither: it configures the --models-dir model of the same id
     if has_model:
+        _check_argument(data["model"], "'model'", "model")
         model_path = (path.parent / data["model"]).resolve()
         if not model_path.is_file():
             raise ConfigInvalid(f"'model' {data['model']!r}: no such file ({model_path})", "model")
@@ -183,21 +206,45 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         command = tuple(data["command"])
         if not command or not all(isinstance(part, str) for part in command):
             raise ConfigInvalid("'command' must be a non-empty list of strings", "command")
-        if "{port}" not in " ".join(command):
-            raise ConfigInvalid("'command' must pass the port it gets, as {port}", "command")
-        if "{model}" in " ".join(command) and model_path is None:
+        for part in command:
+            _check_argument(part, "every part of 'command'", "command")
+        joined = " ".join(command)
+        if "{port}" not in joined and "{socket}" not in joined:
+            raise ConfigInvalid(
+                "'command' must pass the address it gets, as {port} (or {socket}, a Unix "
+                "socket path, if the server can listen on one)",
+                "command",
+            )
+        if "{model}" in joined and model_path is None:
             raise ConfigInvalid("'command' uses {model}, so set 'model' too", "command")
+    health = data.get("health", "/health")
+    if not _HEALTH_PATH.fullmatch(health) or len(health) > 2048:
+        raise ConfigInvalid(
+            f"'health' {_shown(health)} must be an HTTP path: it starts with / and holds no "
+            "spaces or control characters",
+            "health",
+        )
     aliases = tuple(data.get("aliases", ()))
     if not all(isinstance(alias, str) and alias for alias in aliases):
         raise ConfigInvalid("'aliases' must be a list of names", "aliases")
-    env = data.get("env", {})
-    if not all(isinstance(value, str) for value in env.values()):
-        raise ConfigInvalid("every value in [env] must be a string", "env")
+    for alias in aliases:
+        if len(alias.encode()) > MAX_ID_BYTES or _CONTROL_CHARACTER.search(alias):
+            raise ConfigInvalid(
+                f"alias {_shown(alias)} must be at most {MAX_ID_BYTES} bytes, with no control "
+                "characters",
+                "aliases",
+            )
+    if len(data.get("description", "")) > MAX_DESCRIPTION_CHARS:
+        raise ConfigInvalid(
+            f"'description' may be {MAX_DESCRIPTION_CHARS} characters long at most", "description"
+        )
+    env = checked_environment(data.get("env", {}))
     for key in ("ttl", "stop_timeout"):
-        if data.get(key, 0) < 0:
-            raise ConfigInvalid(f"{key!r} must be 0 or more", key)
-    if data.get("max_queue", 1) < 0:
-        raise ConfigInvalid("'max_queue' must be 0 or more", "max_queue")
+        value = data.get(key, 0)
+        if not 0 <= value <= MAX_SECONDS:  # NaN fails both comparisons
+            raise ConfigInvalid(f"{key!r} must be 0 or more seconds, up to {MAX_SECONDS}", key)
+    if not 0 <= data.get("max_queue", 1) <= MAX_QUEUE:
+        raise ConfigInvalid(f"'max_queue' must be 0 or more, up to {MAX_QUEUE}", "max_queue")
     return ModelSpec(
         id=model_id,
         path=model_path,
@@ -213,8 +260,51 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         stop_timeout_s=float(data["stop_timeout"]) if "stop_timeout" in data else None,
         max_queue=data.get("max_queue"),
         args=checked_child_options(data.get("args", {})),
-        env=dict(env),
+        env=env,
     )
+
+
+def checked_environment(env: Mapping[str, Any]) -> dict[str, str]:
+    """``[env]`` as a child's environment can hold it; raise ConfigInvalid naming the bad key.
+
+    A name with ``=`` or NUL, or a value with NUL, would make the spawn itself fail; other
+    names than the portable ``[A-Za-z_][A-Za-z0-9_]*`` are refused too, as no shell can use them.
+    """
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigInvalid(
+                f"[env] name {_shown(name)} is not a usable variable name: letters, digits "
+                "and _, not starting with a digit",
+                name,
+                "env",
+            )
+        if not isinstance(value, str):
+            raise ConfigInvalid(f"[env] {name!r} must be a string", name, "env")
+        _check_argument(value, f"[env] {name!r}", name, "env")
+    return dict(env)
+
+
+def _check_argument(value: str, what: str, key: str, table: str | None = None) -> None:
+    """Raise ConfigInvalid unless ``value`` can be one string of a process's argv or env."""
+    if "\0" in value:
+        raise ConfigInvalid(f"{what} holds a NUL character, which no program can receive", key,
+                            table)  # fmt: skip
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_ARGUMENT_BYTES:
+        raise ConfigInvalid(f"{what} is longer than {MAX_ARGUMENT_BYTES} bytes", key, table)
+
+
+def _is_model_id(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and re.fullmatch(r"[\w.:/-]+", value) is not None
+        and len(value.encode()) <= MAX_ID_BYTES
+    )
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: its repr, cut short when it is long."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} characters)"
 
 
 def checked_child_options(options: Mapping[str, Any], *, table: str = "args") -> dict[str, Any]:
@@ -223,19 +313,25 @@ def checked_child_options(options: Mapping[str, Any], *, table: str = "args") ->
         known = CHILD_OPTIONS.get(key)
         if known is None:
             raise ConfigInvalid(
-                f"unknown key {key!r} in [{table}]{_suggestion(key, CHILD_OPTIONS)}", key
+                f"unknown key {key!r} in [{table}]{_suggestion(key, CHILD_OPTIONS)}", key, table
             )
         kind = known[1]
         if isinstance(kind, tuple):
             if key == "flash_attn" and isinstance(value, bool):
                 continue
             if value not in kind:
-                raise ConfigInvalid(f"[{table}] {key!r} must be one of {', '.join(kind)}", key)
+                raise ConfigInvalid(
+                    f"[{table}] {key!r} must be one of {', '.join(kind)}", key, table
+                )
         elif kind in (bool, "negated"):
             if not isinstance(value, bool):
-                raise ConfigInvalid(f"[{table}] {key!r} must be true or false", key)
+                raise ConfigInvalid(f"[{table}] {key!r} must be true or false", key, table)
         elif not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigInvalid(f"[{table}] {key!r} must be {_type_name(kind)}", key)
+            raise ConfigInvalid(f"[{table}] {key!r} must be {_type_name(kind)}", key, table)
+        elif kind is int and not -(2**31) <= value < 2**32:
+            raise ConfigInvalid(f"[{table}] {key!r} is out of range: {value}", key, table)
+        elif kind is str:
+            _check_argument(value, f"[{table}] {key!r}", key, table)
     return dict(options)
 
 
@@ -277,6 +373,8 @@ class RouterFileError(Exception):
 
 def read_router_file(path: Path) -> RouterFile:
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise RouterFileError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RouterFileError(f"{path}: {exc}") from exc
@@ -320,12 +418,25 @@ def _line_from_decode_error(exc: tomllib.TOMLDecodeError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _line_of_key(text: str, key: str | None) -> int | None:
+def _line_of_key(text: str, key: str | None, table: str | None = None) -> int | None:
+    """The line that sets ``key`` (bare or quoted), in ``[table]`` if given; else the line
+    of ``[table]`` itself, or of the key as a table (``[args]`` for key ``args``)."""
     if key is None:
         return None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if re.match(rf"\s*{re.escape(key)}\s*=|\s*\[{re.escape(key)}\]", line):
+    lines = text.splitlines()
+    names = "|".join(re.escape(form) for form in (key, f'"{key}"', f"'{key}'"))
+    in_table = table is None
+    for number, line in enumerate(lines, start=1):
+        header = re.match(r"\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            in_table = header.group(1) == (table or key)
+            if table is None and in_table:
+                return number
+            continue
+        if in_table and re.match(rf"\s*(?:{names})\s*=", line):
             return number
+    if table is not None:
+        return _line_of_key(text, table)
     return None
 
 

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from hypercorn.config import Config
 
+from router import http_server
+from router.access import is_loopback
 from router.app import create_app
 from router.catalog import ModelSpec, scan_models_dirs
 from router.confd import merge_catalog, scan_conf_dir
@@ -54,7 +54,37 @@ def run_router(settings: RouterSettings) -> int:
     except PluginLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except StartupRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+class StartupRefused(Exception):
+    """The settings would let anyone who can reach the router run programs: it does not start."""
+
+
+def check_exposure(settings: RouterSettings) -> None:
+    """Refuse config writes that anyone on the network could make; warn of an open router.
+
+    Config writes may add a ``command`` model or ``[env] LD_PRELOAD``: running any program as
+    the router's user. Without ``--admin-api-key`` they are allowed only on a loopback address
+    (a plugin's keys do not count: an installed plugin may authenticate no one).
+    """
+    if is_loopback(settings.host):
+        return
+    if settings.allow_config_writes and not settings.admin_api_keys:
+        raise StartupRefused(
+            f"--allow-config-writes on --host {settings.host} lets anyone who reaches it run "
+            "programs as this user: set --admin-api-key (or --admin-api-key-file), or bind "
+            "127.0.0.1"
+        )
+    if not (settings.api_keys or settings.admin_api_keys):
+        log.warning(
+            "no --api-key on --host %s: unless a plugin checks keys, anyone who can reach "
+            "this address may use every model",
+            settings.host,
+        )
 
 
 async def serve_router(
@@ -62,8 +92,11 @@ async def serve_router(
 ) -> None:
     """Serve until SIGINT or SIGTERM; ``task_status.started`` gets the listening address.
 
+    Raises StartupRefused, before anything starts, for settings unsafe to serve with.
+
     Cancellation: stops serving and stops every child (gracefully, then by force) first.
     """
+    check_exposure(settings)
     plugins = load_plugins(
         settings, entry_points=settings.load_installed_plugins, extra=settings.plugins
     )
@@ -72,6 +105,7 @@ async def serve_router(
         pool = ModelPool(
             {},
             models_max=settings.models_max,
+            slot_timeout_s=settings.slot_timeout_s,
             plugins=plugins,
             child_defaults=settings.child_defaults,
             child_options=settings.child_options,
@@ -97,6 +131,8 @@ async def serve_router(
                     child_options=settings.child_options,
                     stop_timeout_s=settings.stop_timeout_s,
                     load_timeout_s=settings.load_timeout_s,
+                    health_interval_s=settings.health_interval_s,
+                    health_misses=settings.health_misses,
                 ),
                 events=pool,
                 adjust_launch=lambda spec, argv, env: _child_launch(plugins, pool, spec, argv, env),
@@ -170,11 +206,12 @@ async def _serve_http(
 
         nursery.start_soon(stop_on_signals)
 
-        async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
-            await worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"),
+        async def serve(task_status: trio.TaskStatus[None]) -> None:
+            await http_server.serve(
+                app,
                 config,
-                sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+                sock,
+                max_connections=settings.max_connections,
                 shutdown_trigger=stop.wait,
                 task_status=task_status,
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router.access import host_name
 from router.errors import RouterError
 
 
@@ -34,8 +35,16 @@ class RouterSettings:
     plugins: tuple[str, ...] = ()  # modules or .py files (--plugin, router.toml plugins)
     load_installed_plugins: bool = True  # the llama_router entry points (--no-plugins: off)
     stop_timeout_s: float = 10.0
-    load_timeout_s: float = 600.0
+    load_timeout_s: float = 600.0  # a child not ready by then is stopped and marked failed
     graceful_timeout_s: float = 10.0  # how long running requests may finish on shutdown
+    # -to/--timeout, as llama-server: seconds without a byte from a child before its request
+    # fails (503, or an SSE error event once the answer has begun).
+    timeout_s: float = 600.0
+    health_interval_s: float = 5.0  # how often each running child is pinged
+    health_misses: int = 3  # pings missed in a row before a child is declared hung and killed
+    slot_timeout_s: float = 60.0  # how long a request may wait for a free model slot: then 503
+    max_connections: int = 1024  # client connections open at once; more wait to be accepted
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
 
     def __post_init__(self) -> None:
         if self.models_max < 0:
@@ -44,9 +53,29 @@ class RouterSettings:
             )
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"--port must be between 0 and 65535, not {self.port}")
+        for name in ("stop_timeout_s", "load_timeout_s", "timeout_s", "health_interval_s",
+                     "slot_timeout_s", "graceful_timeout_s"):  # fmt: skip
+            value = getattr(self, name)
+            if not 0 < value < 10**7:
+                flag = "--" + name.removesuffix("_s").replace("_", "-")
+                raise SettingsError(f"{flag} must be a number of seconds above 0, not {value}")
+        if self.health_misses < 1:
+            raise SettingsError(f"--health-misses must be 1 or more, not {self.health_misses}")
+        if self.max_connections < 1:
+            raise SettingsError(f"--max-connections must be 1 or more, not {self.max_connections}")
         for key in (*self.api_keys, *self.admin_api_keys):
             if not key or key != key.strip():
                 raise SettingsError("an API key is empty or has surrounding spaces")
+            if not (key.isascii() and key.isprintable()):
+                raise SettingsError(
+                    "an API key holds a character an HTTP header cannot carry: use printable ASCII"
+                )
+        for name in self.allowed_hosts:
+            if host_name(name) is None:
+                raise SettingsError(
+                    f"--allowed-host {name!r} is not a host name or an IP address (give it "
+                    "without scheme or port: example.com, 192.0.2.7, [2001:db8::1])"
+                )
         for folder in self.models_dirs:
             if not folder.is_dir():
                 raise SettingsError(f"--models-dir {folder} is not a folder")

@@ -95,7 +95,27 @@ def test_command_model_needs_a_port_placeholder(conf: Path) -> None:
         ('model = "../missing.gguf"\n', 1, "no such file"),
         ('model = "../weights.gguf"\npinned = "yes"\n', 2, "true or false"),
         ('model = "../weights.gguf"\nttl = -1\n', 2, "0 or more"),
-        ('model = "../weights.gguf"\n[env]\nX = 1\n', 2, "must be a string"),
+        ('model = "../weights.gguf"\n[env]\nX = 1\n', 3, "must be a string"),
+        # Values a child's argv or environment cannot hold: refused before any spawn.
+        ('model = "../weights.gguf"\n[env]\n"A=B" = "x"\n', 3, "not a usable variable name"),
+        ('model = "../weights.gguf"\n[env]\n"" = "x"\n', 3, "not a usable variable name"),
+        ('model = "../weights.gguf"\n[env]\n"A\\u0000" = "x"\n', 2, "variable name"),
+        ('model = "../weights.gguf"\n[env]\n"1A" = "x"\n', 3, "not a usable variable name"),
+        ('model = "../weights.gguf"\n[env]\nA = "x\\u0000y"\n', 3, "NUL"),
+        ('model = "../weights.gguf"\nenv = {A = "\\u0000"}\n', 2, "NUL"),
+        ('command = ["srv\\u0000", "{port}"]\n', 1, "NUL"),
+        ('model = "../weights\\u0000.gguf"\n', 1, "NUL"),
+        ('model = "../weights.gguf"\n[args]\nchat_template = "\\u0000"\n', 3, "NUL"),
+        ('model = "../weights.gguf"\n[args]\nctx_size = 99999999999\n', 3, "out of range"),
+        ('model = "../weights.gguf"\naliases = ["a\\u0000"]\n', 2, "control characters"),
+        ('command = ["srv", "{port}"]\nhealth = "health"\n', 2, "starts with /"),
+        ('command = ["srv", "{port}"]\nhealth = "/a b"\n', 2, "starts with /"),
+        ('model = "../weights.gguf"\nttl = nan\n', 2, "0 or more seconds"),
+        ('model = "../weights.gguf"\nstop_timeout = inf\n', 2, "0 or more seconds"),
+        ('model = "../weights.gguf"\nmax_queue = 10000000000\n', 2, "up to"),
+        (f'model = "../weights.gguf"\nname = "{"n" * 201}"\n', 2, "200 bytes at most"),
+        (f'model = "../weights.gguf"\ndescription = "{"d" * 4097}"\n', 2, "4096"),
+        (f'command = ["srv", "{"x" * 70000}", "{{port}}"]\n', 1, "longer than"),
     ],
 )
 def test_bad_files_are_problems_with_file_line_and_advice(
@@ -106,6 +126,30 @@ def test_bad_files_are_problems_with_file_line_and_advice(
     assert problem.line == line
     assert fragment in problem.message
     assert str(problem).startswith(f"{conf / 'x.toml'}:{line}: ")
+
+
+def test_a_command_may_listen_on_a_socket_instead_of_a_port(conf: Path) -> None:
+    spec = read_model_file(write(conf, "s.toml", 'command = ["srv", "--host", "{socket}"]\n'))
+    assert isinstance(spec, ModelSpec)
+
+
+def test_usable_environments_are_kept(conf: Path) -> None:
+    text = 'model = "../weights.gguf"\n[env]\n_X = ""\nLD_LIBRARY_PATH = "/a:/b"\nz9 = "\\n"\n'
+    spec = read_model_file(write(conf, "e.toml", text))
+    assert isinstance(spec, ModelSpec)
+    assert spec.env == {"_X": "", "LD_LIBRARY_PATH": "/a:/b", "z9": "\n"}
+
+
+def test_an_oversized_file_is_a_problem_not_read(conf: Path) -> None:
+    path = write(conf, "big.toml", 'model = "../weights.gguf"\n' + "#" * (1024 * 1024) + "\n")
+    problem = read_model_file(path)
+    assert isinstance(problem, ConfigProblem)
+    assert "bytes long" in problem.message
+
+
+def test_a_bad_name_is_listed_under_the_file_stem(conf: Path) -> None:
+    write(conf, "stem.toml", f'model = "../weights.gguf"\nname = "{"n" * 300}"\n')
+    assert list(scan_conf_dir(conf).problems) == ["stem"]
 
 
 def test_duplicate_names_make_both_invalid_naming_each_other(conf: Path) -> None:
@@ -146,3 +190,6 @@ def test_router_file(tmp_path: Path) -> None:
     bad = write(tmp_path, "bad.toml", "[defaults]\nctx_sise = 8\n")
     with pytest.raises(RouterFileError, match="did you mean 'ctx_size'"):
         read_router_file(bad)
+    nul = write(tmp_path, "nul.toml", '[defaults]\nchat_template = "x\\u0000"\n')
+    with pytest.raises(RouterFileError, match="NUL"):
+        read_router_file(nul)

@@ -276,10 +276,59 @@ def test_config_writes_are_off_by_default_and_need_an_admin_key(site: Path) -> N
         assert as_admin.status_code == 200
 
 
+def test_values_no_process_can_take_are_refused_and_the_router_lives(site: Path) -> None:
+    # A NUL in an environment value, on a model loaded at start-up: once, the spawn raised and
+    # took the router down. Now the file is invalid, with its line, and nothing is spawned.
+    conf(site, "nul", 'model = "../models/a.gguf"\nload_on_startup = true\n[env]\nA = "x\\u0000"\n')
+    conf(site, "good", 'model = "../models/b.gguf"\n')
+    with router_in(site, "--allow-config-writes") as router:
+        data = {e["id"]: e for e in httpx.get(f"{router.base_url}/models").json()["data"]}
+        assert data["nul"]["status"]["value"] == "invalid"
+        assert "nul.toml:4: [env] 'A' holds a NUL character" in data["nul"]["status"]["error"]
+        url = f"{router.base_url}/models/good/config"
+        for env in ({"A=B": "x"}, {"": "x"}, {"A": "x\u0000"}):
+            refused = httpx.patch(url, json={"env": env})
+            assert refused.status_code == 400, refused.text
+            assert "[env]" in refused.json()["error"]["message"]
+        assert "[env]" not in (site / "conf.d" / "good.toml").read_text()
+        assert httpx.get(f"{router.base_url}/health").status_code == 200
+        assert complete(router, "good").status_code == 200
+
+
+def test_config_writes_keep_the_file_mode_and_make_new_files_private(site: Path) -> None:
+    path = conf(site, "private", 'model = "../models/a.gguf"\n')
+    path.chmod(0o600)
+    with router_in(site, "--allow-config-writes") as router:
+        url = f"{router.base_url}/models/private/config"
+        assert httpx.patch(url, json={"ttl": 60}).status_code == 200
+        assert "ttl = 60" in path.read_text()
+        assert path.stat().st_mode & 0o777 == 0o600
+        path.chmod(0o640)
+        assert httpx.put(url, json={"model": "../models/a.gguf"}).status_code == 200
+        assert path.stat().st_mode & 0o777 == 0o640
+        created = httpx.put(
+            f"{router.base_url}/models/fresh/config", json={"model": "../models/b.gguf"}
+        )
+        assert created.status_code == 200
+        assert (site / "conf.d" / "fresh.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_config_id_too_long_for_a_file_name_is_a_4xx(site: Path) -> None:
+    with router_in(site, "--allow-config-writes") as router:
+        url = f"{router.base_url}/models/{'m' * 300}/config"
+        for method in ("PUT", "PATCH"):
+            response = httpx.request(method, url, json={"model": "../models/a.gguf"})
+            assert response.status_code == 400, response.text
+            assert "200 bytes at most" in response.json()["error"]["message"]
+        assert httpx.delete(url).status_code == 400
+        assert httpx.get(url).status_code == 404
+        assert not list((site / "conf.d").iterdir())
+
+
 def test_reload_endpoint_and_sighup(site: Path) -> None:
     with router_in(site) as router:
         conf(site, "late", 'model = "../models/a.gguf"\n')
-        assert httpx.post(f"{router.base_url}/models/reload").json() == {"success": True}
+        assert httpx.post(f"{router.base_url}/models/reload", json={}).json() == {"success": True}
         assert "late" in statuses(router)
         (site / "conf.d" / "late.toml").unlink()
         router.process.send_signal(signal.SIGHUP)
