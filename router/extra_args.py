@@ -9,7 +9,6 @@ asked for them (``pool.py``): a later autoload runs the operator's settings agai
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -104,22 +103,11 @@ def checked_extra_args(raw: object, limits: ExtraArgLimits) -> tuple[str, ...]:
 
 def trained_context(model_path: Path) -> int | None:
     """The context length a GGUF was trained with (``ARCH.context_length``), if readable."""
-    try:
-        stat = model_path.stat()
-    except OSError:
-        return None
-    return _trained_context(model_path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _trained_context(model_path: Path, _mtime_ns: int, _size: int) -> int | None:
-    from gguf import GGUFReader
+    from router.gguf_header import scalar_metadata  # imports gguf (numpy): only when asked
 
     try:
-        reader = GGUFReader(model_path)
-        architecture = reader.fields["general.architecture"]
-        arch = bytes(architecture.parts[architecture.data[0]]).decode()
-        field = reader.fields.get(f"{arch}.context_length")
-        return int(field.parts[field.data[0]][0]) if field is not None else None
-    except Exception:  # a corrupt or partial file: the child will say what is wrong with it
+        metadata = scalar_metadata(model_path)
+    except (OSError, ValueError):  # the child will say what is wrong with the file
         return None
+    context_length = metadata.get(f"{metadata.get('general.architecture')}.context_length")
+    return context_length if type(context_length) is int and context_length > 0 else None

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from router.errors import InvalidField
-from router.extra_args import ExtraArgLimits, checked_extra_args
+from router.extra_args import FALLBACK_MAX_CTX, ExtraArgLimits, checked_extra_args
 from tests.processes import running_router
 from tests.test_router_e2e import statuses, wait_until
 from tests.tiny_models import write_tiny_llama
@@ -112,3 +112,9 @@ def test_trained_context_bounds_the_context_a_client_may_ask_for(tmp_path: Path)
     assert ExtraArgLimits.for_model(model, {"ctx_size": 4096}).max_ctx == 4096
     with pytest.raises(InvalidField):
         checked_extra_args(["-c", "1025"], limits)
+
+
+def test_an_unreadable_header_bounds_the_context_by_the_fallback(tmp_path: Path) -> None:
+    model = write_tiny_llama(tmp_path / "m.gguf", context_length=1024)
+    model.write_bytes(model.read_bytes()[:100])  # cut inside the metadata
+    assert ExtraArgLimits.for_model(model, {}).max_ctx == FALLBACK_MAX_CTX

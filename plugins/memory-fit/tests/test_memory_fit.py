@@ -7,9 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llama_router_memory_fit import memory_need, read_metadata
+from llama_router_memory_fit import memory_need
 from router import ModelInfo
-from tests.conftest import gemma_path
 from tests.processes import running_router
 from tests.test_router_e2e import statuses, wait_until
 from tests.tiny_models import write_tiny_llama
@@ -30,19 +29,21 @@ def info(path: Path, ctx_size: int) -> ModelInfo:
 
 def test_need_is_weights_plus_kv_cache(tmp_path: Path) -> None:
     path = write_tiny_llama(tmp_path / "m.gguf", n_embd=512, n_ff=2048)
-    metadata = read_metadata(path)
-    assert metadata["llama.block_count"] == 2
-    assert metadata["llama.embedding_length"] == 512
     small, large = memory_need(info(path, 256)), memory_need(info(path, 2256))
     # KV cache: 2 layers x 4 heads x (128 + 128) x 2 bytes = 4 KiB per token
     assert large - small == 2000 * 4096
     assert small > path.stat().st_size
 
 
-def test_gemma_header_reads_right(tmp_path: Path) -> None:
-    metadata = read_metadata(gemma_path())
-    assert metadata["general.architecture"] == "gemma3"
-    assert metadata["gemma3.block_count"] == 18
+def test_a_context_of_zero_is_the_trained_context(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "m.gguf", context_length=1024)
+    assert memory_need(info(path, 0)) == memory_need(info(path, 1024))
+
+
+def test_an_unreadable_header_counts_as_weights_only(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "m.gguf")
+    path.write_bytes(path.read_bytes()[:100])  # cut inside the metadata
+    assert memory_need(info(path, 4096)) == int(100 * 1.05)
 
 
 def test_models_are_evicted_by_memory_not_count(
