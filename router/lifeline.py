@@ -9,6 +9,10 @@ Both halves live here so that they cannot drift apart.
   parent reads. The child first moves its own fd 1 onto stderr, so stray prints (Python or C)
   can never interleave with the protocol. A line only counts when the secret matches, compared
   in constant time: no other local process can forge readiness, and no log line can fake it.
+* Failed: a child that cannot start serving (the model does not load, the address is taken)
+  writes ``llama-router-failed SECRET JSON`` on the same pipe instead, then exits 1. The JSON
+  is one object with ``message`` (one line that says why, as on its stderr) and ``kind``, one
+  of :data:`FAILURE_KINDS`, so the parent never has to guess from the child's log.
 * Stop: the parent writes ``stop TIMEOUT_S`` on the child's stdin. The child stops accepting
   requests, lets running ones finish for up to TIMEOUT_S seconds, cancels the rest and exits 0.
 * Parent death: end-of-file on stdin means the parent is gone (even after SIGKILL, since the
@@ -18,6 +22,7 @@ Both halves live here so that they cannot drift apart.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 import sys
@@ -28,7 +33,22 @@ import trio
 
 ENV_VAR = "LLAMA_ROUTER_LIFELINE"
 READY_WORD = "llama-router-ready"
+FAILED_WORD = "llama-router-failed"
 STOP_WORD = "stop"
+
+# Why a child failed, as the ``kind`` of its failed line.
+FAILURE_KINDS = frozenset(
+    {
+        "not_found",  # no file at the model path, or not a regular file
+        "unreadable",  # the file exists but cannot be read (permissions, I/O error)
+        "not_gguf",  # the file does not start with the GGUF magic
+        "llama_error",  # llama.cpp refused the file: truncated, corrupt, unknown architecture
+        "out_of_memory",  # the weights loaded, but a context of the asked size did not fit
+        "bad_template",  # --chat-template names no built-in, or a template is not valid Jinja
+        "listen_error",  # the server's address or socket path could not be bound
+        "internal",  # anything else: a bug, whose traceback is on the child's stderr
+    }
+)
 
 
 # ---- parent half -----------------------------------------------------------------------------
@@ -49,6 +69,37 @@ def ready_address(line: str, secret: str) -> str | None:
     return parts[2]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a child could not start serving, as its failed line says."""
+
+    kind: str  # one of FAILURE_KINDS, or a newer one this router does not know yet
+    message: str
+
+
+def failure(line: str, secret: str) -> Failure | None:
+    """The failure in ``line`` if it is this child's failed line, else None."""
+    parts = line.strip().split(" ", 2)
+    if len(parts) != 3 or parts[0] != FAILED_WORD:
+        return None
+    if not hmac.compare_digest(parts[1].encode(), secret.encode()):
+        return None
+    try:
+        fields = json.loads(parts[2])
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or not isinstance(fields.get("message"), str):
+        return None
+    kind = fields.get("kind")
+    return Failure(kind=kind if isinstance(kind, str) else "internal", message=fields["message"])
+
+
+def failed_reason(line: str, secret: str) -> str | None:
+    """The message in ``line`` if it is this child's failed line, else None."""
+    found = failure(line, secret)
+    return None if found is None else found.message
+
+
 def stop_command(timeout_s: float) -> bytes:
     """What the parent writes on the child's stdin to ask for a graceful exit."""
     return f"{STOP_WORD} {timeout_s:g}\n".encode()
@@ -63,6 +114,7 @@ class ChildLifeline:
 
     secret: str
     ready_fd: int
+    has_reported: bool = False  # the ready or failed line is written: the parent knows
 
     @classmethod
     def from_environment(cls) -> ChildLifeline | None:
@@ -82,6 +134,13 @@ class ChildLifeline:
     def announce_ready(self, address: str) -> None:
         """Tell the parent we serve at ``address`` (``unix:/path`` or ``http://host:port``)."""
         os.write(self.ready_fd, f"{READY_WORD} {self.secret} {address}\n".encode())
+        self.has_reported = True
+
+    def announce_failure(self, kind: str, message: str) -> None:
+        """Tell the parent why we cannot serve (``kind`` from :data:`FAILURE_KINDS`)."""
+        fields = json.dumps({"kind": kind, "message": message}, ensure_ascii=True)
+        os.write(self.ready_fd, f"{FAILED_WORD} {self.secret} {fields}\n".encode())
+        self.has_reported = True
 
     async def obey_parent(self, request_stop: Callable[[float], None]) -> None:
         """Read commands from stdin until EOF; call ``request_stop(timeout_s)`` on ``stop``.

@@ -16,7 +16,6 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-import router
 from router.child import responses
 from router.child.engine import Engine, GenerationRequest, ModelInfo, SamplingParams
 from router.child.parsing import (
@@ -33,6 +32,7 @@ from router.errors import (
     Unavailable,
 )
 from router.jsonbody import parse_json_object
+from router.version import __version__
 from router.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
 
 log = logging.getLogger("router.child")
@@ -135,7 +135,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "bos_token": info.bos_token,
                 "eos_token": info.eos_token,
                 "modalities": {"vision": False, "audio": False},
-                "build_info": f"llama-router {router.__version__}",
+                "build_info": f"llama-router {__version__}",
                 "is_sleeping": False,
                 "queue": {
                     "running": service.admission.running,

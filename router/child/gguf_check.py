@@ -54,13 +54,17 @@ def recent_llama_errors() -> str:
 def check_gguf(path: Path) -> None:
     """Raise ModelLoadFailed, with one line saying why, unless ``path`` looks like a GGUF."""
     if not path.exists():
-        raise ModelLoadFailed(f"model file not found: {path}")
+        raise ModelLoadFailed(f"model file not found: {path}", kind="not_found")
     if not path.is_file():
-        raise ModelLoadFailed(f"model path is not a file: {path}")
+        raise ModelLoadFailed(f"model path is not a file: {path}", kind="not_found")
     try:
         with path.open("rb") as file:
             magic = file.read(4)
     except OSError as exc:
-        raise ModelLoadFailed(f"cannot read model file {path}: {exc.strerror}") from exc
+        raise ModelLoadFailed(
+            f"cannot read model file {path}: {exc.strerror}", kind="unreadable"
+        ) from exc
     if magic != GGUF_MAGIC:
-        raise ModelLoadFailed(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+        raise ModelLoadFailed(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')", kind="not_gguf"
+        )

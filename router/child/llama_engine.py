@@ -6,9 +6,11 @@ generation runs on a worker thread and hands its text to the Trio loop with
 ``run_sync_soon`` (it never waits for the loop), and checks a cancellation flag between
 tokens, so a client that leaves stops its generation within one token.
 
-This module reaches into a few private parts of llama-cpp-python (``_internals``, the
-``Llama`` object's context and batch); the version is pinned in ``scripts/bootstrap.sh`` and
-``tests/child/test_engine.py`` covers every part used.
+Chat templates live in ``chat_templates.py`` and the per-slot contexts in ``slots.py``; this
+module owns the engine: loading, handing out slots, the token loop, sampling, embeddings.
+It reaches into a few private parts of llama-cpp-python (``_internals``, the ``Llama``
+object's model); the version is pinned in ``scripts/bootstrap.sh`` and the tests in
+``tests/child/`` exercise every part used.
 """
 
 from __future__ import annotations
@@ -20,20 +22,15 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import llama_cpp
 import numpy as np
 import trio
 from llama_cpp import _internals as internals
-from llama_cpp.llama_chat_format import (
-    CHATML_CHAT_TEMPLATE,
-    LLAMA3_INSTRUCT_CHAT_TEMPLATE,
-    MISTRAL_INSTRUCT_CHAT_TEMPLATE,
-    Jinja2ChatFormatter,
-)
 from llama_cpp.llama_grammar import LlamaGrammar
 
+from router.child.chat_templates import ChatTemplate
 from router.child.engine import (
     Embeddings,
     Finished,
@@ -46,33 +43,9 @@ from router.child.engine import (
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.options import EngineOptions, FlashAttention, Pooling
+from router.child.slots import Slot
 from router.child.stops import StopScanner
-from router.errors import InvalidField, InvalidRequest, ModelLoadFailed
-
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') "
-    "+ message['content'] | trim + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-BUILTIN_CHAT_TEMPLATES = {
-    "chatml": CHATML_CHAT_TEMPLATE,
-    "gemma": GEMMA_CHAT_TEMPLATE,
-    "llama3": LLAMA3_INSTRUCT_CHAT_TEMPLATE,
-    "mistral": MISTRAL_INSTRUCT_CHAT_TEMPLATE,
-}
-# For a GGUF without tokenizer.chat_template: llama-server always falls back to chatml, which
-# turns a Gemma model's answers into nonsense; we pick the family's own format where we know it.
-FALLBACK_BY_ARCHITECTURE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
-FALLBACK_CHAT_TEMPLATE = "chatml"
+from router.errors import InvalidField, ModelLoadFailed
 
 _FLASH_ATTN_TYPES = {
     FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -121,22 +94,28 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError) as exc:
             reason = recent_llama_errors() or str(exc)
             raise ModelLoadFailed(
-                f"llama.cpp could not load {options.model_path}: {reason}"
+                f"llama.cpp could not load {options.model_path}: {reason}", kind="llama_error"
             ) from exc
         # The Llama object made a context with flash attention forced on or off; our slots
         # get the setting asked for (auto included), so we free that one.
         self._llama._ctx.close()
         params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
         params.flash_attn_type = _FLASH_ATTN_TYPES[options.flash_attn]
-        self._slots = [_Slot.sharing_model_of(self._llama, params) for _ in range(options.parallel)]
+        self._slots: list[Slot] = []
+        try:
+            self._chat_template = ChatTemplate.for_model(self._llama, options.chat_template)
+            for _ in range(options.parallel):
+                self._slots.append(Slot.sharing_model_of(self._llama, params))
+        except BaseException:
+            self.close()  # the weights and the slots made so far
+            raise
         self._free_slots = list(self._slots)
         self._vocab = self._llama._model.vocab
         model = self._llama._model
         self._end_of_generation_tokens = [
             token for token in (model.token_eos(), model.token_eot()) if token >= 0
         ]
-        self._chat_formatter, template_source = self._chat_template()
-        self.info = self._model_info(template_source)
+        self.info = self._model_info()
 
     @classmethod
     async def load(cls, options: EngineOptions) -> LlamaCppEngine:
@@ -221,14 +200,7 @@ class LlamaCppEngine:
         return _token_piece(self._vocab, token)
 
     def format_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> str:
-        try:
-            response = self._chat_formatter(messages=cast(Any, messages), **template_args)
-        except Exception as exc:  # jinja2 raises many types; all mean "these messages"
-            raise InvalidRequest(
-                f"the model's chat template could not render 'messages': {exc}", param="messages"
-            ) from exc
-        prompt: str = response.prompt
-        return prompt
+        return self._chat_template.render(messages, **template_args)
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -261,7 +233,7 @@ class LlamaCppEngine:
 
     def _generate_blocking(
         self,
-        slot: _Slot,
+        slot: Slot,
         request: GenerationRequest,
         deliver: Callable[[str | Finished | BaseException | None], None],
         is_cancelled: threading.Event,
@@ -278,7 +250,7 @@ class LlamaCppEngine:
 
     def _run_generation(
         self,
-        slot: _Slot,
+        slot: Slot,
         request: GenerationRequest,
         deliver: Callable[[str], None],
         is_cancelled: threading.Event,
@@ -367,7 +339,7 @@ class LlamaCppEngine:
         finally:
             self._free_slots.append(slot)
 
-    def _embed_blocking(self, slot: _Slot, texts: list[str]) -> Embeddings:
+    def _embed_blocking(self, slot: Slot, texts: list[str]) -> Embeddings:
         slot.forget_prompt()
         if slot.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             # A model without pooling gives one vector per token, which we average. Those
@@ -396,36 +368,7 @@ class LlamaCppEngine:
 
     # ---- facts ---------------------------------------------------------------------------
 
-    def _chat_template(self) -> tuple[Jinja2ChatFormatter, str]:
-        """The formatter for chat requests, and where its template came from."""
-        asked = self._options.chat_template
-        model_template = self._llama.metadata.get("tokenizer.chat_template")
-        if asked is not None and asked in BUILTIN_CHAT_TEMPLATES:
-            template, source = BUILTIN_CHAT_TEMPLATES[asked], asked
-        elif asked is not None and ("{{" in asked or "{%" in asked):
-            template, source = asked, "command line"
-        elif asked is not None:
-            known = ", ".join(sorted(BUILTIN_CHAT_TEMPLATES))
-            raise ModelLoadFailed(
-                f"unknown --chat-template {asked!r}: use one of {known}, or a Jinja template"
-            )
-        elif model_template:
-            template, source = model_template, "gguf"
-        else:
-            architecture = self._llama.metadata.get("general.architecture", "")
-            name = FALLBACK_BY_ARCHITECTURE.get(architecture, FALLBACK_CHAT_TEMPLATE)
-            template, source = BUILTIN_CHAT_TEMPLATES[name], name
-        model = self._llama._model
-        bos, eos = model.token_bos(), model.token_eos()
-        formatter = Jinja2ChatFormatter(
-            template=template,
-            bos_token=model.token_get_text(bos) if bos >= 0 else "",
-            eos_token=model.token_get_text(eos) if eos >= 0 else "",
-            add_generation_prompt=True,
-        )
-        return formatter, source
-
-    def _model_info(self, template_source: str) -> ModelInfo:
+    def _model_info(self) -> ModelInfo:
         model = self._llama._model
         return ModelInfo(
             model_path=str(self._options.model_path),
@@ -436,96 +379,15 @@ class LlamaCppEngine:
             n_params=model.n_params(),
             size_bytes=model.size(),
             vocab_type=model.vocab_type(),
-            chat_template=self._chat_formatter.template,
-            chat_template_source=template_source,
-            bos_token=self._chat_formatter.bos_token,
-            eos_token=self._chat_formatter.eos_token,
+            chat_template=self._chat_template.template,
+            chat_template_source=self._chat_template.source,
+            bos_token=self._chat_template.bos_token,
+            eos_token=self._chat_template.eos_token,
             total_slots=len(self._slots),
             n_threads=self._options.effective_threads,
             embeddings=self._options.embeddings,
             max_token_bytes=_max_token_bytes(self._vocab),
         )
-
-
-class _Slot:
-    """One llama context (its KV cache and batch) on the shared model.
-
-    It is a ``Llama`` object that shares the primary's model, tokenizer and settings but owns
-    its own context, batch and token history, so llama-cpp-python's ``eval`` and ``embed``
-    work on it unchanged.
-    """
-
-    def __init__(self, llama: llama_cpp.Llama) -> None:
-        self.llama = llama
-        # Written by the worker thread, read by the loop: plain attribute stores are atomic.
-        self.is_processing = False
-        self.n_decoded = 0
-
-    @classmethod
-    def sharing_model_of(
-        cls, primary: llama_cpp.Llama, params: llama_cpp.llama_context_params
-    ) -> _Slot:
-        llama = llama_cpp.Llama.__new__(llama_cpp.Llama)
-        llama.__dict__.update(primary.__dict__)
-        llama._stack = contextlib.ExitStack()
-        llama.context_params = params
-        try:
-            llama._ctx = llama._stack.enter_context(
-                contextlib.closing(
-                    internals.LlamaContext(model=primary._model, params=params, verbose=False)
-                )
-            )
-        except ValueError as exc:
-            raise ModelLoadFailed(
-                f"could not create a context of {params.n_ctx} tokens: not enough memory? "
-                "Try a smaller --ctx-size or --parallel"
-            ) from exc
-        llama._batch = llama._stack.enter_context(
-            contextlib.closing(
-                internals.LlamaBatch(
-                    n_tokens=primary.n_batch, embd=0, n_seq_max=params.n_ctx, verbose=False
-                )
-            )
-        )
-        llama._candidates = internals.LlamaTokenDataArray(n_vocab=primary._n_vocab)
-        llama.input_ids = np.zeros((params.n_ctx,), dtype=np.intc)
-        llama.scores = np.zeros((1, primary._n_vocab), dtype=np.single)  # logits stay in C
-        llama._n_ctx = params.n_ctx
-        llama.n_tokens = 0
-        llama._requires_eval = True
-        llama._sampler = None
-        llama.cache = None
-        return cls(llama)
-
-    @property
-    def context(self) -> internals.LlamaContext:
-        return self.llama._ctx
-
-    def load_prompt(self, prompt: list[int]) -> None:
-        """Evaluate ``prompt``, reusing the longest prefix already in this slot's KV cache."""
-        llama = self.llama
-        reuse = _common_prefix_length(llama.input_ids[: llama.n_tokens], prompt)
-        reuse = min(reuse, len(prompt) - 1)  # the last prompt token must be decoded for logits
-        if reuse > 0 and llama._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llama.n_tokens = reuse
-        else:
-            llama.reset()
-        llama.eval(prompt[llama.n_tokens :])
-
-    def forget_prompt(self) -> None:
-        """Drop the cached prompt, after an error left the KV cache in an unknown state."""
-        self.llama.reset()
-
-    def close(self) -> None:
-        self.llama._stack.close()
-
-
-def _common_prefix_length(cached: np.ndarray[Any, Any], prompt: list[int]) -> int:
-    n = min(len(cached), len(prompt))
-    if n == 0:
-        return 0
-    mismatches = np.flatnonzero(cached[:n] != np.asarray(prompt[:n], dtype=np.intc))
-    return int(mismatches[0]) if mismatches.size else n
 
 
 # Tokenizers that map each byte of the text to exactly one token's bytes; the others normalize

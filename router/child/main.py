@@ -1,7 +1,12 @@
 """Run one model's server: load, listen, tell the parent, serve until told to stop.
 
 Exit status: 0 after a graceful stop (or when the parent died), 1 when the model could not
-be loaded (after one line on stderr that says why), 2 for bad command-line options.
+be loaded or the address not bound (after one line on stderr that says why, and the same
+reason on the lifeline's failed line), 2 for bad command-line options.
+
+The child imports only ``router.child``, the modules it shares with the router (errors,
+lifeline, the HTTP server) and ``router.version``: never pluggy, the router's settings or
+conf.d, so that it starts fast and the router's configuration cannot break it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -21,7 +26,7 @@ from hypercorn.config import Config, Sockets
 from router import http_server
 from router.child.app import create_app
 from router.child.llama_engine import LlamaCppEngine
-from router.child.options import EngineOptions, ServeOptions
+from router.child.options import EngineOptions, ServeOptions, parse_child_arguments
 from router.child.service import ModelService
 from router.errors import ModelLoadFailed
 from router.lifeline import ChildLifeline
@@ -34,12 +39,20 @@ GRACE_FOR_LAST_BYTES_S = 0.2
 MAX_CONNECTIONS = 256  # only the router connects: its pool, its health checks
 
 
+def main(argv: Sequence[str]) -> int:
+    """``llama-router child ARGV``: the router's command line hands over what follows ``child``."""
+    if list(argv) == ["--spare"]:
+        return run_spare()
+    engine_options, serve_options = parse_child_arguments(argv)
+    return run_child(engine_options, serve_options)
+
+
 def run_child(
     engine_options: EngineOptions,
     serve_options: ServeOptions,
     lifeline: ChildLifeline | None = None,
 ) -> int:
-    """The ``llama-router child`` command."""
+    """Serve one model until stopped; the exit status is the return value (see above)."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -51,9 +64,14 @@ def run_child(
         return trio.run(serve_model, engine_options, serve_options, lifeline)
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:
+        # A bug, not a bad model: the traceback follows on stderr; the parent hears of it now.
+        if lifeline is not None and not lifeline.has_reported:
+            lifeline.announce_failure("internal", _describe_bug(exc))
+        raise
 
 
-def run_spare(parse_arguments: Callable[[list[str]], tuple[EngineOptions, ServeOptions]]) -> int:
+def run_spare() -> int:
     """``llama-router child --spare``: wait, with everything imported, for a model to serve.
 
     The router starts one spare ahead of need and writes ``assign ["-m", "x.gguf", ...]`` on
@@ -67,7 +85,7 @@ def run_spare(parse_arguments: Callable[[list[str]], tuple[EngineOptions, ServeO
     line = _read_line()
     if not line.startswith(b"assign "):
         return 0
-    engine_options, serve_options = parse_arguments(json.loads(line[len(b"assign ") :]))
+    engine_options, serve_options = parse_child_arguments(json.loads(line[len(b"assign ") :]))
     return run_child(engine_options, serve_options, lifeline)
 
 
@@ -101,7 +119,7 @@ async def serve_model(
         try:
             engine = await LlamaCppEngine.load(engine_options)
         except ModelLoadFailed as exc:
-            print(f"error: {exc.message}", file=sys.stderr, flush=True)
+            _report_failure(lifeline, exc.kind, exc.message)
             watch_parent_scope.cancel()
             return 1
         try:
@@ -124,7 +142,14 @@ async def _serve_loaded(
     config = Config()
     config.graceful_timeout = DEFAULT_GRACEFUL_TIMEOUT_S
     config.keep_alive_timeout = 75
-    sockets = _listen(serve_options)
+    try:
+        sockets = _listen(serve_options)
+    except (OSError, OverflowError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        _report_failure(
+            lifeline, "listen_error", f"cannot listen on {_where(serve_options)}: {reason}"
+        )
+        return 1
     stop_requested = trio.Event()
     state = app.extensions["llama_router_state"]
 
@@ -179,6 +204,19 @@ async def _serve_loaded(
     return 0
 
 
+def _report_failure(lifeline: ChildLifeline | None, kind: str, message: str) -> None:
+    """Say why we cannot serve: one line on stderr, and the failed line to the parent."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if lifeline is not None:
+        lifeline.announce_failure(kind, message)
+
+
+def _describe_bug(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"unexpected {type(exc).__name__}: {exc} (the traceback is on the child's stderr)"
+
+
 async def _watch_parent(
     lifeline: ChildLifeline, scope: trio.CancelScope, request_stop: Callable[[float], None]
 ) -> None:
@@ -203,6 +241,16 @@ def _listen(options: ServeOptions) -> Sockets:
     sock.listen(1024)
     sock.setblocking(False)
     return Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+
+
+def _where(options: ServeOptions) -> str:
+    if options.unix_socket is not None:
+        return f"unix:{options.unix_socket}"
+    return (
+        f"[{options.host}]:{options.port}"
+        if ":" in options.host
+        else f"{options.host}:{options.port}"
+    )
 
 
 def _unix_socket(path: Path) -> socket.socket:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,19 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests that may wait for a free slot before 429 (default: 64)",
     )
     serve.add_argument("--api-key", help="require this bearer key (except on /health)")
+
+
+DESCRIPTION = "Serve one GGUF model over the OpenAI API, as llama-server -m does."
+
+
+def parse_child_arguments(argv: Sequence[str]) -> tuple[EngineOptions, ServeOptions]:
+    """The options of ``llama-router child ARGV``; exits 2 with a usage line when they are bad.
+
+    The child parses its own command line, so that it never imports the router's settings.
+    """
+    parser = argparse.ArgumentParser(prog="llama-router child", description=DESCRIPTION)
+    add_child_arguments(parser)
+    return options_from_arguments(parser.parse_args(list(argv)))
 
 
 def options_from_arguments(args: argparse.Namespace) -> tuple[EngineOptions, ServeOptions]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -11,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.processes import ChildProcess, run_child_to_exit, running_child
+from router import lifeline
+from tests.processes import ChildProcess, child_command, run_child_to_exit, running_child
 
 # Long enough (tens of seconds) that it only ends early when the test ends it.
 LONG_GENERATION = {"prompt": "go", "max_tokens": 60000, "ignore_eos": True, "stream": True}
@@ -126,28 +130,91 @@ def test_sigterm_is_a_graceful_stop(tiny_model: Path) -> None:
         assert child.process.wait(timeout=20) == 0
 
 
+def _run_to_exit(
+    tmp_path: Path, model: Path, *args: str, timeout_s: float = 60
+) -> tuple[int, lifeline.Failure | None, str]:
+    """Run a child that should fail, as the router runs it; its exit code, what its lifeline
+    said, and its stderr. Its stdin stays open: end-of-file there would mean "parent died"."""
+    secret = lifeline.new_secret()
+    stdout_path, stderr_path = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            child_command(model, "--port", "0", *args),
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, lifeline.ENV_VAR: secret},
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=timeout_s)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            assert process.stdin is not None
+            process.stdin.close()
+    lines = stdout_path.read_text().splitlines()
+    failures = [lifeline.failure(line, secret) for line in lines]
+    assert len(lines) <= 1, lines  # one failed line, nothing else
+    return code, failures[0] if failures else None, stderr_path.read_text()
+
+
 @pytest.mark.parametrize(
-    ("model_fixture", "reason"),
+    ("model_fixture", "kind", "reason"),
     [
-        ("missing", "model file not found"),
-        ("not_a_gguf", "is not a GGUF file"),
-        ("truncated_model", "not within the file bounds"),
+        ("missing", "not_found", "model file not found"),
+        ("directory", "not_found", "model path is not a file"),
+        ("not_a_gguf", "not_gguf", "is not a GGUF file"),
+        ("truncated_model", "llama_error", "not within the file bounds"),
     ],
 )
-def test_load_failure_exits_nonzero_with_one_clear_line(
-    request: pytest.FixtureRequest, tmp_path: Path, model_fixture: str, reason: str
+def test_load_failure_exits_nonzero_with_one_clear_line_and_says_why_on_the_lifeline(
+    request: pytest.FixtureRequest, tmp_path: Path, model_fixture: str, kind: str, reason: str
 ) -> None:
-    model = (
-        tmp_path / "absent.gguf"
-        if model_fixture == "missing"
-        else request.getfixturevalue(model_fixture)
-    )
-    code, stderr = run_child_to_exit(model)
+    if model_fixture == "missing":
+        model = tmp_path / "absent.gguf"
+    elif model_fixture == "directory":
+        model = tmp_path / "folder.gguf"
+        model.mkdir()
+    else:
+        model = request.getfixturevalue(model_fixture)
+    code, failure, stderr = _run_to_exit(tmp_path, model)
     assert code == 1
     error_lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1
     assert reason in error_lines[0]
     assert str(model) in error_lines[0]
+    assert failure == lifeline.Failure(kind=kind, message=error_lines[0].removeprefix("error: "))
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [("vicuna-of-my-dreams", "unknown --chat-template"), ("{% if %}", "not a valid Jinja")],
+)
+def test_a_bad_chat_template_is_a_load_failure_not_a_traceback(
+    tmp_path: Path, tiny_model: Path, template: str, reason: str
+) -> None:
+    code, failure, stderr = _run_to_exit(tmp_path, tiny_model, "--chat-template", template)
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert failure is not None
+    assert failure.kind == "bad_template"
+    assert reason in failure.message
+    assert f"error: {failure.message}" in stderr.splitlines()
+
+
+def test_an_address_in_use_is_a_failure_on_the_lifeline(tmp_path: Path, tiny_model: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, failure, stderr = _run_to_exit(tmp_path, tiny_model, "--port", str(port))
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert failure is not None
+    assert failure.kind == "listen_error"
+    assert f"127.0.0.1:{port}" in failure.message
 
 
 def test_bad_flag_exits_with_usage_error(tiny_model: Path) -> None:
