@@ -3,21 +3,28 @@
 The public surface is what this module exports (see ``__all__``): what plugin authors need
 (``hookimpl`` and the data types hooks receive and return) and ``__version__``. Every other
 module is internal and may change between releases.
+
+The exports are loaded on first use (PEP 562), so that importing a submodule, such as the
+model child's ``router.child.main``, does not import pluggy or the router's settings.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from router.plugin_types import (
-    Denial,
-    ModelInfo,
-    PluginContext,
-    Principal,
-    RequestInfo,
-    Usage,
-)
-from router.plugins import hookimpl
+from router.version import __version__
+
+if TYPE_CHECKING:
+    from router.hookspecs import hookimpl
+    from router.plugin_types import (
+        Denial,
+        ModelInfo,
+        PluginContext,
+        Principal,
+        RequestInfo,
+        Usage,
+    )
 
 __all__ = [
     "Denial",
@@ -29,3 +36,27 @@ __all__ = [
     "__version__",
     "hookimpl",
 ]
+
+# export → the module that defines it
+_LAZY = {
+    "Denial": "router.plugin_types",
+    "ModelInfo": "router.plugin_types",
+    "PluginContext": "router.plugin_types",
+    "Principal": "router.plugin_types",
+    "RequestInfo": "router.plugin_types",
+    "Usage": "router.plugin_types",
+    "hookimpl": "router.hookspecs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'router' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # found once; later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,12 +1,17 @@
-"""The hooks a plugin can implement. ``docs/plugins.md`` is generated from these docstrings.
+"""The hooks a plugin can implement, and the markers that declare them and their implementations.
 
-Implement a hook with ``@router.hookimpl``; only the arguments you name are passed. The
-router's own behaviour (API keys, aliases, LRU eviction) is built from the same hooks in
-``router/default_plugins/``, registered ``trylast``: a deployer's implementation runs first,
-and for the ``firstresult`` hooks its answer wins.
+``docs/plugins.md`` is generated from these docstrings. Implement a hook with
+``@router.hookimpl``; only the arguments you name are passed. The router's own behaviour
+(API keys, aliases, LRU eviction) is built from the same hooks in ``router/default_plugins/``,
+registered ``trylast``: a deployer's implementation runs first, and for the ``firstresult``
+hooks its answer wins.
 
-Hooks marked *async-capable* may return an awaitable, which the router awaits. The others are
-called where the router decides synchronously and must return a plain value.
+Hooks marked *async-capable* (``ASYNC_CAPABLE_HOOKS``) may return an awaitable, which the
+router awaits. The others are called where the router decides synchronously and must return a
+plain value; only these take hook wrappers (``wrapper=True``), see ``router/plugins.py``.
+
+This module imports only pluggy and the data types: plugins, the defaults and the plugin
+manager all import it, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,25 @@ import pluggy
 
 from router.plugin_types import Denial, ModelInfo, PluginContext, Principal, RequestInfo, Usage
 
-hookspec = pluggy.HookspecMarker("llama_router")
+PROJECT = "llama_router"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# The hooks whose implementations may return an awaitable. The router awaits them (or, for
+# model_status and request_finished, runs them in the background).
+ASYNC_CAPABLE_HOOKS = frozenset(
+    {
+        "startup",
+        "shutdown",
+        "authenticate",
+        "authorize",
+        "resolve_model",
+        "transform_request",
+        "model_status",
+        "request_finished",
+    }
+)
 
 
 @hookspec
@@ -111,6 +134,7 @@ def child_launch(model: ModelInfo, argv: list[str], env: dict[str, str]) -> None
 @hookspec
 def model_status(model: str, old: str, new: str, detail: str) -> Any:
     """A model's status changed (``unloaded``, ``loading``, ``loaded``, ``unloading``).
+    *Async-capable.*
 
     ``detail`` says why, when there is something to say (an exit code, an error line).
     For logs, metrics, webhooks. An awaitable result is run in the background.
@@ -127,6 +151,7 @@ def request_finished(
     model: str, principal: Principal, usage: Usage | None, duration_s: float, status: int
 ) -> Any:
     """A proxied request has ended (the answer's last byte went out, or the client left).
+    *Async-capable.*
 
     ``usage`` is the answer's token usage as the router read it (``router/usage.py``): what
     the answer stated, from any backend, streamed or not; for a stream without it, its

@@ -3,22 +3,43 @@ into a real router, and plugins that fail."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Generator
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
-from router import hookspecs
-from router.plugins import PluginLoadError, describe, load_plugins
+import router
+from router import ModelInfo, hookimpl, hookspecs
+from router.catalog import ModelSpec
+from router.errors import ModelNotFound, Unavailable
+from router.plugins import (
+    PluginFailed,
+    PluginLoadError,
+    Plugins,
+    call_each,
+    call_each_now,
+    call_first,
+    call_first_now,
+    describe,
+    load_plugins,
+)
+from router.pool import ModelPool
+from router.server import load_router_plugins
 from router.settings import RouterSettings
 from tests.processes import running_router
 from tests.test_router_e2e import statuses, wait_until
 from tests.tiny_models import write_tiny_llama
+
+SETTINGS = RouterSettings(load_installed_plugins=False)
 
 EVERY_HOOK = textwrap.dedent("""
     import json, os
@@ -195,39 +216,54 @@ def test_a_plugin_that_raises_is_named_in_the_500(models: Path, tmp_path: Path) 
         assert httpx.get(f"{router.base_url}/health").status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("source", "message"),
-    [
-        ("import not_a_module_anywhere\n", "failed to import"),
-        ("from router import hookimpl\n@hookimpl\ndef no_such_hook(): pass\n", "is invalid"),
-    ],
-)
-def test_a_plugin_that_cannot_load_stops_startup(
-    models: Path, tmp_path: Path, source: str, message: str
-) -> None:
-    plugin = tmp_path / "bad_plugin.py"
-    plugin.write_text(source)
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "router",
-            "--models-dir",
-            str(models),
-            "--port",
-            "0",
-            "--plugin",
-            str(plugin),
-        ],
+LLAMA_ROUTER = Path(sys.executable).parent / "llama-router"
+
+
+def serve_with_plugin(models: Path, plugin: Path) -> subprocess.CompletedProcess[str]:
+    """``llama-router serve --plugin PLUGIN``, which must stop before it serves."""
+    return subprocess.run(
+        [str(LLAMA_ROUTER), "serve", "--port=0", f"--models-dir={models}", f"--plugin={plugin}"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        cwd=tmp_path,
+        cwd=plugin.parent,
     )
-    assert completed.returncode == 1
-    assert message in completed.stderr
-    assert "bad_plugin" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("import not_a_module_anywhere\n", "failed to import"),
+        (
+            "from router import hookimpl\n@hookimpl\ndef no_such_hook(): pass\n",
+            "implements 'no_such_hook', which is not a llama-router hook (the hooks: "
+            "authenticate, authorize,",
+        ),
+        (
+            "from router import hookimpl\n@hookimpl\ndef authorize(principal, modle): pass\n",
+            "its authorize hook asks for 'modle', which authorize does not pass; it passes "
+            "principal, model, request: rename the argument",
+        ),
+        (
+            "from router import hookimpl\n@hookimpl(wrapper=True)\n"
+            "def authenticate(request):\n    return (yield)\n",
+            "authenticate takes no hook wrapper (wrapper=True)",
+        ),
+    ],
+    ids=["import-error", "unknown-hook", "wrong-argument", "wrapper-on-async-hook"],
+)
+def test_a_plugin_that_cannot_load_stops_startup_in_one_line(
+    models: Path, tmp_path: Path, source: str, message: str
+) -> None:
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text(source)
+    completed = serve_with_plugin(models, plugin)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr  # no traceback
+    assert lines[0].startswith(f"llama-router: error: plugin '{plugin}'")
+    assert message in lines[0]
 
 
 def test_plugins_command_lists_plugins_and_hooks(tmp_path: Path) -> None:
@@ -248,7 +284,7 @@ def test_plugins_command_lists_plugins_and_hooks(tmp_path: Path) -> None:
 
 
 def test_defaults_are_ordinary_trylast_plugins() -> None:
-    plugins = load_plugins(RouterSettings(), entry_points=False)
+    plugins = load_router_plugins(SETTINGS)
     names = [plugin["name"] for plugin in describe(plugins)]
     assert {"router.api_keys", "router.aliases", "router.lru"} <= set(names)
     for hook in ("authenticate", "resolve_model", "choose_eviction"):
@@ -258,7 +294,19 @@ def test_defaults_are_ordinary_trylast_plugins() -> None:
 
 def test_unknown_module_is_a_load_error() -> None:
     with pytest.raises(PluginLoadError, match="no_such_plugin_module"):
-        load_plugins(RouterSettings(), entry_points=False, extra=["no_such_plugin_module"])
+        load_plugins([], entry_points=False, extra=["no_such_plugin_module"])
+
+
+def test_a_plugin_named_twice_is_a_load_error_that_says_so() -> None:
+    class Quiet:
+        @hookimpl
+        def shutdown(self) -> None:
+            pass
+
+    plugin = Quiet()
+    plugins = with_plugins(installed=plugin)
+    with pytest.raises(PluginLoadError, match="already loaded as 'installed': name it once"):
+        plugins.manager.register(plugin, name="from_the_command_line")
 
 
 def test_every_hookspec_is_documented() -> None:
@@ -267,6 +315,31 @@ def test_every_hookspec_is_documented() -> None:
         function = getattr(hookspecs, name)
         if callable(function) and hasattr(function, "llama_router_spec"):
             assert f"### `{name}(" in docs, f"hook {name} is missing from docs/plugins.md"
+
+
+def test_every_public_type_field_and_method_is_documented() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    for name in ("Denial", "ModelInfo", "PluginContext", "Principal", "RequestInfo", "Usage"):
+        assert f"### `{name}`" in docs, f"{name} is missing from docs/plugins.md"
+        exported = getattr(router, name)
+        names = list(exported.__annotations__)  # fields, and PluginContext's attributes
+        names += [m for m in vars(exported) if not m.startswith("_") and m not in names]
+        section = docs.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
+        for member in names:
+            line = next((ln for ln in section.splitlines() if ln.startswith(f"- `{member}")), "")
+            assert line.partition("`: ")[2].strip(), f"{name}.{member} is not documented"
+    assert "bearer_token() -> str`: The API key the client sent" in docs
+
+
+def test_the_generated_reference_is_current() -> None:
+    script = Path(__file__).parent.parent / "scripts" / "plugin_docs.py"
+    spec = importlib.util.spec_from_file_location("plugin_docs", script)
+    assert spec is not None and spec.loader is not None
+    plugin_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin_docs)
+    docs = script.parent.parent.joinpath("docs", "plugins.md").read_text()
+    assert plugin_docs.hook_reference() in docs, "run scripts/plugin_docs.py"
+    assert plugin_docs.types_reference() in docs, "run scripts/plugin_docs.py"
 
 
 def test_router_toml_lists_plugins(tmp_path: Path) -> None:
@@ -297,3 +370,226 @@ def test_no_plugins_skips_installed_packages(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in listed.splitlines()] == [
         "router.api_keys", "router.aliases", "router.lru",
     ]  # fmt: skip
+
+
+def test_plugins_command_names_a_broken_plugin_in_one_line(tmp_path: Path) -> None:
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text(
+        "from router import hookimpl\n@hookimpl\ndef authorize(principal, modle): pass\n"
+    )
+    completed = subprocess.run(
+        [str(LLAMA_ROUTER), "plugins", "--no-plugins", "--plugin", str(plugin)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1
+    assert "asks for 'modle'" in completed.stderr
+
+
+# ---- calling hooks through pluggy's caller ---------------------------------------------------
+
+
+def with_plugins(**named: object) -> Plugins:
+    """The built-in plugins, as the server loads them, then ``named``: a fresh manager."""
+    plugins = load_router_plugins(SETTINGS)
+    for name, plugin in named.items():
+        plugins.manager.register(plugin, name=name)
+    return plugins
+
+
+def model(model_id: str, last_used: float = 0.0, aliases: tuple[str, ...] = ()) -> ModelInfo:
+    return ModelInfo(
+        id=model_id,
+        path=None,
+        aliases=aliases,
+        status="loaded",
+        in_flight=0,
+        last_used=last_used,
+        args={},
+        is_pinned=False,
+    )
+
+
+def test_a_hook_wrapper_sees_and_replaces_the_answer() -> None:
+    class EvictNewest:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @hookimpl(wrapper=True)
+        def choose_eviction(self, candidates: list[ModelInfo]) -> Generator[None, str, str]:
+            victim = yield
+            self.seen.append(victim)
+            return max(candidates, key=lambda c: c.last_used).id
+
+    wrapper = EvictNewest()
+    plugins = with_plugins(newest=wrapper)
+    candidates = [model("a", last_used=1.0), model("b", last_used=2.0)]
+    victim = call_first_now(
+        plugins, "choose_eviction", candidates=candidates, incoming="c", router=None
+    )
+    assert wrapper.seen == ["a"]  # the built-in LRU answered inside the wrapper
+    assert victim == "b"
+
+
+def test_a_hook_wrapper_that_raises_is_named() -> None:
+    class Broken:
+        @hookimpl(wrapper=True)
+        def model_fits(self) -> Generator[None, object, object]:
+            yield
+            raise ValueError("no idea")
+
+    plugins = with_plugins(broken_wrapper=Broken())
+    with pytest.raises(PluginFailed, match="'broken_wrapper' failed in its model_fits hook"):
+        call_first_now(plugins, "model_fits", incoming=model("a"), loaded=[], router=None)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("oops"), Unavailable("not a client's answer")])
+def test_a_failing_eviction_plugin_is_passed_over_so_the_next_decides(error: Exception) -> None:
+    class Broken:
+        @hookimpl
+        def choose_eviction(self) -> str:
+            raise error
+
+    plugins = with_plugins(broken=Broken())
+    candidates = [model("a", last_used=2.0), model("b", last_used=1.0)]
+    victim = call_first_now(
+        plugins, "choose_eviction", candidates=candidates, incoming="c", router=None
+    )
+    assert victim == "b"  # the built-in LRU's answer
+
+
+async def test_an_async_answer_of_none_passes_to_the_next_plugin_and_each_runs_once() -> None:
+    calls: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def resolve_model(self, requested: str) -> None:
+            calls.append("first")
+
+    class Second:
+        @hookimpl
+        async def resolve_model(self, requested: str) -> None:
+            calls.append("second")
+
+    class Third:
+        @hookimpl
+        def resolve_model(self, requested: str) -> str:
+            calls.append("third")
+            return "b"
+
+    plugins = with_plugins(third=Third(), second=Second(), first=First())
+    resolved = await call_first(
+        plugins, "resolve_model", requested="x", request=None, catalog={"b": model("b")}
+    )
+    assert resolved == "b"
+    assert calls == ["first", "second", "third"]
+
+
+async def test_an_async_plugin_that_raises_is_named() -> None:
+    class Broken:
+        @hookimpl
+        async def authorize(self, model: str) -> None:
+            await trio.lowlevel.checkpoint()
+            raise KeyError(model)
+
+    plugins = with_plugins(async_broken=Broken())
+    with pytest.raises(PluginFailed, match="'async_broken' failed in its authorize hook"):
+        await call_first(plugins, "authorize", principal=None, model="a", request=None)
+
+
+async def test_every_async_implementation_is_awaited_in_turn() -> None:
+    order: list[str] = []
+
+    class Slow:
+        @hookimpl(tryfirst=True)
+        async def startup(self) -> None:
+            await trio.sleep(0)
+            order.append("slow")
+
+    class Quick:
+        @hookimpl
+        async def startup(self) -> None:
+            order.append("quick")
+
+    await call_each(with_plugins(quick=Quick(), slow=Slow()), "startup", router=None)
+    assert order == ["slow", "quick"]
+
+
+def test_a_decision_hook_that_returns_an_awaitable_is_named() -> None:
+    class Async:
+        @hookimpl
+        async def child_launch(self) -> None:
+            pass
+
+    plugins = with_plugins(async_launch=Async())
+    with pytest.raises(PluginFailed, match=r"'async_launch'.*returned an awaitable"):
+        call_each_now(plugins, "child_launch", model=model("a"), argv=[], env={})
+
+
+async def test_aliases_are_resolved_by_the_aliases_plugin_only(nursery: trio.Nursery) -> None:
+    spec = ModelSpec(id="model-a", path=Path("a.gguf"), aliases=("short",))
+    pool = ModelPool({"model-a": spec}, models_max=1, plugins=with_plugins())
+    resolved = await call_first(
+        pool._plugins, "resolve_model", requested="short", request=None, catalog=pool.catalog()
+    )
+    assert resolved == "model-a"
+    with pytest.raises(ModelNotFound):
+        pool.resolve("short")  # the pool knows ids only: nothing special-cases the default
+
+
+def test_plugin_modules_import_without_a_cycle() -> None:
+    graph = router_import_graph()
+    ours = {
+        name
+        for name in graph
+        if name in ("router.plugins", "router.hookspecs", "router.plugin_types")
+        or name.startswith("router.default_plugins")
+    }
+    for start in sorted(ours):
+        path = cycle_from(graph, start)
+        assert path is None, f"import cycle: {' -> '.join(path or [])}"
+
+
+def router_import_graph() -> dict[str, set[str]]:
+    """module → the router modules it imports anywhere in its code (lazy imports count)."""
+    root = Path(router.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                imported.add(base)
+                imported.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def cycle_from(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A path of imports from ``start`` back to itself, if there is one."""
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        name, path = stack.pop()
+        for imported in sorted(graph.get(name, ())):
+            if imported == start:
+                return [*path, start]
+            if imported not in seen:
+                seen.add(imported)
+                stack.append((imported, [*path, imported]))
+    return None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from router.hookspecs import hookimpl
 from router.plugin_types import ModelInfo
-from router.plugins import hookimpl
 from router.settings import RouterSettings
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 
+from router.hookspecs import hookimpl
 from router.plugin_types import Denial, Principal, RequestInfo
-from router.plugins import hookimpl
 from router.settings import RouterSettings
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from router.hookspecs import hookimpl
 from router.plugin_types import ModelInfo
-from router.plugins import hookimpl
 from router.scheduler import least_recently_used
 from router.settings import RouterSettings
 
