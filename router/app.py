@@ -6,6 +6,7 @@ the pool (model management) or the proxy (everything else). Errors leave as Open
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from router.config_api import config_path_for, delete_config, read_config, write
 from router.errors import (
     AuthenticationFailed,
     Conflict,
+    CutConnection,
     InvalidField,
     InvalidRequest,
     ModelNotFound,
@@ -40,7 +42,7 @@ from router.plugins import Plugins, call_each, call_each_now, call_first, has_im
 from router.pool import ModelPool, ModelState
 from router.proxy import BrokenOff, ForwardRequest, start_forward
 from router.settings import RouterSettings
-from router.web import PUBLIC_PATHS, CutConnection, json_response, new_app, request_body
+from router.web import PUBLIC_PATHS, json_response, new_app, request_body
 
 log = logging.getLogger("router.app")
 
@@ -114,7 +116,10 @@ def create_app(
     async def models() -> Response:
         if request.args.get("reload") in ("1", "true"):
             rescan()
-        data = [_model_entry(state, started, settings) for state in pool.models.values()]
+        data = [
+            _model_entry(state, started, settings, waiting=pool.waiting(model_id))
+            for model_id, state in pool.models.items()
+        ]
         data += [
             _invalid_entry(model_id, str(problem), started)
             for model_id, problem in pool.problems.items()
@@ -147,13 +152,13 @@ def create_app(
                 ExtraArgLimits.for_model, state.spec.path, options
             )
             extra_args = checked_extra_args(body["args"], limits)
-        pool.request_load(state.spec.id, app.nursery, extra_args=extra_args)
+        pool.request_load(state, app.nursery, extra_args=extra_args)
         return json_response({"success": True})
 
     @app.post("/models/unload")
     async def unload() -> Response:
         model = _model_field(parse_json_object(await request_body()))
-        pool.request_unload((await resolve(model)).spec.id)
+        pool.request_unload(await resolve(model))
         return json_response({"success": True})
 
     def require_admin(action: str) -> None:
@@ -176,7 +181,12 @@ def create_app(
         require_admin("changing a model's configuration")
         if settings.conf_dir is None:
             raise Conflict("the router has no conf.d folder (--conf-dir) to write to")
-        return config_path_for(settings.conf_dir, model_id, config_file(model_id))
+        existing = config_file(model_id)
+        if existing is None and model_id not in pool.models:
+            with contextlib.suppress(ModelNotFound):  # else: a new model's file
+                state = await resolve(model_id)  # an alias writes its model's file
+                model_id, existing = state.spec.id, state.spec.source_file
+        return config_path_for(settings.conf_dir, model_id, existing)
 
     @app.get("/models/<path:model_id>/config")
     async def get_config(model_id: str) -> Response:
@@ -230,7 +240,7 @@ def create_app(
             pool,
             plugins,
             ForwardRequest(
-                model=state.spec.id,
+                state=state,
                 principal=g.principal,
                 autoload=autoload,
                 method=request.method,
@@ -328,7 +338,9 @@ def _model_field(body: dict[str, Any]) -> str:
     return model
 
 
-def _model_entry(state: ModelState, created: int, settings: RouterSettings) -> dict[str, Any]:
+def _model_entry(
+    state: ModelState, created: int, settings: RouterSettings, *, waiting: int
+) -> dict[str, Any]:
     spec = state.spec
     status: dict[str, Any] = {"value": state.status.value}
     if state.args is not None:
@@ -352,6 +364,7 @@ def _model_entry(state: ModelState, created: int, settings: RouterSettings) -> d
         "aliases": list(spec.aliases),
         "source": spec.source,
         "in_flight": state.in_flight,
+        "waiting": waiting,  # requests queued for it (for a slot, or for its load)
         "status": status,
         "settings": {
             "ttl": spec.ttl_s,

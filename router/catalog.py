@@ -35,7 +35,9 @@ class ModelSpec:
     is_pinned: bool = False
     stop_timeout_s: float | None = None  # None: the router's --stop-timeout
     max_queue: int | None = None  # requests that may wait for it; None: no limit
-    args: Mapping[str, Any] = field(default_factory=dict)  # child options (confd.CHILD_OPTIONS)
+    args: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # child options (child_options.CHILD_OPTIONS)
     env: Mapping[str, str] = field(default_factory=dict)
 
 

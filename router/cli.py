@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import router
-from router.confd import CHILD_OPTIONS, RouterFileError, read_router_file
+from router.child_options import CHILD_OPTIONS
+from router.errors import RouterFileError, SettingsError, StartupError
 
 ENV_PREFIX = "LLAMA_ROUTER_"
 COMMANDS = ("serve", "child", "plugins")
@@ -40,7 +41,7 @@ CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
 
 
 def _env(name: str) -> str | None:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    return os.environ.get(_env_name(name))
 
 
 def _env_list(name: str) -> list[str]:
@@ -50,14 +51,38 @@ def _env_list(name: str) -> list[str]:
 
 def _env_flag(name: str, default: bool) -> bool:
     value = _env(name)
-    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+    if value is None:
+        return default
+    if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise SettingsError(f"{_env_name(name)}={value!r}: use 1/true/yes/on or 0/false/no/off")
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = _env(name)
+    try:
+        return default if value is None else int(value)
+    except ValueError:
+        raise SettingsError(f"{_env_name(name)}={value!r} is not a whole number") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = _env(name)
+    try:
+        return float(default) if value is None else float(value)
+    except ValueError:
+        raise SettingsError(f"{_env_name(name)}={value!r} is not a number") from None
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server = parser.add_argument_group("router")
     add = server.add_argument
     add("--host", default=_env("host") or "127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    add("--port", type=int, default=int(_env("port") or 8080), help="port (default: 8080)")
+    add("--port", type=int, default=_env_int("port", 8080), help="port (default: 8080)")
     add(
         "--models-dir",
         type=Path,
@@ -81,7 +106,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--models-max",
         type=int,
-        default=int(_env("models-max") or 4),
+        default=_env_int("models-max", 4),
         help="models loaded at once; the least recently used idle one is unloaded to make "
         "room (default: 4; 0: no limit)",
     )
@@ -148,48 +173,48 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--stop-timeout",
         type=float,
-        default=float(_env("stop-timeout") or 10),
+        default=_env_float("stop-timeout", 10),
         help="seconds a stopping model may finish its requests (default: 10)",
     )
     add(
         "-to",
         "--timeout",
         type=float,
-        default=float(_env("timeout") or 600),
+        default=_env_float("timeout", 600),
         help="seconds a request may wait for the next byte from its model before it fails "
         "(default: 600, as llama-server)",
     )
     add(
         "--load-timeout",
         type=float,
-        default=float(_env("load-timeout") or 600),
+        default=_env_float("load-timeout", 600),
         help="seconds a model may take to load before it is stopped and marked failed "
         "(default: 600)",
     )
     add(
         "--health-interval",
         type=float,
-        default=float(_env("health-interval") or 5),
+        default=_env_float("health-interval", 5),
         help="seconds between liveness pings to each running model (default: 5)",
     )
     add(
         "--health-misses",
         type=int,
-        default=int(_env("health-misses") or 3),
+        default=_env_int("health-misses", 3),
         help="pings a model may miss in a row before it is declared hung, killed and "
         "restarted on the next request (default: 3)",
     )
     add(
         "--slot-timeout",
         type=float,
-        default=float(_env("slot-timeout") or 60),
+        default=_env_float("slot-timeout", 60),
         help="seconds a request may wait for a free model slot (--models-max) before it gets "
         "503 with Retry-After (default: 60)",
     )
     add(
         "--max-connections",
         type=int,
-        default=int(_env("max-connections") or 1024),
+        default=_env_int("max-connections", 1024),
         help="client connections served at once; more wait to be accepted (default: 1024)",
     )
     add(
@@ -257,21 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments == ["child", "--spare"]:
-        from router.child.main import run_spare
+    """Run a command; an ordinary mistake (a bad value, a port in use) is one line, exit 2."""
+    try:
+        return _main(argv)
+    except StartupError as exc:
+        print(f"llama-router: error: {exc.message}", file=sys.stderr)
+        return 2
 
-        _exit_now(run_spare(_child_options_from))
+
+def _main(argv: Sequence[str] | None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["child"]:  # the child parses its own flags and imports no settings
+        from router.child.main import main as child_main
+
+        _exit_now(child_main(arguments[1:]))
     if not arguments or arguments[0] not in (*COMMANDS, "-h", "--help", "--version"):
         arguments.insert(0, "serve")
     parser = build_parser()
     args = parser.parse_args(arguments)
-    if args.command == "child":
-        from router.child.main import run_child
-        from router.child.options import options_from_arguments
-
-        engine_options, serve_options = options_from_arguments(args)
-        _exit_now(run_child(engine_options, serve_options))
     return _serve(parser, args, arguments)
 
 
@@ -283,16 +311,11 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _child_options_from(arguments: list[str]) -> tuple[Any, Any]:
-    """Engine and serve options from ``llama-router child`` arguments (for a spare)."""
-    from router.child.options import options_from_arguments
-
-    return options_from_arguments(build_parser().parse_args(["child", *arguments]))
-
-
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    from router.confd import read_router_file
+    from router.errors import SettingsError
     from router.server import run_router
-    from router.settings import RouterSettings, SettingsError
+    from router.settings import RouterSettings
 
     conf_dir = args.conf_dir if args.conf_dir is not None else _default_conf_dir()
     config_path = args.config
@@ -371,15 +394,11 @@ def _keys_from_file(parser: argparse.ArgumentParser, flag: str, path: Any) -> li
 
 
 def _list_plugins(settings: Any) -> int:
-    from router.plugins import PluginLoadError, describe, load_plugins
+    """What the router would load; a plugin that cannot load is a StartupError (exit 2)."""
+    from router.plugins import describe
+    from router.server import load_router_plugins
 
-    try:
-        plugins = load_plugins(
-            settings, entry_points=settings.load_installed_plugins, extra=settings.plugins
-        )
-    except PluginLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    plugins = load_router_plugins(settings)
     for plugin in describe(plugins):
         version = f" ({plugin['version']})" if plugin["version"] else ""
         print(f"{plugin['name']}{version}: {', '.join(plugin['hooks'])}")

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from router.catalog import ModelSpec
-
-PLACEHOLDERS = ("{port}", "{host}", "{socket}", "{model}")
+from router.child_options import CHILD_OPTIONS
+from router.errors import ConfigInvalid, RouterFileError
 
 # Sizes past which a value is a mistake, not a configuration. Linux refuses any single argv or
 # environment string over 128 KiB (MAX_ARG_STRLEN), and all of them together over ARG_MAX.
@@ -49,26 +49,6 @@ MAX_QUEUE = 10**6
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEALTH_PATH = re.compile(r"/[\x21-\x7e]*")  # an HTTP path: printable ASCII, no spaces
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
-# Child options: conf.d key -> (llama-router child flag, kind). Kinds: int, str, bool (a flag
-# that is present or not), "negated" (a bool whose false is the flag), or a tuple of choices.
-CHILD_OPTIONS: dict[str, tuple[str, Any]] = {
-    "ctx_size": ("--ctx-size", int),
-    "n_gpu_layers": ("--n-gpu-layers", int),
-    "threads": ("--threads", int),
-    "threads_batch": ("--threads-batch", int),
-    "batch_size": ("--batch-size", int),
-    "ubatch_size": ("--ubatch-size", int),
-    "parallel": ("--parallel", int),
-    "chat_template": ("--chat-template", str),
-    "embeddings": ("--embeddings", bool),
-    "pooling": ("--pooling", ("model", "none", "mean", "cls", "last")),
-    "flash_attn": ("--flash-attn", ("on", "off", "auto")),
-    "mmap": ("--no-mmap", "negated"),
-    "mlock": ("--mlock", bool),
-    "seed": ("--seed", int),
-    "max_queue": ("--max-queue", int),
-}
 
 MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -105,17 +85,6 @@ class ConfigProblem:
 class ConfdScan:
     specs: dict[str, ModelSpec] = field(default_factory=dict)
     problems: dict[str, ConfigProblem] = field(default_factory=dict)  # by model id
-
-
-class ConfigInvalid(Exception):
-    """A model table breaks a rule; ``key`` is the key at fault, when there is one, and
-    ``table`` the table that holds it (``args``, ``env``), if not the top level."""
-
-    def __init__(self, message: str, key: str | None = None, table: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.key = key
-        self.table = table
 
 
 def scan_conf_dir(folder: Path | None) -> ConfdScan:
@@ -335,22 +304,6 @@ def checked_child_options(options: Mapping[str, Any], *, table: str = "args") ->
     return dict(options)
 
 
-def child_argv(options: Mapping[str, Any]) -> list[str]:
-    """The child flags for ``options`` (keys of CHILD_OPTIONS)."""
-    argv: list[str] = []
-    for key, value in options.items():
-        flag, kind = CHILD_OPTIONS[key]
-        if kind is bool:
-            argv += [flag] if value else []
-        elif kind == "negated":
-            argv += [] if value else [flag]
-        elif key == "flash_attn" and isinstance(value, bool):
-            argv += [flag, "on" if value else "off"]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 def effective_child_options(
     spec: ModelSpec, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -365,10 +318,6 @@ class RouterFile:
     router: dict[str, Any]
     defaults: dict[str, Any]
     plugins: list[str] = field(default_factory=list)
-
-
-class RouterFileError(Exception):
-    """router.toml is unusable: the router does not start (conf.d files never stop it)."""
 
 
 def read_router_file(path: Path) -> RouterFile:

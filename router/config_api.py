@@ -26,8 +26,15 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Table
 
-from router.confd import MAX_FILE_BYTES, MAX_ID_BYTES, ConfigInvalid, model_spec_from
-from router.errors import Conflict, InvalidField, InvalidRequest, ModelNotFound, RouterError
+from router.confd import MAX_FILE_BYTES, MAX_ID_BYTES, model_spec_from
+from router.errors import (
+    ConfigInvalid,
+    Conflict,
+    InvalidField,
+    InvalidRequest,
+    ModelNotFound,
+    RouterError,
+)
 
 _FILE_NAME = re.compile(r"[\w.-]+")
 NEW_FILE_MODE = 0o600

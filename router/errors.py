@@ -1,6 +1,18 @@
-"""Every error a client can see, as types, and the one function that turns them into a body.
+"""Every error of the router, as types, in one tree; and the one function that turns an error
+a client can see into a body.
 
-The tree (HTTP status, OpenAI ``error.type``)::
+The tree::
+
+    LlamaRouterError                    the base of everything below
+    ├── RouterError                     what a client can see (HTTP status, OpenAI error.type)
+    ├── StartupError                    the router cannot start as asked: one line, exit 2
+    ├── ConfigInvalid                   a conf.d table breaks a rule: the file is listed invalid
+    ├── WireError                       a child's connection failed, or it spoke no HTTP/1.1
+    │   ├── ClosedBeforeAnswer          it closed a reused connection before answering
+    │   └── ChildTimeout                it was silent for the request's -to/--timeout
+    └── CutConnection                   an answer ends by closing the client's connection
+
+A client's errors (HTTP status, OpenAI ``error.type``)::
 
     RouterError                         500 server_error
     ├── InvalidRequest                  400 invalid_request_error
@@ -13,10 +25,20 @@ The tree (HTTP status, OpenAI ``error.type``)::
     ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error
     ├── Conflict                        409 conflict_error
+    ├── PluginFailed                    500 server_error: names the plugin and its hook
     ├── QueueFull                       429 rate_limit_error (carries Retry-After)
     ├── NotSupported                    501 not_supported_error
     └── Unavailable                     503 unavailable_error
         └── ModelLoadFailed             503   a child could not load its model
+
+Start-up errors::
+
+    StartupError
+    ├── SettingsError                   a flag, variable or router.toml value is unusable
+    ├── RouterFileError                 router.toml cannot be read or has unknown tables
+    ├── CannotListen                    the address and port cannot be bound
+    ├── PluginLoadError                 a plugin cannot be loaded, or implements what no hook has
+    └── ExposureRefused                 config writes open to the network without an admin key
 
 Code raises these; the HTTP layer calls :func:`error_body` once. Errors from dependencies are
 translated where they cross into our code, never matched by message text. The body follows
@@ -29,7 +51,11 @@ import json
 from typing import Any, ClassVar
 
 
-class RouterError(Exception):
+class LlamaRouterError(Exception):
+    """The base of every error the router defines."""
+
+
+class RouterError(LlamaRouterError):
     """Base of every error that reaches a client; also an unexpected failure (500)."""
 
     status: ClassVar[int] = 500
@@ -125,6 +151,16 @@ class ModelNotFound(RouterError):
     error_type = "not_found_error"
 
 
+class PluginFailed(RouterError):
+    """A plugin raised while handling a request: a 500 that names it."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(
+            f"plugin {plugin!r} failed in its {hook} hook: {type(error).__name__}: {error}"
+        )
+        self.plugin = plugin
+
+
 class QueueFull(RouterError):
     """More requests wait for the model than its queue holds."""
 
@@ -161,7 +197,90 @@ class Unavailable(RouterError):
 
 
 class ModelLoadFailed(Unavailable):
-    """A model could not be loaded: missing or corrupt file, not enough memory."""
+    """A model could not be loaded: missing or corrupt file, not enough memory.
+
+    ``kind`` names the cause in a word (``not_found``, ``not_gguf``, ``llama_error``,
+    ``out_of_memory``...): a child sends it to the router on its lifeline (``lifeline.py``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "internal",
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
+        self.kind = kind
+
+
+# ---- start-up ----------------------------------------------------------------------------------
+
+
+class StartupError(LlamaRouterError):
+    """The router cannot start as asked; ``message`` says what is wrong and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingsError(StartupError):
+    """A setting (flag, ``LLAMA_ROUTER_*`` variable, router.toml value) is unusable."""
+
+
+class RouterFileError(StartupError):
+    """router.toml is unusable: the router does not start (conf.d files never stop it)."""
+
+
+class CannotListen(StartupError):
+    """The router's address and port cannot be bound (in use, not this machine's...)."""
+
+
+class PluginLoadError(StartupError):
+    """A plugin could not be loaded (missing, a hook or argument that does not exist)."""
+
+
+class ExposureRefused(StartupError):
+    """The settings would let anyone who can reach the router run programs: it does not start."""
+
+
+# ---- conf.d --------------------------------------------------------------------------------------
+
+
+class ConfigInvalid(LlamaRouterError):
+    """A model table breaks a rule; ``key`` is the key at fault, when there is one, and
+    ``table`` the table that holds it (``args``, ``env``), if not the top level."""
+
+    def __init__(self, message: str, key: str | None = None, table: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.table = table
+
+
+# ---- talking to children -------------------------------------------------------------------------
+
+
+class WireError(LlamaRouterError):
+    """The child's connection failed or it answered something that is not HTTP/1.1."""
+
+
+class ClosedBeforeAnswer(WireError):
+    """The connection ended before any byte of an answer (a reused one the child had closed)."""
+
+
+class ChildTimeout(WireError):
+    """The child sent nothing, and took nothing, for the request's ``timeout_s``."""
+
+
+class CutConnection(LlamaRouterError):
+    """Raised by a response's body to end it by closing the connection: a chunked answer then
+    lacks its last chunk, so the client knows it is incomplete (``http_server`` catches it)."""
+
+
+# ---- the body of a client's error ----------------------------------------------------------------
 
 
 def error_body(error: RouterError) -> dict[str, Any]:

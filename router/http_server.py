@@ -41,7 +41,7 @@ from hypercorn.typing import (
 )
 from hypercorn.utils import wrap_app
 
-from router.web import CutConnection
+from router.errors import CutConnection
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

@@ -27,19 +27,19 @@ from router.errors import (
     Conflict,
     ModelLoadFailed,
     ModelNotFound,
+    PluginFailed,
     QueueFull,
     RouterError,
     Unavailable,
 )
 from router.plugin_types import ModelInfo, PluginContext
-from router.plugins import PluginFailed, Plugins, call_each_now, call_first_now
+from router.plugins import Plugins, call_each_now, call_first_now
 from router.scheduler import (
     ModelView,
     Status,
     Waiting,
     backoff_s,
     idle_expired,
-    least_recently_used,
     plan,
 )
 from router.supervisor import ChildExit, Supervisor
@@ -67,6 +67,7 @@ class ModelState:
     exit_code: int | None = None
     last_error: str = ""
     is_failed: bool = False
+    failure_kind: str = "internal"  # why it could not load, in a word (ModelLoadFailed.kind)
     client: ChildConnections | None = None  # to the child, while it is loaded
     pid: int | None = None  # its process, while it is loaded
     config_error: str = ""  # its conf.d file is broken now; the last good settings stay
@@ -102,7 +103,7 @@ class ModelPool:
         models_max: int,
         slot_timeout_s: float = 60.0,
         clock: Callable[[], float] = trio.current_time,
-        plugins: Plugins | None = None,
+        plugins: Plugins,
         child_defaults: Mapping[str, Any] | None = None,
         child_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -150,7 +151,7 @@ class ModelPool:
 
     def _set_status(self, state: ModelState, new: Status, detail: str = "") -> None:
         old, state.status = state.status, new
-        if self._plugins is None or old is new:
+        if old is new:
             return
         try:
             results = call_each_now(
@@ -164,8 +165,6 @@ class ModelPool:
                 self._nursery.start_soon(_await_quietly, result)
 
     def _choose_victim(self, candidates: Sequence[ModelView], incoming: str) -> str | None:
-        if self._plugins is None or self.context is None:
-            return least_recently_used(candidates, incoming)
         try:
             victim = call_first_now(
                 self._plugins, "choose_eviction",
@@ -173,12 +172,10 @@ class ModelPool:
                 incoming=incoming, router=self.context,
             )  # fmt: skip
         except PluginFailed:
-            victim = least_recently_used(candidates, incoming)
+            return None  # a hook wrapper failed (logged); a failing implementation is skipped
         return victim if victim in {c.id for c in candidates} else None
 
     def _fits(self, incoming: str, holding: Sequence[str]) -> bool:
-        if self._plugins is None or self.context is None:
-            return True
         try:
             verdict = call_first_now(
                 self._plugins, "model_fits",
@@ -268,25 +265,28 @@ class ModelPool:
             raise Unavailable(
                 f"model {model_id!r} has an invalid configuration: {self.problems[model_id]}"
             )
-        if state is None:
-            for candidate in self.models.values():
-                if model_id in candidate.spec.aliases and not candidate.is_retired:
-                    return candidate
+        if state is None:  # aliases are the resolve_model hook's (default_plugins/aliases.py)
             known = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFound(f"model {model_id!r} not found; known models: {known}")
         return state
 
-    @asynccontextmanager
-    async def lease(self, model_id: str, *, autoload: bool) -> AsyncIterator[ChildConnections]:
-        """Hold ``model_id`` loaded for the block, loading it first if needed; yield its client.
+    def waiting(self, model_id: str) -> int:
+        """How many requests wait in the queue for ``model_id`` (for ``GET /models``)."""
+        return sum(1 for waiter in self._queue if waiter.model == model_id)
 
-        Raises ModelNotFound, Unavailable (not loaded and autoload off, backing off after
-        failures, or no slot freed within ``slot_timeout_s``: with Retry-After) or
-        ModelLoadFailed (its load failed while we waited). Once its model is loading, a request
-        waits for the load, which the load timeout bounds.
+    @asynccontextmanager
+    async def lease(self, state: ModelState, *, autoload: bool) -> AsyncIterator[ChildConnections]:
+        """Hold ``state``'s model loaded for the block, loading it first if needed; yield its
+        client. ``state`` is what the edge resolved the request's model name to, once.
+
+        Raises ModelNotFound (its file was deleted since), Unavailable (not loaded and
+        autoload off, backing off after failures, or no slot freed within ``slot_timeout_s``:
+        with Retry-After) or ModelLoadFailed (its load failed while we waited). Once its
+        model is loading, a request waits for the load, which the load timeout bounds.
         Cancellation: a waiting request leaves the queue and costs no model its slot.
         """
-        state = self.resolve(model_id)
+        if state.is_retired or self.models.get(state.spec.id) is not state:
+            raise ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
         if state.status is not Status.LOADED and not autoload:
             raise Unavailable(
                 f"model {state.spec.id!r} is {state.status.value} and autoload is off: "
@@ -336,14 +336,13 @@ class ModelPool:
             self._reschedule()
 
     def request_load(
-        self, model_id: str, nursery: trio.Nursery, *, extra_args: tuple[str, ...] = ()
+        self, state: ModelState, nursery: trio.Nursery, *, extra_args: tuple[str, ...] = ()
     ) -> None:
-        """Start loading ``model_id`` in the background (``POST /models/load``).
+        """Start loading ``state``'s model in the background (``POST /models/load``).
 
         ``extra_args`` (already checked against the allowlist) apply from this start on;
         a model that runs with other arguments must be unloaded first (Conflict).
         """
-        state = self.resolve(model_id)
         if state.status is Status.UNLOADED:
             state.extra_args = extra_args
         elif extra_args and extra_args != state.running_extra_args:
@@ -354,16 +353,15 @@ class ModelPool:
 
         async def load_and_release() -> None:
             try:
-                async with self.lease(state.spec.id, autoload=True):
+                async with self.lease(state, autoload=True):
                     pass
             except RouterError as exc:
                 log.warning("loading %s failed: %s", state.spec.id, exc.message)
 
         nursery.start_soon(load_and_release)
 
-    def request_unload(self, model_id: str) -> None:
-        """Stop ``model_id``'s child gracefully (``POST /models/unload``)."""
-        state = self.resolve(model_id)
+    def request_unload(self, state: ModelState) -> None:
+        """Stop ``state``'s child gracefully (``POST /models/unload``)."""
         if state.status in (Status.LOADED, Status.LOADING):
             self._begin_unload(state)
 
@@ -395,6 +393,7 @@ class ModelPool:
         if is_failure:
             state.is_failed = True
             state.last_error = ended.last_error
+            state.failure_kind = ended.failure_kind or "internal"
             state.failures += 1
             state.retry_at = self._clock() + backoff_s(state.failures)
             log.warning(
@@ -414,7 +413,7 @@ class ModelPool:
             self._apply_pending_spec(state)
             if state.restart_when_stopped and self._nursery is not None:
                 state.restart_when_stopped = False
-                self.request_load(model_id, self._nursery)
+                self.request_load(state, self._nursery)
         self._reschedule()
 
     # ---- the one place decisions are carried out ------------------------------------------------
@@ -475,7 +474,9 @@ class ModelPool:
 
     def _load_error(self, state: ModelState) -> RouterError:
         reason = state.last_error or f"its process exited with code {state.exit_code}"
-        return ModelLoadFailed(f"model {state.spec.id!r} failed to load: {reason}")
+        return ModelLoadFailed(
+            f"model {state.spec.id!r} failed to load: {reason}", kind=state.failure_kind
+        )
 
     def _no_slot_error(self, state: ModelState) -> RouterError:
         busy = [m.spec.id for m in self.models.values() if m.status is not Status.UNLOADED]

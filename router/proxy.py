@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import trio
 
-from router.errors import RouterError, Unavailable, sse_error_event
+from router.errors import ChildTimeout, RouterError, Unavailable, WireError, sse_error_event
 from router.plugin_types import Principal
 from router.plugins import Plugins, call_each, has_implementations
-from router.pool import ModelPool
+from router.pool import ModelPool, ModelState
 from router.usage import UsageCounter
-from router.wire import ChildTimeout, RequestBody, WireError, WireResponse
+from router.wire import RequestBody, WireResponse
 
 log = logging.getLogger("router.proxy")
 
@@ -60,7 +60,7 @@ CHANNEL_CHUNKS = 16
 
 @dataclass(frozen=True)
 class ForwardRequest:
-    model: str
+    state: ModelState  # the model the edge resolved the request to, once
     principal: Principal
     autoload: bool
     method: str
@@ -69,6 +69,10 @@ class ForwardRequest:
     headers: list[tuple[str, str]]
     body: RequestBody  # sent from this buffer as it is: a large body is never copied
     timeout_s: float = math.inf  # -to/--timeout: the longest silence from the child
+
+    @property
+    def model(self) -> str:
+        return self.state.spec.id
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ async def _forward_with_lease(
     task_status: trio.TaskStatus[ForwardedResponse],
     counter: UsageCounter | None,
 ) -> int:
-    async with pool.lease(request.model, autoload=request.autoload) as child:
+    async with pool.lease(request.state, autoload=request.autoload) as child:
         target = request.path
         if request.query:
             target += "?" + request.query.decode("latin-1")

@@ -9,6 +9,7 @@ its private runtime directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import signal
@@ -26,10 +27,10 @@ from router.access import is_loopback
 from router.app import create_app
 from router.catalog import ModelSpec, scan_models_dirs
 from router.confd import merge_catalog, scan_conf_dir
+from router.default_plugins import default_plugins
+from router.errors import CannotListen, ExposureRefused, PluginFailed, StartupError
 from router.plugin_types import PluginContext
 from router.plugins import (
-    PluginFailed,
-    PluginLoadError,
     Plugins,
     call_each,
     call_each_now,
@@ -51,17 +52,13 @@ def run_router(settings: RouterSettings) -> int:
     logging.getLogger("router").setLevel(logging.INFO)
     try:
         trio.run(serve_router, settings)
-    except PluginLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except StartupRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (StartupError, ExceptionGroup) as exc:
+        startup_error = _startup_error(exc)
+        if startup_error is None:
+            raise
+        print(f"llama-router: error: {startup_error.message}", file=sys.stderr)
         return 2
     return 0
-
-
-class StartupRefused(Exception):
-    """The settings would let anyone who can reach the router run programs: it does not start."""
 
 
 def check_exposure(settings: RouterSettings) -> None:
@@ -74,7 +71,7 @@ def check_exposure(settings: RouterSettings) -> None:
     if is_loopback(settings.host):
         return
     if settings.allow_config_writes and not settings.admin_api_keys:
-        raise StartupRefused(
+        raise ExposureRefused(
             f"--allow-config-writes on --host {settings.host} lets anyone who reaches it run "
             "programs as this user: set --admin-api-key (or --admin-api-key-file), or bind "
             "127.0.0.1"
@@ -92,14 +89,13 @@ async def serve_router(
 ) -> None:
     """Serve until SIGINT or SIGTERM; ``task_status.started`` gets the listening address.
 
-    Raises StartupRefused, before anything starts, for settings unsafe to serve with.
+    Raises ExposureRefused, before anything starts, for settings unsafe to serve with.
 
     Cancellation: stops serving and stops every child (gracefully, then by force) first.
     """
     check_exposure(settings)
-    plugins = load_plugins(
-        settings, entry_points=settings.load_installed_plugins, extra=settings.plugins
-    )
+    sock = _listen(settings.host, settings.port)  # first: a port in use stops nothing else
+    plugins = load_router_plugins(settings)
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
         pool = ModelPool(
@@ -143,7 +139,7 @@ async def serve_router(
             await call_each(plugins, "startup", router=context)
             for state in list(pool.models.values()):
                 if state.spec.load_on_startup:
-                    pool.request_load(state.spec.id, chores)
+                    pool.request_load(state, chores)
             async with trio.open_nursery() as background:
                 background.start_soon(pool.run_idle_timers)
                 background.start_soon(_rescan_on_sighup, rescan)
@@ -151,7 +147,7 @@ async def serve_router(
                 if settings.conf_dir is not None:
                     watcher = ConfDirWatcher(settings.conf_dir, rescan)
                     background.start_soon(watcher.run)
-                await _serve_http(settings, pool, plugins, rescan, task_status)
+                await _serve_http(settings, sock, pool, plugins, rescan, task_status)
                 if watcher is not None:
                     watcher.stop()
                 background.cancel_scope.cancel()
@@ -161,6 +157,31 @@ async def serve_router(
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
     log.info("stopped")
+
+
+def _startup_error(exc: BaseException) -> StartupError | None:
+    """The StartupError that ``exc`` is or holds (a nursery wraps what its tasks raise)."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def load_router_plugins(settings: RouterSettings) -> Plugins:
+    """The plugins the router runs with: the built-in ones (registered here, so that the
+    plugin machinery knows nothing of them), installed packages, then ``settings.plugins``.
+
+    Raises PluginLoadError (a StartupError: one line, exit code 2).
+    """
+    return load_plugins(
+        default_plugins(settings),
+        entry_points=settings.load_installed_plugins,
+        extra=settings.plugins,
+    )
 
 
 async def _rescan_on_sighup(rescan: Callable[[], None]) -> None:
@@ -183,6 +204,7 @@ def _child_launch(
 
 async def _serve_http(
     settings: RouterSettings,
+    sock: socket.socket,
     pool: ModelPool,
     plugins: Plugins,
     rescan: Callable[[], None],
@@ -192,7 +214,6 @@ async def _serve_http(
     config = Config()
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75
-    sock = _listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     address = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     stop = trio.Event()
@@ -223,10 +244,20 @@ async def _serve_http(
 
 
 def _listen(host: str, port: int) -> socket.socket:
+    """The router's listening socket; CannotListen, saying what to do, if it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = {
+            errno.EADDRINUSE: "another program listens there: stop it, or choose --port",
+            errno.EADDRNOTAVAIL: "no interface of this machine has that address: check --host",
+            errno.EACCES: "ports below 1024 need privileges: choose --port 1024 or above",
+        }.get(exc.errno or 0, "check --host and --port")
+        raise CannotListen(f"cannot listen on {host} port {port}: {exc.strerror}; {hint}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -9,11 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from router.access import host_name
-from router.errors import RouterError
-
-
-class SettingsError(RouterError):
-    """A setting has a value the router cannot work with."""
+from router.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -25,7 +21,7 @@ class RouterSettings:
     models_autoload: bool = True
     api_keys: tuple[str, ...] = ()
     models_allow_extra_args: bool = False  # POST /models/load may carry allowlisted "args"
-    # Child options (confd.CHILD_OPTIONS keys), lowest precedence first: router.toml's
+    # Child options (child_options.CHILD_OPTIONS keys), lowest precedence first: router.toml's
     # [defaults], then each model's [args], then these from the command line.
     child_defaults: Mapping[str, Any] = field(default_factory=dict)
     child_options: Mapping[str, Any] = field(default_factory=dict)
@@ -76,6 +72,10 @@ class RouterSettings:
                     f"--allowed-host {name!r} is not a host name or an IP address (give it "
                     "without scheme or port: example.com, 192.0.2.7, [2001:db8::1])"
                 )
+        if self.conf_dir is not None and not self.conf_dir.is_dir():
+            raise SettingsError(
+                f"--conf-dir {self.conf_dir} is not a folder: create it, or leave the flag out"
+            )
         for folder in self.models_dirs:
             if not folder.is_dir():
                 raise SettingsError(f"--models-dir {folder} is not a folder")

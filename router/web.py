@@ -21,16 +21,16 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from router.errors import AuthenticationFailed, InvalidRequest, RouterError, error_body
+from router.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    RouterError,
+    error_body,
+)
 
 log = logging.getLogger("router.web")
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
-
-
-class CutConnection(Exception):
-    """Raised by a response's body to end it by closing the connection: a chunked answer then
-    lacks its last chunk, so the client knows it is incomplete (``http_server`` catches it)."""
 
 
 class _HandedOverBody(TrioBody):

@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
+from router.errors import ChildTimeout, ClosedBeforeAnswer, WireError
+
 MAX_HEAD_BYTES = 64 * 1024
 RECEIVE_BYTES = 64 * 1024
 # A request up to this size is written in one piece with its head; a larger body is written
@@ -30,18 +32,6 @@ SEND_SLICE_BYTES = 1024 * 1024
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 RequestBody = bytes | bytearray | memoryview
-
-
-class WireError(Exception):
-    """The child's connection failed or it answered something that is not HTTP/1.1."""
-
-
-class ClosedBeforeAnswer(WireError):
-    """The connection ended before any byte of an answer (a reused one the child had closed)."""
-
-
-class ChildTimeout(WireError):
-    """The child sent nothing, and took nothing, for the request's ``timeout_s``."""
 
 
 class ChildConnections:

@@ -58,3 +58,55 @@ def test_unusable_access_settings_are_refused(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert message in refusal(capsys, *argv)
+
+
+def one_line_error(*argv: str, env: dict[str, str] | None = None) -> str:
+    """Run ``llama-router ARGV`` as a process that must stop at once with exit status 2 and
+    one error line (no traceback); return that line."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "router", *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error("serve", "--models-dir", str(tmp_path), "--port", str(port))
+    assert f"cannot listen on 127.0.0.1 port {port}" in line
+    assert "--port" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LLAMA_ROUTER_PORT", "eighty", "LLAMA_ROUTER_PORT='eighty' is not a whole number"),
+        ("LLAMA_ROUTER_TIMEOUT", "soon", "LLAMA_ROUTER_TIMEOUT='soon' is not a number"),
+        ("LLAMA_ROUTER_MODELS_AUTOLOAD", "maybe", "LLAMA_ROUTER_MODELS_AUTOLOAD='maybe'"),
+    ],
+)
+def test_a_bad_environment_value_is_one_line(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    assert message in one_line_error("serve", "--models-dir", str(tmp_path), env={name: value})
+
+
+def test_a_missing_conf_dir_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error("serve", "--models-dir", str(tmp_path), "--conf-dir", "nowhere")
+    assert "--conf-dir nowhere is not a folder" in line

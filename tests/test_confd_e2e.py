@@ -382,3 +382,13 @@ def _group_members(group: int) -> list[int]:
         if int(fields[2]) == group and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+def test_config_writes_through_an_alias_change_the_models_own_file(site: Path) -> None:
+    path = conf(site, "real", 'model = "../models/a.gguf"\naliases = ["nick"]\nttl = 300\n')
+    with router_in(site, "--allow-config-writes") as router:
+        changed = httpx.patch(f"{router.base_url}/models/nick/config", json={"ttl": 60})
+        assert changed.status_code == 200, changed.text
+        assert "ttl = 60" in path.read_text()
+        assert not (site / "conf.d" / "nick.toml").exists()
+        assert httpx.get(f"{router.base_url}/models/nick/config").json()["ttl"] == 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -10,8 +11,13 @@ import trio.testing
 
 from router.catalog import ModelSpec
 from router.errors import Unavailable
+from router.plugin_types import PluginContext
 from router.pool import ModelPool
 from router.scheduler import Status
+from router.server import load_router_plugins
+from router.settings import RouterSettings
+
+SETTINGS = RouterSettings(load_installed_plugins=False)
 
 
 class RecordingSupervisor:
@@ -29,11 +35,19 @@ class RecordingSupervisor:
         self.stopped.append(model_id)
 
 
-def new_pool(nursery: trio.Nursery) -> tuple[ModelPool, RecordingSupervisor]:
-    pool = ModelPool({"m": ModelSpec(id="m", path=Path("m.gguf"))}, models_max=1)
+def attached_pool(
+    specs: dict[str, ModelSpec], nursery: trio.Nursery, **options: Any
+) -> tuple[ModelPool, RecordingSupervisor]:
+    """A pool with the built-in plugins, loaded as the server loads them, attached to a
+    recording supervisor."""
+    pool = ModelPool(specs, plugins=load_router_plugins(SETTINGS), **options)
     supervisor = RecordingSupervisor()
-    pool.attach(supervisor, nursery)  # type: ignore[arg-type]
+    pool.attach(supervisor, nursery, PluginContext(SETTINGS, nursery, pool.catalog))  # type: ignore[arg-type]
     return pool, supervisor
+
+
+def new_pool(nursery: trio.Nursery) -> tuple[ModelPool, RecordingSupervisor]:
+    return attached_pool({"m": ModelSpec(id="m", path=Path("m.gguf"))}, nursery, models_max=1)
 
 
 async def test_a_request_cancelled_at_admission_gives_its_slot_back(
@@ -49,13 +63,13 @@ async def test_a_request_cancelled_at_admission_gives_its_slot_back(
     assert pool.models["m"].in_flight == 0
     with trio.CancelScope() as scope:
         scope.cancel()  # already cancelled when it is admitted
-        async with pool.lease("m", autoload=True):
+        async with pool.lease(pool.models["m"], autoload=True):
             raise AssertionError("a cancelled request must not get the model")
     assert pool.models["m"].in_flight == 0  # not busy for ever: it can still be evicted
 
 
 async def _use_once(pool: ModelPool) -> None:
-    async with pool.lease("m", autoload=True):
+    async with pool.lease(pool.models["m"], autoload=True):
         pass
 
 
@@ -63,14 +77,12 @@ async def test_a_request_waits_for_a_slot_only_until_its_deadline(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     specs = {name: ModelSpec(id=name, path=Path(f"{name}.gguf")) for name in ("a", "b")}
-    pool = ModelPool(specs, models_max=1, slot_timeout_s=30)
-    supervisor = RecordingSupervisor()
-    pool.attach(supervisor, nursery)  # type: ignore[arg-type]
+    pool, _ = attached_pool(specs, nursery, models_max=1, slot_timeout_s=30)
     holding = trio.Event()
     release = trio.Event()
 
     async def hold_a() -> None:
-        async with pool.lease("a", autoload=True):
+        async with pool.lease(pool.models["a"], autoload=True):
             holding.set()
             await release.wait()
 
@@ -80,7 +92,7 @@ async def test_a_request_waits_for_a_slot_only_until_its_deadline(
     await holding.wait()
     started = trio.current_time()
     with pytest.raises(Unavailable) as caught:
-        async with pool.lease("b", autoload=True):
+        async with pool.lease(pool.models["b"], autoload=True):
             raise AssertionError("b has no slot while a is busy")
     assert trio.current_time() - started == pytest.approx(30)
     assert caught.value.headers()["Retry-After"].isdigit()
@@ -97,7 +109,7 @@ async def test_a_request_whose_model_is_loading_waits_past_the_slot_deadline(
     served = trio.Event()
 
     async def use() -> None:
-        async with pool.lease("m", autoload=True):
+        async with pool.lease(pool.models["m"], autoload=True):
             served.set()
 
     nursery.start_soon(use)

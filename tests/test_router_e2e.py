@@ -45,6 +45,11 @@ def statuses(router: RouterProcess) -> dict[str, str]:
     return {entry["id"]: entry["status"]["value"] for entry in data}
 
 
+def waiting(router: RouterProcess) -> dict[str, int]:
+    data = httpx.get(f"{router.base_url}/models").json()["data"]
+    return {entry["id"]: entry["waiting"] for entry in data}
+
+
 def client(router: RouterProcess, api_key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=router.openai_base_url, api_key=api_key, max_retries=0)
 
@@ -158,7 +163,9 @@ def test_busy_model_is_not_evicted_and_the_waiter_runs_after(three_models: Path)
             next(lines)
             waiter = threading.Thread(target=lambda: answers.append(complete(router, "beta")))
             waiter.start()
-            time.sleep(0.5)  # give a wrong eviction the chance to happen
+            # Once beta's request is queued, the scheduler has decided: a wrong eviction
+            # would show at once.
+            wait_until(lambda: waiting(router)["beta"] == 1, "beta's request is queued")
             assert statuses(router) == {"alpha": "loaded", "beta": "unloaded", "gamma": "unloaded"}
             assert answers == []
         waiter.join(60)
@@ -198,7 +205,7 @@ def test_a_waiter_that_disconnects_costs_no_model_its_slot(three_models: Path) -
                     timeout=0.5,
                 )
         # alpha went idle after the stream closed; nobody waits for beta any more.
-        time.sleep(0.5)
+        wait_until(lambda: waiting(router)["beta"] == 0, "the waiter has left the queue")
         assert statuses(router) == {"alpha": "loaded", "beta": "unloaded", "gamma": "unloaded"}
 
 

@@ -14,7 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from router.wire import ChildConnections, ChildTimeout, WireError
+from router.errors import ChildTimeout, WireError
+from router.wire import ChildConnections
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

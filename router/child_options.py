@@ -1,0 +1,47 @@
+"""The options a model's child takes, defined once: the conf.d ``[args]`` key, the child's
+command-line flag, and the kind of value.
+
+conf.d and router.toml validate values by kind, the router's command line offers the flags,
+and ``own_children.py`` turns options into the child's argv; all of them read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Child options: conf.d key -> (llama-router child flag, kind). Kinds: int, str, bool (a flag
+# that is present or not), "negated" (a bool whose false is the flag), or a tuple of choices.
+CHILD_OPTIONS: dict[str, tuple[str, Any]] = {
+    "ctx_size": ("--ctx-size", int),
+    "n_gpu_layers": ("--n-gpu-layers", int),
+    "threads": ("--threads", int),
+    "threads_batch": ("--threads-batch", int),
+    "batch_size": ("--batch-size", int),
+    "ubatch_size": ("--ubatch-size", int),
+    "parallel": ("--parallel", int),
+    "chat_template": ("--chat-template", str),
+    "embeddings": ("--embeddings", bool),
+    "pooling": ("--pooling", ("model", "none", "mean", "cls", "last")),
+    "flash_attn": ("--flash-attn", ("on", "off", "auto")),
+    "mmap": ("--no-mmap", "negated"),
+    "mlock": ("--mlock", bool),
+    "seed": ("--seed", int),
+    "max_queue": ("--max-queue", int),
+}
+
+
+def child_argv(options: Mapping[str, Any]) -> list[str]:
+    """The child flags for ``options`` (keys of CHILD_OPTIONS)."""
+    argv: list[str] = []
+    for key, value in options.items():
+        flag, kind = CHILD_OPTIONS[key]
+        if kind is bool:
+            argv += [flag] if value else []
+        elif kind == "negated":
+            argv += [] if value else [flag]
+        elif key == "flash_attn" and isinstance(value, bool):
+            argv += [flag, "on" if value else "off"]
+        else:
+            argv += [flag, str(value)]
+    return argv

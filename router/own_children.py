@@ -1,0 +1,91 @@
+"""Our own children (``llama-router child``): how they are built, how they say they are ready,
+and the spares that wait, already imported, for the next model.
+
+Each speaks the lifeline protocol (``lifeline.py``) over stdin/stdout and serves on a Unix
+socket in the router's private runtime directory, named so that no two model ids can share
+one. A spare is ``llama-router child --spare``: an interpreter with llama.cpp and the server
+already imported, waiting for an ``assign`` line with its model's arguments; handing a load to
+a spare saves the half second a new Python process spends importing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from router import lifeline
+from router.catalog import ModelSpec
+from router.child_options import child_argv
+from router.child_process import Child, OnReady, each_line
+
+SPARE_ARGV = [sys.executable, "-m", "router", "child", "--spare"]
+
+
+def own_child_argv(
+    spec: ModelSpec, socket_path: Path, options: Mapping[str, Any], extra_args: Sequence[str]
+) -> list[str]:
+    """The command line of ``llama-router child`` serving ``spec`` at ``socket_path``."""
+    return [
+        sys.executable, "-m", "router", "child",
+        "--model", str(spec.path),
+        "--alias", spec.id,
+        "--unix-socket", str(socket_path),
+        *child_argv(options),
+        *extra_args,
+    ]  # fmt: skip
+
+
+def socket_name(model_id: str) -> str:
+    """A socket file name for ``model_id`` that no other id can share.
+
+    ``team:model`` and ``team_model`` read alike once made safe for a file name, so the name
+    ends with a hash of the exact id; the readable prefix is cut to keep the socket's path
+    well under the 108 bytes a Unix socket address may hold.
+    """
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[:40]
+    digest = hashlib.sha256(model_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}-{digest}.sock"
+
+
+async def await_ready(
+    child: Child, process: trio.Process, secret: str, *, load_timeout_s: float, on_ready: OnReady
+) -> None:
+    """Read the child's lifeline until its ready line; stop it if that takes too long.
+
+    A child that cannot load says why on the lifeline (a structured line, not a log line to
+    guess from): that reason becomes the model's error.
+    Cancellation: returns.
+    """
+    assert process.stdout is not None
+    with trio.move_on_after(load_timeout_s) as timer:
+        async for line in each_line(process.stdout):
+            address = lifeline.ready_address(line, secret)
+            if address is not None and not child.was_ready:
+                on_ready(child, address, process)
+            failed = lifeline.failure(line, secret)
+            if failed is not None:
+                child.fatal_error = failed.message
+                child.failure_kind = failed.kind
+    if timer.cancelled_caught and not child.was_ready:
+        child.fatal_error = f"not ready after {load_timeout_s:g}s (load timeout); stopped"
+        child.stop_requested.set()
+
+
+async def assign_to_spare(process: trio.Process, child: Child) -> bool:
+    """Hand ``child``'s model to the spare ``process``; False if the spare died meanwhile.
+
+    Cancellation: the spare may or may not have got the line; it is stopped with the rest.
+    """
+    assert process.stdin is not None
+    arguments = child.argv[child.argv.index("child") + 1 :]
+    try:
+        await process.stdin.send_all(b"assign " + json.dumps(arguments).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
