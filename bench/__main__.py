@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import report, sections
 from bench.harness import Results
-from router.cpu import physical_core_count
+from router.child.cpu import physical_core_count
 
 
 def main() -> int:

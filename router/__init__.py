@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from router.version import __version__
 
 if TYPE_CHECKING:
-    from router.hookspecs import hookimpl
-    from router.plugin_types import (
+    from router.hooks.hookspecs import hookimpl
+    from router.hooks.plugin_types import (
         Denial,
         ModelInfo,
         PluginContext,
@@ -39,13 +39,13 @@ __all__ = [
 
 # export → the module that defines it
 _LAZY = {
-    "Denial": "router.plugin_types",
-    "ModelInfo": "router.plugin_types",
-    "PluginContext": "router.plugin_types",
-    "Principal": "router.plugin_types",
-    "RequestInfo": "router.plugin_types",
-    "Usage": "router.plugin_types",
-    "hookimpl": "router.hookspecs",
+    "Denial": "router.hooks.plugin_types",
+    "ModelInfo": "router.hooks.plugin_types",
+    "PluginContext": "router.hooks.plugin_types",
+    "Principal": "router.hooks.plugin_types",
+    "RequestInfo": "router.hooks.plugin_types",
+    "Usage": "router.hooks.plugin_types",
+    "hookimpl": "router.hooks.hookspecs",
 }
 
 

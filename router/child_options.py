@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from router.spec import ModelSpec
+
 # Child options: conf.d key -> (llama-router child flag, kind). Kinds: int, str, bool (a flag
 # that is present or not), "negated" (a bool whose false is the flag), or a tuple of choices.
 CHILD_OPTIONS: dict[str, tuple[str, Any]] = {
@@ -45,3 +47,10 @@ def child_argv(options: Mapping[str, Any]) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def effective_child_options(
+    spec: ModelSpec, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Lowest first: router.toml [defaults] < the model's [args] < command-line flags."""
+    return {**defaults, **spec.args, **overrides}

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import router
 from router.child_options import CHILD_OPTIONS
 from router.errors import RouterFileError, SettingsError, StartupError
+from router.version import __version__
 
 ENV_PREFIX = "LLAMA_ROUTER_"
 COMMANDS = ("serve", "child", "plugins")
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One OpenAI-compatible endpoint for many local GGUF models. "
         "Without a command, runs 'serve'.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {router.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -312,8 +312,8 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
-    from router.confd import read_router_file
     from router.errors import SettingsError
+    from router.models.confd import read_router_file
     from router.server import run_router
     from router.settings import RouterSettings
 
@@ -395,7 +395,7 @@ def _keys_from_file(parser: argparse.ArgumentParser, flag: str, path: Any) -> li
 
 def _list_plugins(settings: Any) -> int:
     """What the router would load; a plugin that cannot load is a StartupError (exit 2)."""
-    from router.plugins import describe
+    from router.hooks.plugins import describe
     from router.server import load_router_plugins
 
     plugins = load_router_plugins(settings)

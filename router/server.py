@@ -22,24 +22,25 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config
 
-from router import http_server
-from router.access import is_loopback
-from router.app import create_app
-from router.catalog import ModelSpec, scan_models_dirs
-from router.confd import merge_catalog, scan_conf_dir
 from router.default_plugins import default_plugins
+from router.edge import http_server
+from router.edge.access import is_loopback
+from router.edge.app import create_app
 from router.errors import CannotListen, ExposureRefused, PluginFailed, StartupError
-from router.plugin_types import PluginContext
-from router.plugins import (
+from router.hooks.plugin_types import PluginContext
+from router.hooks.plugins import (
     Plugins,
     call_each,
     call_each_now,
     load_plugins,
 )
-from router.pool import ModelPool
+from router.models.catalog import scan_models_dirs
+from router.models.confd import merge_catalog, scan_conf_dir
+from router.models.pool import ModelPool
+from router.models.watch import ConfDirWatcher
+from router.processes.supervisor import Supervisor, SupervisorSettings
 from router.settings import RouterSettings
-from router.supervisor import Supervisor, SupervisorSettings
-from router.watch import ConfDirWatcher
+from router.spec import ModelSpec
 
 log = logging.getLogger("router")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.access import host_name
 from router.errors import SettingsError
+from router.hosts import host_name
 
 
 @dataclass(frozen=True)

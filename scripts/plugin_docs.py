@@ -1,9 +1,9 @@
 """Write the hook and data-type reference of docs/plugins.md from the code's docstrings.
 
 Usage: .venv/bin/python scripts/plugin_docs.py        (rewrites the parts between the markers)
-The hooks come from router/hookspecs.py; the data types (what ``router`` exports for hooks)
-from router/plugin_types.py, each field documented by the string below it. tests/test_plugins.py
-fails when a hookspec, a type, a field or a method is missing from the page.
+The hooks come from router/hooks/hookspecs.py; the data types (what ``router`` exports for
+hooks) from router/hooks/plugin_types.py, each field documented by the string below it.
+tests/test_plugins.py fails when a hookspec, a type, a field or a method is missing from the page.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import router
-from router import hookspecs, plugin_types
-from router.hookspecs import ASYNC_CAPABLE_HOOKS
+from router.hooks import hookspecs, plugin_types
+from router.hooks.hookspecs import ASYNC_CAPABLE_HOOKS
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 HOOKS = ("<!-- hook reference: begin -->", "<!-- hook reference: end -->")

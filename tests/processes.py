@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router import lifeline
+from router.processes import lifeline
 
 READY_TIMEOUT_S = 60.0
 

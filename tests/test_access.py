@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.access import HostCheck, host_name, is_loopback
+from router.edge.access import HostCheck, host_name, is_loopback
 from tests.processes import RouterProcess, running_router
 
 ENV_VALUE = "sk-backend-secret-0123"

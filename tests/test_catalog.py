@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.catalog import scan_models_dirs
+from router.models.catalog import scan_models_dirs
 
 
 def touch(path: Path) -> Path:

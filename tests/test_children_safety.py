@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.own_children import socket_name
+from router.processes.own_children import socket_name
 from tests.processes import pid_is_alive, running_router
 from tests.test_router_e2e import LONG_STREAM, statuses, wait_until
 from tests.tiny_models import write_tiny_llama

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from router.catalog import ModelSpec
-from router.child_options import child_argv
-from router.confd import (
+from router.child_options import child_argv, effective_child_options
+from router.errors import RouterFileError
+from router.models.confd import (
     ConfigProblem,
-    effective_child_options,
     merge_catalog,
     read_model_file,
     read_router_file,
     scan_conf_dir,
 )
-from router.errors import RouterFileError
+from router.spec import ModelSpec
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config_api import config_path_for, read_config, write_config
+from router.edge.config_api import config_path_for, read_config, write_config
 from router.errors import Conflict, InvalidField, InvalidRequest
 
 MODEL = 'model = "../weights.gguf"\n'

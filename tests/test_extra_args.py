@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.edge.extra_args import FALLBACK_MAX_CTX, ExtraArgLimits, checked_extra_args
 from router.errors import InvalidField
-from router.extra_args import FALLBACK_MAX_CTX, ExtraArgLimits, checked_extra_args
 from tests.processes import running_router
 from tests.test_router_e2e import statuses, wait_until
 from tests.tiny_models import write_tiny_llama

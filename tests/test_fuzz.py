@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.confd import MODEL_KEYS
+from router.models.confd import MODEL_KEYS
 from tests.processes import RouterProcess, running_router
 
 ADMIN = "fuzz-admin-key"

@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from router.gguf_header import scalar_metadata
+from router.models.gguf_header import scalar_metadata
 from tests.conftest import gemma_path
 from tests.tiny_models import write_tiny_llama
 

@@ -11,9 +11,9 @@ import trio
 import trio.testing
 from hypercorn.config import Config
 
-from router import http_server
-from router.http_server import LimitedListener
-from router.web import new_app
+from router.edge import http_server
+from router.edge.http_server import LimitedListener
+from router.edge.web import new_app
 
 
 class QueueListener(trio.abc.Listener[trio.abc.Stream]):

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.errors import InvalidField, InvalidJSON, InvalidRequest
-from router.jsonbody import (
+from router.edge.jsonbody import (
     _MISSING,
     FULL_PARSE_BYTES,
     MAX_SCANNED_DEPTH,
@@ -19,6 +18,7 @@ from router.jsonbody import (
     scan_top_level_field,
     top_level_field,
 )
+from router.errors import InvalidField, InvalidJSON, InvalidRequest
 
 MISSING = object()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from router import lifeline
+from router.processes import lifeline
 
 
 def test_ready_line_with_the_secret_gives_the_address() -> None:

@@ -18,10 +18,10 @@ import pytest
 import trio
 
 import router
-from router import ModelInfo, hookimpl, hookspecs
-from router.catalog import ModelSpec
+from router import ModelInfo, hookimpl
 from router.errors import ModelNotFound, Unavailable
-from router.plugins import (
+from router.hooks import hookspecs
+from router.hooks.plugins import (
     PluginFailed,
     PluginLoadError,
     Plugins,
@@ -32,9 +32,10 @@ from router.plugins import (
     describe,
     load_plugins,
 )
-from router.pool import ModelPool
+from router.models.pool import ModelPool
 from router.server import load_router_plugins
 from router.settings import RouterSettings
+from router.spec import ModelSpec
 from tests.processes import running_router
 from tests.test_router_e2e import statuses, wait_until
 from tests.tiny_models import write_tiny_llama
@@ -546,7 +547,7 @@ def test_plugin_modules_import_without_a_cycle() -> None:
     ours = {
         name
         for name in graph
-        if name in ("router.plugins", "router.hookspecs", "router.plugin_types")
+        if name in ("router.hooks.plugins", "router.hooks.hookspecs", "router.hooks.plugin_types")
         or name.startswith("router.default_plugins")
     }
     for start in sorted(ours):

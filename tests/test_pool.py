@@ -9,13 +9,13 @@ import pytest
 import trio
 import trio.testing
 
-from router.catalog import ModelSpec
 from router.errors import Unavailable
-from router.plugin_types import PluginContext
-from router.pool import ModelPool
-from router.scheduler import Status
+from router.hooks.plugin_types import PluginContext
+from router.models.pool import ModelPool
+from router.models.scheduler import Status
 from router.server import load_router_plugins
 from router.settings import RouterSettings
+from router.spec import ModelSpec
 
 SETTINGS = RouterSettings(load_installed_plugins=False)
 

@@ -9,11 +9,11 @@ import pytest
 import trio
 import trio.testing
 
-from router.catalog import ModelSpec
 from router.errors import Unavailable
-from router.pool import ModelPool
-from router.scheduler import Status
-from router.supervisor import ChildExit
+from router.models.pool import ModelPool
+from router.models.scheduler import Status
+from router.processes.supervisor import ChildExit
+from router.spec import ModelSpec
 from tests.test_pool import RecordingSupervisor, attached_pool
 
 LOAD_FAILED = ChildExit(exit_code=1, last_error="bad file", was_stopped=False, was_ready=False)

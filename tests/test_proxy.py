@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.proxy import _forwardable
+from router.edge.proxy import _forwardable
 
 
 def test_hop_by_hop_and_expectation_headers_never_cross() -> None:

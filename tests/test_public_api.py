@@ -30,7 +30,7 @@ def test_the_model_child_imports_neither_pluggy_nor_the_router_core() -> None:
     code = (
         "import router.child.main, sys; "
         "assert 'pluggy' not in sys.modules, 'pluggy'; "
-        "assert 'router.plugin_types' not in sys.modules, 'router.plugin_types'"
+        "assert 'router.hooks.plugin_types' not in sys.modules, 'router.hooks.plugin_types'"
     )
     completed = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
@@ -39,7 +39,7 @@ def test_the_model_child_imports_neither_pluggy_nor_the_router_core() -> None:
 
 
 def test_exports_load_on_first_use_and_are_the_defining_modules_objects() -> None:
-    from router import hookspecs, plugin_types
+    from router.hooks import hookspecs, plugin_types
 
     assert router.hookimpl is hookspecs.hookimpl
     assert router.ModelInfo is plugin_types.ModelInfo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from router.scheduler import ModelView, Plan, Status, Waiting, backoff_s, plan
+from router.models.scheduler import ModelView, Plan, Status, Waiting, backoff_s, plan
 
 LOADED, UNLOADED = Status.LOADED, Status.UNLOADED
 

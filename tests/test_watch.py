@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from router.watch import ConfDirWatcher
+from router.models.watch import ConfDirWatcher
 
 
 @pytest.mark.parametrize("force_polling", [None, True], ids=["inotify", "polling"])
@@ -41,6 +41,6 @@ async def test_a_folder_that_cannot_be_watched_ends_the_watch_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     watcher = ConfDirWatcher(tmp_path / "gone", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="router.watch"), trio.fail_after(30):
+    with caplog.at_level(logging.WARNING, logger="router.models.watch"), trio.fail_after(30):
         await watcher.run()  # returns: it does not poll a missing folder forever
     assert "SIGHUP or POST /models/reload reloads it" in caplog.text

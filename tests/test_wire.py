@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from router.errors import ChildTimeout, WireError
-from router.wire import ChildConnections
+from router.processes.wire import ChildConnections
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

@@ -14,7 +14,7 @@ The file is read again whenever it changes. Without the variable the plugin does
 Keys are compared by hashing the offered key and comparing with every stored hash in constant
 time. Past a limit a request gets 429 with Retry-After.
 
-Tokens are charged when an answer ends, as the router counted them (``router.usage``): the
+Tokens are charged when an answer ends, as the router counted them (``router.edge.usage``): the
 answer's own ``usage`` from any backend, streamed or not; for a stream without it (no
 ``stream_options.include_usage``), its completion tokens. A request that starts under the limit
 runs to its end, so a key can go past its limit by one answer (or by its requests in flight).

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router import ModelInfo, hookimpl
-from router.gguf_header import scalar_metadata  # internal; the router's one GGUF header reader
+from router.models.gguf_header import (
+    scalar_metadata,  # internal; the router's one GGUF header reader
+)
 
 DEFAULT_CTX = 4096
 

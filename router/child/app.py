@@ -25,15 +25,15 @@ from router.child.parsing import (
     parse_embedding,
 )
 from router.child.service import ModelService, StreamItem
+from router.edge.jsonbody import parse_json_object
+from router.edge.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
 from router.errors import (
     ContextLengthExceeded,
     InvalidField,
     NotSupported,
     Unavailable,
 )
-from router.jsonbody import parse_json_object
 from router.version import __version__
-from router.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
 
 log = logging.getLogger("router.child")
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config, Sockets
 
-from router import http_server
 from router.child.app import create_app
 from router.child.llama_engine import LlamaCppEngine
 from router.child.options import EngineOptions, ServeOptions, parse_child_arguments
 from router.child.service import ModelService
+from router.edge import http_server
 from router.errors import ModelLoadFailed
-from router.lifeline import ChildLifeline
+from router.processes.lifeline import ChildLifeline
 
 log = logging.getLogger("router.child")
 

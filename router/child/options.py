@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.cpu import physical_core_count
+from router.child.cpu import physical_core_count
 
 
 class FlashAttention(enum.StrEnum):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.child.engine import SamplingParams
+from router.edge.jsonbody import kind_of
 from router.errors import InvalidField, InvalidRequest, NotSupported
-from router.jsonbody import kind_of
 
 _MISSING: Any = object()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from router.hookspecs import hookimpl
-from router.plugin_types import ModelInfo
+from router.hooks.hookspecs import hookimpl
+from router.hooks.plugin_types import ModelInfo
 from router.settings import RouterSettings
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 
-from router.hookspecs import hookimpl
-from router.plugin_types import Denial, Principal, RequestInfo
+from router.hooks.hookspecs import hookimpl
+from router.hooks.plugin_types import Denial, Principal, RequestInfo
 from router.settings import RouterSettings
 
 

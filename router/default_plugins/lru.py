@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from router.hookspecs import hookimpl
-from router.plugin_types import ModelInfo
-from router.scheduler import least_recently_used
+from router.hooks.hookspecs import hookimpl
+from router.hooks.plugin_types import ModelInfo
+from router.models.scheduler import least_recently_used
 from router.settings import RouterSettings
 
 

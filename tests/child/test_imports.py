@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from router import lifeline
+from router.processes import lifeline
 
 # The router's side: plugins, settings, conf.d, and the libraries only they need.
 ROUTER_ONLY = (
@@ -15,10 +15,10 @@ ROUTER_ONLY = (
     "tomlkit",
     "watchfiles",
     "router.settings",
-    "router.confd",
-    "router.plugins",
-    "router.hookspecs",
-    "router.plugin_types",
+    "router.models.confd",
+    "router.hooks.plugins",
+    "router.hooks.hookspecs",
+    "router.hooks.plugin_types",
 )
 
 

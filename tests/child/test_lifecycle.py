@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from router import lifeline
+from router.processes import lifeline
 from tests.processes import ChildProcess, child_command, run_child_to_exit, running_child
 
 # Long enough (tens of seconds) that it only ends early when the test ends it.

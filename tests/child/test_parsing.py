@@ -7,8 +7,8 @@ import math
 import pytest
 
 from router.child.parsing import parse_chat, parse_completion
+from router.edge.jsonbody import parse_json_object
 from router.errors import InvalidField, InvalidJSON, NotSupported
-from router.jsonbody import parse_json_object
 
 
 def test_defaults_match_llama_server() -> None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from router import lifeline
-from router.catalog import ModelSpec
 from router.child_options import child_argv
-from router.child_process import Child, OnReady, each_line
+from router.processes import lifeline
+from router.processes.child_process import Child, OnReady, each_line
+from router.spec import ModelSpec
 
 SPARE_ARGV = [sys.executable, "-m", "router", "child", "--spare"]
 

@@ -1,6 +1,6 @@
 """External commands as children: any OpenAI-compatible server a conf.d file names.
 
-A command knows no lifeline: it runs under ``router.guard`` (which stops it if the router
+A command knows no lifeline: it runs under ``router.processes.guard`` (which stops it if the router
 dies), in its conf.d file's folder, listening where the router tells it: ``{socket}``, a Unix
 socket in the router's private runtime directory, or ``{port}``, a TCP port on 127.0.0.1. A
 port was free when the router picked it, but another local user could bind it first and
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import trio
 
-from router import wire
-from router.catalog import ModelSpec
-from router.child_process import Child, OnReady
 from router.errors import WireError
+from router.processes import wire
+from router.processes.child_process import Child, OnReady
+from router.spec import ModelSpec
 
 HEALTH_TIMEOUT_S = 2.0  # for one health check while it starts
 PLACEHOLDERS = ("{port}", "{host}", "{socket}", "{model}")
@@ -49,7 +49,7 @@ def command_argv(spec: ModelSpec, socket_path: Path, port: int | None) -> list[s
         )
     )
     return [
-        sys.executable, "-m", "router.guard",
+        sys.executable, "-m", "router.processes.guard",
         *(_fill(part, values) for part in spec.command),
     ]  # fmt: skip
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from router.catalog import ModelSpec
 from router.child_options import CHILD_OPTIONS
 from router.errors import ConfigInvalid, RouterFileError
+from router.spec import ModelSpec
 
 # Sizes past which a value is a mistake, not a configuration. Linux refuses any single argv or
 # environment string over 128 KiB (MAX_ARG_STRLEN), and all of them together over ARG_MAX.
@@ -302,13 +302,6 @@ def checked_child_options(options: Mapping[str, Any], *, table: str = "args") ->
         elif kind is str:
             _check_argument(value, f"[{table}] {key!r}", key, table)
     return dict(options)
-
-
-def effective_child_options(
-    spec: ModelSpec, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Lowest first: router.toml [defaults] < the model's [args] < command-line flags."""
-    return {**defaults, **spec.args, **overrides}
 
 
 @dataclass(frozen=True)

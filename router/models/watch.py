@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 from watchfiles import awatch
 
-log = logging.getLogger("router.watch")
+log = logging.getLogger("router.models.watch")
 
 DEBOUNCE_MS = 200
 RUST_TIMEOUT_MS = 1000  # the longest a cancelled watch waits for its thread

@@ -20,10 +20,13 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
-import router
-from router.access import HostCheck, require_json
-from router.confd import effective_child_options
-from router.config_api import config_path_for, delete_config, read_config, write_config
+from router.child_options import effective_child_options
+from router.edge.access import HostCheck, require_json
+from router.edge.config_api import config_path_for, delete_config, read_config, write_config
+from router.edge.extra_args import ExtraArgLimits, checked_extra_args
+from router.edge.jsonbody import is_blank, parse_json_object, top_level_field
+from router.edge.proxy import BrokenOff, ForwardRequest, start_forward
+from router.edge.web import PUBLIC_PATHS, json_response, new_app, request_body
 from router.errors import (
     AuthenticationFailed,
     Conflict,
@@ -35,20 +38,17 @@ from router.errors import (
     QueueFull,
     RouterError,
 )
-from router.extra_args import ExtraArgLimits, checked_extra_args
-from router.jsonbody import is_blank, parse_json_object, top_level_field
-from router.plugin_types import Denial, Principal, RequestInfo
-from router.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
-from router.pool import ModelPool, ModelState
-from router.proxy import BrokenOff, ForwardRequest, start_forward
+from router.hooks.plugin_types import Denial, Principal, RequestInfo
+from router.hooks.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
+from router.models.pool import ModelPool, ModelState
 from router.settings import RouterSettings
-from router.web import PUBLIC_PATHS, json_response, new_app, request_body
+from router.version import __version__
 
-log = logging.getLogger("router.app")
+log = logging.getLogger("router.edge.app")
 
 FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # The routes that change the router's state (by endpoint: the view's name). They take only
-# JSON bodies, which no web page can send to another origin unasked (router/access.py).
+# JSON bodies, which no web page can send to another origin unasked (router/edge/access.py).
 STATE_CHANGING_ENDPOINTS = frozenset(
     {"reload", "load", "unload", "put_config", "delete_model_config"}
 )
@@ -223,7 +223,7 @@ def create_app(
                 "role": "router",
                 "max_instances": settings.models_max,
                 "models_autoload": settings.models_autoload,
-                "build_info": f"llama-router {router.__version__}",
+                "build_info": f"llama-router {__version__}",
             }
         )
 

@@ -34,9 +34,9 @@ from typing import Any, Protocol
 
 import trio
 
-from router import command_children, lifeline, own_children
-from router.catalog import ModelSpec
-from router.child_process import (
+from router.child_options import effective_child_options
+from router.processes import command_children, lifeline, own_children
+from router.processes.child_process import (
     KILL_AFTER_TERM_S,
     Child,
     describe,
@@ -45,7 +45,7 @@ from router.child_process import (
     terminate,
     watch_liveness,
 )
-from router.confd import effective_child_options
+from router.spec import ModelSpec
 
 log = logging.getLogger("router.children")
 

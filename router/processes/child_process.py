@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from router import lifeline, wire
-from router.catalog import ModelSpec
 from router.errors import WireError
+from router.processes import lifeline, wire
+from router.spec import ModelSpec
 
 log = logging.getLogger("router.children")
 

@@ -103,7 +103,7 @@ def checked_extra_args(raw: object, limits: ExtraArgLimits) -> tuple[str, ...]:
 
 def trained_context(model_path: Path) -> int | None:
     """The context length a GGUF was trained with (``ARCH.context_length``), if readable."""
-    from router.gguf_header import scalar_metadata  # imports gguf (numpy): only when asked
+    from router.models.gguf_header import scalar_metadata  # imports gguf (numpy): only when asked
 
     try:
         metadata = scalar_metadata(model_path)

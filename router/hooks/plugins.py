@@ -44,11 +44,11 @@ from typing import Any
 
 import pluggy
 
-from router import hookspecs
 from router.errors import PluginFailed, PluginLoadError, RouterError
-from router.hookspecs import ASYNC_CAPABLE_HOOKS, PROJECT
+from router.hooks import hookspecs
+from router.hooks.hookspecs import ASYNC_CAPABLE_HOOKS, PROJECT
 
-log = logging.getLogger("router.plugins")
+log = logging.getLogger("router.hooks.plugins")
 
 ENTRY_POINT_GROUP = "llama_router"
 

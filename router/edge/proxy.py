@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 import trio
 
+from router.edge.usage import UsageCounter
 from router.errors import ChildTimeout, RouterError, Unavailable, WireError, sse_error_event
-from router.plugin_types import Principal
-from router.plugins import Plugins, call_each, has_implementations
-from router.pool import ModelPool, ModelState
-from router.usage import UsageCounter
-from router.wire import RequestBody, WireResponse
+from router.hooks.plugin_types import Principal
+from router.hooks.plugins import Plugins, call_each, has_implementations
+from router.models.pool import ModelPool, ModelState
+from router.processes.wire import RequestBody, WireResponse
 
-log = logging.getLogger("router.proxy")
+log = logging.getLogger("router.edge.proxy")
 
 # Hop-by-hop headers, and those the router owns (its server writes its own Date and Server):
 # never forwarded either way.

@@ -1,4 +1,4 @@
-"""Keep an external server from outliving the router: ``python -m router.guard CMD...``.
+"""Keep an external server from outliving the router: ``python -m router.processes.guard CMD...``.
 
 The router speaks the lifeline protocol only with its own children; a ``command`` model
 (llama-server, vLLM...) ignores its stdin, so if the router were killed outright it would run
@@ -25,7 +25,7 @@ KILL_AFTER_TERM_S = 2.0
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m router.guard COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -m router.processes.guard COMMAND [ARG...]", file=sys.stderr)
         return 2
     try:
         command = subprocess.Popen(argv, stdin=subprocess.DEVNULL)

@@ -28,7 +28,7 @@ from router.errors import (
     error_body,
 )
 
-log = logging.getLogger("router.web")
+log = logging.getLogger("router.edge.web")
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 

@@ -26,7 +26,6 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Table
 
-from router.confd import MAX_FILE_BYTES, MAX_ID_BYTES, model_spec_from
 from router.errors import (
     ConfigInvalid,
     Conflict,
@@ -35,6 +34,7 @@ from router.errors import (
     ModelNotFound,
     RouterError,
 )
+from router.models.confd import MAX_FILE_BYTES, MAX_ID_BYTES, model_spec_from
 
 _FILE_NAME = re.compile(r"[\w.-]+")
 NEW_FILE_MODE = 0o600

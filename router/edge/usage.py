@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any
 
-from router.plugin_types import Usage
+from router.hooks.plugin_types import Usage
 
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024

@@ -8,7 +8,7 @@ hooks its answer wins.
 
 Hooks marked *async-capable* (``ASYNC_CAPABLE_HOOKS``) may return an awaitable, which the
 router awaits. The others are called where the router decides synchronously and must return a
-plain value; only these take hook wrappers (``wrapper=True``), see ``router/plugins.py``.
+plain value; only these take hook wrappers (``wrapper=True``), see ``router/hooks/plugins.py``.
 
 This module imports only pluggy and the data types: plugins, the defaults and the plugin
 manager all import it, and it imports none of them.
@@ -21,7 +21,14 @@ from typing import Any
 
 import pluggy
 
-from router.plugin_types import Denial, ModelInfo, PluginContext, Principal, RequestInfo, Usage
+from router.hooks.plugin_types import (
+    Denial,
+    ModelInfo,
+    PluginContext,
+    Principal,
+    RequestInfo,
+    Usage,
+)
 
 PROJECT = "llama_router"
 
@@ -153,7 +160,7 @@ def request_finished(
     """A proxied request has ended (the answer's last byte went out, or the client left).
     *Async-capable.*
 
-    ``usage`` is the answer's token usage as the router read it (``router/usage.py``): what
+    ``usage`` is the answer's token usage as the router read it (``router/edge/usage.py``): what
     the answer stated, from any backend, streamed or not; for a stream without it, its
     completion tokens, counted; None when there was nothing to count (an error body). An
     awaitable result is run in the background.

@@ -21,8 +21,7 @@ from typing import Any
 
 import trio
 
-from router.catalog import ModelSpec
-from router.confd import ConfigProblem, effective_child_options
+from router.child_options import effective_child_options
 from router.errors import (
     Conflict,
     ModelLoadFailed,
@@ -32,9 +31,10 @@ from router.errors import (
     RouterError,
     Unavailable,
 )
-from router.plugin_types import ModelInfo, PluginContext
-from router.plugins import Plugins, call_each_now, call_first_now
-from router.scheduler import (
+from router.hooks.plugin_types import ModelInfo, PluginContext
+from router.hooks.plugins import Plugins, call_each_now, call_first_now
+from router.models.confd import ConfigProblem
+from router.models.scheduler import (
     ModelView,
     Status,
     Waiting,
@@ -42,10 +42,11 @@ from router.scheduler import (
     idle_expired,
     plan,
 )
-from router.supervisor import ChildExit, Supervisor
-from router.wire import ChildConnections
+from router.processes.supervisor import ChildExit, Supervisor
+from router.processes.wire import ChildConnections
+from router.spec import ModelSpec
 
-log = logging.getLogger("router.pool")
+log = logging.getLogger("router.models.pool")
 
 
 @dataclass
