@@ -33,6 +33,25 @@ CHILD_OPTIONS: dict[str, tuple[str, Any]] = {
 }
 
 
+# Every spelling of an option's flag that the router's command line and a client's
+# ``POST /models/load`` args accept: llama-server's short form first.
+FLAG_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "ctx_size": ("-c", "--ctx-size"),
+    "n_gpu_layers": ("-ngl", "--n-gpu-layers", "--gpu-layers"),
+    "threads": ("-t", "--threads"),
+    "threads_batch": ("-tb", "--threads-batch"),
+    "batch_size": ("-b", "--batch-size"),
+    "ubatch_size": ("-ub", "--ubatch-size"),
+    "parallel": ("-np", "--parallel"),
+    "flash_attn": ("-fa", "--flash-attn"),
+    "chat_template": ("--chat-template",),
+    "max_queue": ("--max-queue",),
+    "embeddings": ("--embeddings",),
+    "mmap": ("--no-mmap",),
+    "mlock": ("--mlock",),
+}
+
+
 def child_argv(options: Mapping[str, Any]) -> list[str]:
     """The child flags for ``options`` (keys of CHILD_OPTIONS)."""
     argv: list[str] = []

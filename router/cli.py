@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from router.child_options import CHILD_OPTIONS
+from router.child_options import CHILD_OPTIONS, FLAG_SPELLINGS
 from router.errors import RouterFileError, SettingsError, StartupError
 from router.version import __version__
 
@@ -24,19 +24,7 @@ COMMANDS = ("serve", "child", "plugins")
 
 # Child flags the router accepts and passes on to every model: (flags, conf.d [args] key).
 CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
-    (("-c", "--ctx-size"), "ctx_size"),
-    (("-ngl", "--n-gpu-layers"), "n_gpu_layers"),
-    (("-t", "--threads"), "threads"),
-    (("-tb", "--threads-batch"), "threads_batch"),
-    (("-b", "--batch-size"), "batch_size"),
-    (("-ub", "--ubatch-size"), "ubatch_size"),
-    (("-np", "--parallel"), "parallel"),
-    (("-fa", "--flash-attn"), "flash_attn"),
-    (("--chat-template",), "chat_template"),
-    (("--max-queue",), "max_queue"),
-    (("--embeddings",), "embeddings"),
-    (("--no-mmap",), "mmap"),
-    (("--mlock",), "mlock"),
+    (spellings, key) for key, spellings in FLAG_SPELLINGS.items()
 ]
 
 

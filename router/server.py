@@ -134,7 +134,7 @@ async def serve_router(
                 events=pool,
                 adjust_launch=lambda spec, argv, env: _child_launch(plugins, pool, spec, argv, env),
             )
-            context = PluginContext(settings, chores, pool.catalog)
+            context = PluginContext(settings, chores, pool.hooks.catalog)
             pool.attach(supervisor, chores, context)
             supervisor.keep_a_spare()
             await call_each(plugins, "startup", router=context)
@@ -200,7 +200,7 @@ def _child_launch(
         return
     # A failure is logged with the plugin's name; the model then starts as the router built it.
     with contextlib.suppress(PluginFailed):
-        call_each_now(plugins, "child_launch", model=pool.info(state), argv=argv, env=env)
+        call_each_now(plugins, "child_launch", model=pool.hooks.info(state), argv=argv, env=env)
 
 
 async def _serve_http(

@@ -535,7 +535,11 @@ async def test_aliases_are_resolved_by_the_aliases_plugin_only(nursery: trio.Nur
     spec = ModelSpec(id="model-a", path=Path("a.gguf"), aliases=("short",))
     pool = ModelPool({"model-a": spec}, models_max=1, plugins=with_plugins())
     resolved = await call_first(
-        pool._plugins, "resolve_model", requested="short", request=None, catalog=pool.catalog()
+        pool.hooks._plugins,
+        "resolve_model",
+        requested="short",
+        request=None,
+        catalog=pool.hooks.catalog(),
     )
     assert resolved == "model-a"
     with pytest.raises(ModelNotFound):

@@ -42,7 +42,7 @@ def attached_pool(
     recording supervisor."""
     pool = ModelPool(specs, plugins=load_router_plugins(SETTINGS), **options)
     supervisor = RecordingSupervisor()
-    pool.attach(supervisor, nursery, PluginContext(SETTINGS, nursery, pool.catalog))  # type: ignore[arg-type]
+    pool.attach(supervisor, nursery, PluginContext(SETTINGS, nursery, pool.hooks.catalog))  # type: ignore[arg-type]
     return pool, supervisor
 
 

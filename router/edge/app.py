@@ -40,7 +40,8 @@ from router.errors import (
 )
 from router.hooks.plugin_types import Denial, Principal, RequestInfo
 from router.hooks.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
-from router.models.pool import ModelPool, ModelState
+from router.models.pool import ModelPool
+from router.models.state import ModelState
 from router.settings import RouterSettings
 from router.version import __version__
 
@@ -96,7 +97,11 @@ def create_app(
         """The model for ``requested`` (plugins may route it), if the caller may use it."""
         info = _request_info()
         model_id = await call_first(
-            plugins, "resolve_model", requested=requested, request=info, catalog=pool.catalog()
+            plugins,
+            "resolve_model",
+            requested=requested,
+            request=info,
+            catalog=pool.hooks.catalog(),
         )
         state = pool.resolve(model_id if isinstance(model_id, str) else requested)
         denial = await call_first(

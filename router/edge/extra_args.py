@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.child_options import FLAG_SPELLINGS
 from router.errors import InvalidField
 
 _ASCII_INTEGER = re.compile(r"[0-9]{1,9}")  # \d would take any script's digits
@@ -53,20 +54,13 @@ class ExtraArgLimits:
         }[key]
 
 
-# Each allowed flag, by every spelling, with the child option it sets.
+# The options a client may set, each by every spelling of its flag.
+CLIENT_OPTIONS = (
+    "ctx_size", "n_gpu_layers", "threads", "threads_batch", "batch_size", "ubatch_size",
+    "parallel", "flash_attn",
+)  # fmt: skip
 ALLOWED_EXTRA_ARGS: dict[str, str] = {
-    flag: key
-    for flags, key in (
-        (("-c", "--ctx-size"), "ctx_size"),
-        (("-ngl", "--n-gpu-layers", "--gpu-layers"), "n_gpu_layers"),
-        (("-t", "--threads"), "threads"),
-        (("-tb", "--threads-batch"), "threads_batch"),
-        (("-b", "--batch-size"), "batch_size"),
-        (("-ub", "--ubatch-size"), "ubatch_size"),
-        (("-np", "--parallel"), "parallel"),
-        (("-fa", "--flash-attn"), "flash_attn"),
-    )
-    for flag in flags
+    flag: key for key in CLIENT_OPTIONS for flag in FLAG_SPELLINGS[key]
 }
 MAX_EXTRA_ARGS = 2 * len(set(ALLOWED_EXTRA_ARGS.values()))
 

@@ -27,7 +27,8 @@ from router.edge.usage import UsageCounter
 from router.errors import ChildTimeout, RouterError, Unavailable, WireError, sse_error_event
 from router.hooks.plugin_types import Principal
 from router.hooks.plugins import Plugins, call_each, has_implementations
-from router.models.pool import ModelPool, ModelState
+from router.models.pool import ModelPool
+from router.models.state import ModelState
 from router.processes.wire import RequestBody, WireResponse
 
 log = logging.getLogger("router.edge.proxy")

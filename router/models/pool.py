@@ -10,82 +10,41 @@ how peers ended up with requests waiting forever during an unload.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from router.child_options import effective_child_options
 from router.errors import (
     Conflict,
     ModelLoadFailed,
     ModelNotFound,
-    PluginFailed,
     QueueFull,
     RouterError,
     Unavailable,
 )
-from router.hooks.plugin_types import ModelInfo, PluginContext
-from router.hooks.plugins import Plugins, call_each_now, call_first_now
+from router.hooks.plugin_types import PluginContext
+from router.hooks.plugins import Plugins
 from router.models.confd import ConfigProblem
+from router.models.pool_hooks import PoolHooks
 from router.models.scheduler import (
-    ModelView,
     Status,
     Waiting,
     backoff_s,
     idle_expired,
     plan,
 )
+from router.models.state import ModelState
 from router.processes.supervisor import ChildExit, Supervisor
 from router.processes.wire import ChildConnections
 from router.spec import ModelSpec
 
 log = logging.getLogger("router.models.pool")
-
-
-@dataclass
-class ModelState:
-    """One model as the router knows it: what ``GET /models`` shows."""
-
-    spec: ModelSpec
-    status: Status = Status.UNLOADED
-    in_flight: int = 0
-    last_used: float = 0.0
-    args: list[str] | None = None
-    # From POST /models/load: ``extra_args`` for the start it asked for, then forgotten, so
-    # that a later autoload by someone else runs the operator's settings; ``running_extra_args``
-    # are those of the child running now.
-    extra_args: tuple[str, ...] = ()
-    running_extra_args: tuple[str, ...] = ()
-    failures: int = 0  # consecutive failed starts or crashes
-    retry_at: float = -math.inf
-    exit_code: int | None = None
-    last_error: str = ""
-    is_failed: bool = False
-    failure_kind: str = "internal"  # why it could not load, in a word (ModelLoadFailed.kind)
-    client: ChildConnections | None = None  # to the child, while it is loaded
-    pid: int | None = None  # its process, while it is loaded
-    config_error: str = ""  # its conf.d file is broken now; the last good settings stay
-    pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
-    restart_when_stopped: bool = False  # it was running when its settings changed
-    is_retired: bool = False  # its file was deleted: delisted once it has stopped
-
-    def view(self) -> ModelView:
-        return ModelView(
-            id=self.spec.id,
-            status=self.status,
-            in_flight=self.in_flight,
-            last_used=self.last_used,
-            is_pinned=self.spec.is_pinned,
-            retry_at=self.retry_at,
-            ttl_s=self.spec.ttl_s,
-        )
 
 
 @dataclass
@@ -118,10 +77,7 @@ class ModelPool:
         self._supervisor: Supervisor | None = None
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # wakes the idle timers after any change
-        self._plugins = plugins
-        self.context: PluginContext | None = None
-        self._child_defaults = child_defaults or {}  # to show plugins the effective options
-        self._child_options = child_options or {}
+        self.hooks = PoolHooks(plugins, self.models, child_defaults or {}, child_options or {})
 
     def attach(
         self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
@@ -130,63 +86,12 @@ class ModelPool:
         what plugins see of the router."""
         self._supervisor = supervisor
         self._nursery = nursery
-        self.context = context
-
-    # ---- what plugins see ----------------------------------------------------------------------
-
-    def info(self, state: ModelState) -> ModelInfo:
-        return ModelInfo(
-            id=state.spec.id,
-            path=state.spec.path,
-            aliases=state.spec.aliases,
-            status=state.status.value,
-            in_flight=state.in_flight,
-            last_used=state.last_used,
-            args=effective_child_options(state.spec, self._child_defaults, self._child_options),
-            is_pinned=state.spec.is_pinned,
-        )
-
-    def catalog(self) -> Mapping[str, ModelInfo]:
-        """The listed models as plugins see them, built only as far as a hook looks."""
-        return _Catalog(self)
+        self.hooks.attach(nursery, context)
 
     def _set_status(self, state: ModelState, new: Status, detail: str = "") -> None:
         old, state.status = state.status, new
-        if old is new:
-            return
-        try:
-            results = call_each_now(
-                self._plugins, "model_status",
-                model=state.spec.id, old=old.value, new=new.value, detail=detail,
-            )  # fmt: skip
-        except PluginFailed:
-            return  # logged by the plugin layer; a status report never stops the router
-        for result in results:
-            if inspect.isawaitable(result) and self._nursery is not None:
-                self._nursery.start_soon(_await_quietly, result)
-
-    def _choose_victim(self, candidates: Sequence[ModelView], incoming: str) -> str | None:
-        try:
-            victim = call_first_now(
-                self._plugins, "choose_eviction",
-                candidates=[self.info(self.models[c.id]) for c in candidates],
-                incoming=incoming, router=self.context,
-            )  # fmt: skip
-        except PluginFailed:
-            return None  # a hook wrapper failed (logged); a failing implementation is skipped
-        return victim if victim in {c.id for c in candidates} else None
-
-    def _fits(self, incoming: str, holding: Sequence[str]) -> bool:
-        try:
-            verdict = call_first_now(
-                self._plugins, "model_fits",
-                incoming=self.info(self.models[incoming]),
-                loaded=[self.info(self.models[m]) for m in holding if m in self.models],
-                router=self.context,
-            )  # fmt: skip
-        except PluginFailed:
-            return True
-        return verdict is not False
+        if old is not new:
+            self.hooks.report_status(state.spec.id, old, new, detail)
 
     def apply_catalog(
         self, specs: Mapping[str, ModelSpec], problems: Mapping[str, ConfigProblem]
@@ -426,8 +331,8 @@ class ModelPool:
             [Waiting(w.ticket, w.model) for w in self._queue],
             models_max=self.models_max,
             now=self._clock(),
-            choose_victim=self._choose_victim,
-            fits=self._fits,
+            choose_victim=self.hooks.choose_victim,
+            fits=self.hooks.fits,
         )
         by_ticket = {w.ticket: w for w in self._queue}
         for ticket in decisions.admit:
@@ -495,37 +400,6 @@ class ModelPool:
             f"(last: exit code {state.exit_code}: {state.last_error}); "
             f"not restarting it for another {wait_s:.0f}s"
         )
-
-
-class _Catalog(Mapping[str, ModelInfo]):
-    """A read-only view of the pool's models that builds each ModelInfo on access: the
-    default resolver only asks ``requested in catalog`` on every request."""
-
-    def __init__(self, pool: ModelPool) -> None:
-        self._pool = pool
-
-    def __getitem__(self, model_id: str) -> ModelInfo:
-        state = self._pool.models.get(model_id)
-        if state is None or state.is_retired:
-            raise KeyError(model_id)
-        return self._pool.info(state)
-
-    def __contains__(self, model_id: object) -> bool:
-        state = self._pool.models.get(model_id) if isinstance(model_id, str) else None
-        return state is not None and not state.is_retired
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([m for m, state in self._pool.models.items() if not state.is_retired])
-
-    def __len__(self) -> int:
-        return sum(1 for state in self._pool.models.values() if not state.is_retired)
-
-
-async def _await_quietly(awaitable: Awaitable[object]) -> None:
-    try:
-        await awaitable
-    except Exception:
-        log.exception("a plugin's background work failed")
 
 
 def _client_for(address: str) -> ChildConnections:
