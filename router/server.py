@@ -234,6 +234,7 @@ async def _serve_http(
                 config,
                 sock,
                 max_connections=settings.max_connections,
+                send_timeout_s=settings.timeout_s,
                 shutdown_trigger=stop.wait,
                 task_status=task_status,
             )

@@ -303,7 +303,10 @@ def test_a_client_that_stops_reading_does_not_hold_its_model_for_ever(models: Pa
             wait_until(lambda: in_flight(router.base_url, "alpha") == 1, "the stream runs")
             # It reads nothing more: once every buffer is full, the router gives up on it.
             wait_until(lambda: in_flight(router.base_url, "alpha") == 0, "its slot is freed", 90)
-        assert "read nothing for 2 s" in router.stderr_text()
+            # Nor its connection: a shutdown does not wait for it for ever (Hypercorn sends
+            # under a shield; the connection's own send deadline closes it).
+            router.process.send_signal(signal.SIGTERM)
+            router.process.wait(timeout=60)
 
 
 def in_flight(base_url: str, model: str) -> int:

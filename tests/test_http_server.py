@@ -81,7 +81,15 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time
     port = sock.getsockname()[1]
     stop = trio.Event()
     await nursery.start(
-        partial(http_server.serve, app, config, sock, max_connections=8, shutdown_trigger=stop.wait)
+        partial(
+            http_server.serve,
+            app,
+            config,
+            sock,
+            max_connections=8,
+            send_timeout_s=60,
+            shutdown_trigger=stop.wait,
+        )
     )
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

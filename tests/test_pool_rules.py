@@ -141,3 +141,18 @@ async def test_concurrent_requests_for_a_model_share_one_load(
     await loaded(pool, supervisor, "m")
     assert supervisor.started == ["m"]
     assert served == ["m"] * 8
+
+
+async def test_a_clients_args_do_not_outlive_a_load_that_never_began(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pool, supervisor = attached_pool(specs("a", "b"), nursery, models_max=1, slot_timeout_s=5)
+    served: list[str] = []
+    release = trio.Event()
+    nursery.start_soon(use, pool, "a", served, release)
+    await loaded(pool, supervisor, "a")
+    pool.request_load(pool.models["b"], nursery, extra_args=("-c", "256"))
+    await trio.sleep(6)  # no slot freed in time: the load never began
+    assert supervisor.started == ["a"]
+    assert pool.models["b"].extra_args == ()  # a later autoload runs the operator's settings
+    release.set()

@@ -312,3 +312,29 @@ async def test_a_bad_chunk_size_is_a_wire_error(nursery: trio.Nursery, size_line
     with pytest.raises(WireError, match="chunk size"):
         async for _ in response.aiter_raw():
             pass
+
+
+async def test_requests_beyond_the_in_use_cap_wait_for_a_connection(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child accepts a bounded number of connections: the router never opens more than
+    MAX_IN_USE for requests (its health checks keep room), and keeps MAX_IDLE at most."""
+    monkeypatch.setattr("router.processes.wire.MAX_IN_USE", 2)
+    monkeypatch.setattr("router.processes.wire.MAX_IDLE", 1)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        while await read_request(stream):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    address, connections = await serve(nursery, handler)
+    pool = ChildConnections(address)
+    held = [await pool.request("GET", "/", [], b"", timeout_s=5) for _ in range(2)]
+    with pytest.raises(ChildTimeout, match="stayed busy"):
+        await pool.request("GET", "/", [], b"", timeout_s=5)
+    for response in held:  # read whole and given back: one stays idle, one is closed
+        assert b"".join([piece async for piece in response.aiter_raw()]) == b"ok"
+        await response.aclose()
+    assert len(pool._idle) == 1
+    assert await body_of(pool) == (200, b"ok")
+    assert len(connections) == 2
+    await pool.aclose()

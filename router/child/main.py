@@ -36,7 +36,8 @@ log = logging.getLogger("router.child")
 DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
 GRACE_FOR_ERROR_BODIES_S = 1.0
 GRACE_FOR_LAST_BYTES_S = 0.2
-MAX_CONNECTIONS = 256  # only the router connects: its pool, its health checks
+MAX_CONNECTIONS = 256  # only the router connects: its pool (128 in use, 32 idle), health checks
+SEND_TIMEOUT_S = 600.0  # the router reads what it asked for; this only bounds a broken one
 
 
 def main(argv: Sequence[str]) -> int:
@@ -181,6 +182,7 @@ async def _serve_loaded(
                 config,
                 sockets.insecure_sockets[0],
                 max_connections=MAX_CONNECTIONS,
+                send_timeout_s=SEND_TIMEOUT_S,
                 shutdown_trigger=stop_requested.wait,
                 task_status=task_status,
             )

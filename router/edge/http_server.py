@@ -52,6 +52,7 @@ async def serve(
     sock: socket.socket,
     *,
     max_connections: int,
+    send_timeout_s: float,
     shutdown_trigger: Callable[[], Awaitable[object]],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -59,8 +60,10 @@ async def serve(
 
     ``task_status.started()`` once the app has started (ASGI lifespan) and connections are
     accepted. After the trigger, no connection is accepted and running requests have
-    ``config.graceful_timeout`` seconds to finish; then the app's lifespan ends.
-    Cancellation: every connection is closed at once.
+    ``config.graceful_timeout`` seconds to finish; then every connection still open is closed
+    (even one whose client stopped reading: Hypercorn sends under a shield) and the app's
+    lifespan ends. A client that takes nothing for ``send_timeout_s`` loses its connection.
+    Cancellation: as after the trigger.
     """
     wrapped = wrap_app(finish_answers(app), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
@@ -74,12 +77,26 @@ async def serve(
         await lifespan.wait_for_startup()
         state = ConnectionState(lifespan_state.copy())
 
+        open_clients = _OpenClients()
+
         async def connection(stream: trio.SocketStream) -> None:
-            client = _ClientStream(stream)
+            client = _ClientStream(stream, send_timeout_s)
             server = TCPServer(wrapped, config, context, state, client)  # type: ignore[arg-type]
             server.idle_task = idle_timer = _IdleTimer()
             client.on_end = idle_timer.end  # nothing more can come: stop waiting for it
-            await server
+            open_clients.add(client)
+            try:
+                await server
+            finally:
+                open_clients.discard(client)
+
+        async def close_stragglers(deadline: float) -> None:
+            """At the graceful deadline, close what is still open: a send blocked under
+            Hypercorn's shield wakes only when its socket closes."""
+            with trio.CancelScope(shield=True):
+                with trio.move_on_at(deadline):
+                    await open_clients.wait_until_none()
+                await open_clients.close_all()
 
         async with trio.open_nursery() as connections:
             task_status.started()
@@ -97,9 +114,36 @@ async def serve(
                     accepting.cancel_scope.cancel()
             finally:
                 await context.terminated.set()  # idle connections close; busy ones finish
-                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                deadline = trio.current_time() + config.graceful_timeout
+                connections.cancel_scope.deadline = deadline
+                connections.start_soon(close_stragglers, deadline)
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+class _OpenClients:
+    """The connections being served, so that shutdown can wait for them, then close them."""
+
+    def __init__(self) -> None:
+        self._clients: set[_ClientStream] = set()
+        self._none_left = trio.Event()
+
+    def add(self, client: _ClientStream) -> None:
+        self._clients.add(client)
+
+    def discard(self, client: _ClientStream) -> None:
+        self._clients.discard(client)
+        if not self._clients:
+            self._none_left.set()
+            self._none_left = trio.Event()
+
+    async def wait_until_none(self) -> None:
+        if self._clients:
+            await self._none_left.wait()
+
+    async def close_all(self) -> None:
+        for client in list(self._clients):
+            await client.aclose()
 
 
 class _IdleTimer(TrioSingleTask):
@@ -132,8 +176,9 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     made that send fail with BusyResourceError, a traceback in the log for each such request.
     """
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, send_timeout_s: float) -> None:
         self._stream = stream
+        self._send_timeout_s = send_timeout_s
         self.socket = stream.socket  # Hypercorn reads the addresses from it
         self.on_end: Callable[[], Awaitable[None]] | None = None
         self._is_sending = False
@@ -155,9 +200,16 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._is_sending = True
         try:
-            await self._stream.send_all(data)
+            # A deadline of its own: it fires even inside the shield Hypercorn sends under.
+            with trio.move_on_after(self._send_timeout_s) as waiting:
+                await self._stream.send_all(data)
         finally:
             self._is_sending = False
+        if waiting.cancelled_caught:
+            await self._stream.aclose()
+            raise trio.BrokenResourceError(
+                f"the client read nothing for {self._send_timeout_s:g} s: connection closed"
+            )
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()

@@ -263,6 +263,11 @@ class ModelPool:
                     pass
             except RouterError as exc:
                 log.warning("loading %s failed: %s", state.spec.id, exc.message)
+            finally:
+                # No load began (no slot in time, backing off, cancelled): the client's
+                # arguments must not wait for someone else's autoload.
+                if state.extra_args == extra_args and state.status is Status.UNLOADED:
+                    state.extra_args = ()
 
         nursery.start_soon(load_and_release)
 

@@ -24,7 +24,8 @@ from router.processes import lifeline
 from router.processes.child_process import Child, OnReady, each_line
 from router.spec import ModelSpec
 
-SPARE_ARGV = [sys.executable, "-m", "router", "child", "--spare"]
+_CHILD_COMMAND = [sys.executable, "-m", "router", "child"]
+SPARE_ARGV = [*_CHILD_COMMAND, "--spare"]
 
 
 def own_child_argv(
@@ -32,7 +33,7 @@ def own_child_argv(
 ) -> list[str]:
     """The command line of ``llama-router child`` serving ``spec`` at ``socket_path``."""
     return [
-        sys.executable, "-m", "router", "child",
+        *_CHILD_COMMAND,
         "--model", str(spec.path),
         "--alias", spec.id,
         "--unix-socket", str(socket_path),
@@ -75,6 +76,12 @@ async def await_ready(
     if timer.cancelled_caught and not child.was_ready:
         child.fatal_error = f"not ready after {load_timeout_s:g}s (load timeout); stopped"
         child.stop_requested.set()
+
+
+def can_run_in_a_spare(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is our plain child command, which a spare can take over (a spare gets
+    only the arguments after ``child``: anything a plugin put before them would be lost)."""
+    return list(argv[: len(_CHILD_COMMAND)]) == _CHILD_COMMAND
 
 
 async def assign_to_spare(process: trio.Process, child: Child) -> bool:

@@ -119,6 +119,8 @@ class Supervisor:
             raise RuntimeError(f"model {spec.id!r} already has a child")
         child = Child(spec=spec, argv=[], env={})
         socket_path = self.socket_path(spec.id)
+        if self._is_stopping:  # a request still queued as the router stops: never a new child
+            child.launch_error = "the router is shutting down"
         try:
             if spec.command is not None:
                 child.command_address, child.port = command_children.command_address(
@@ -159,11 +161,12 @@ class Supervisor:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.assigned.set()  # with no child: it ends
-        children = list(self._children.values())
-        for child in children:
-            child.stop_requested.set()
-        for child in children:
-            await child.exited.wait()
+        while self._children:  # those started meanwhile fail at once (``start``)
+            children = list(self._children.values())
+            for child in children:
+                child.stop_requested.set()
+            for child in children:
+                await child.exited.wait()
 
     async def _run(self, holder: _Holder) -> None:
         """Run one process from spawn to exit: a model's child, or a spare until it gets one."""
@@ -311,6 +314,8 @@ class Supervisor:
             return False
         if child.env != self._base_env():
             return False  # its own environment must be there from the process's start
+        if not own_children.can_run_in_a_spare(child.argv):
+            return False  # a plugin wrapped or changed the command (numactl, nice...)
         self._spare = None
         spare.child = child
         spare.assigned.set()

@@ -29,18 +29,26 @@ RECEIVE_BYTES = 64 * 1024
 # from the caller's buffer, a slice at a time, while the answer is awaited.
 SMALL_BODY_BYTES = 64 * 1024
 SEND_SLICE_BYTES = 1024 * 1024
+MAX_IN_USE = 128  # connections carrying requests to one child at once
+MAX_IDLE = 32  # kept-alive connections waiting for the next request; a child accepts 256
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 RequestBody = bytes | bytearray | memoryview
 
 
 class ChildConnections:
-    """Keep-alive connections to one child, at ``unix:/path`` or ``http://host:port``."""
+    """Keep-alive connections to one child, at ``unix:/path`` or ``http://host:port``.
+
+    At most ``MAX_IN_USE`` requests use a connection at once (more wait for one) and at most
+    ``MAX_IDLE`` wait idle: a child accepts a bounded number of connections (and has a bounded
+    number of file descriptors), and its health checks must still find room.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
         self._idle: list[trio.abc.Stream] = []
         self._is_closed = False
+        self._in_use = trio.Semaphore(MAX_IN_USE)
 
     async def _connect(self) -> trio.abc.Stream:
         try:
@@ -72,9 +80,32 @@ class ChildConnections:
         lines = [f"{method} {target} HTTP/1.1", "Host: child", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        with trio.move_on_after(timeout_s) as waiting:
+            await self._in_use.acquire()
+        if waiting.cancelled_caught:
+            raise ChildTimeout(
+                f"every connection to {self.address} stayed busy for {timeout_s:g} s"
+            )
+        try:
+            response = await self._request(head, body, method, timeout_s)
+        except BaseException:
+            self._in_use.release()
+            raise
+        response.on_close = self._in_use.release
+        return response
+
+    async def _request(
+        self, head: bytes, body: RequestBody, method: str, timeout_s: float
+    ) -> WireResponse:
         for attempt in range(2):
             is_reused = bool(self._idle) and attempt == 0
-            stream = self._idle.pop() if is_reused else await self._connect()
+            if is_reused:
+                stream = self._idle.pop()
+            else:
+                with trio.move_on_after(timeout_s) as connecting:
+                    stream = await self._connect()
+                if connecting.cancelled_caught:
+                    raise ChildTimeout(f"{self.address} took no connection for {timeout_s:g} s")
             try:
                 return await self._exchange(stream, head, body, method, timeout_s)
             except ClosedBeforeAnswer:
@@ -146,7 +177,7 @@ class ChildConnections:
         return response
 
     async def _give_back(self, stream: trio.abc.Stream) -> None:
-        if self._is_closed:
+        if self._is_closed or len(self._idle) >= MAX_IDLE:
             await _close_quietly(stream)
         else:
             self._idle.append(stream)
@@ -185,6 +216,7 @@ class WireResponse:
         self.status_code = status
         self.headers = headers
         self._owner = owner
+        self.on_close: Callable[[], None] | None = None  # frees the request's place
         self._stream: trio.abc.Stream | None = stream
         self._buffer = rest
         self._timeout_s = timeout_s
@@ -311,10 +343,15 @@ class WireResponse:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if self._is_done and self.is_reusable and not self._buffer:
-            await self._owner._give_back(stream)
-        else:
-            await _close_quietly(stream)
+        try:
+            if self._is_done and self.is_reusable and not self._buffer:
+                await self._owner._give_back(stream)
+            else:
+                await _close_quietly(stream)
+        finally:
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close()
 
 
 def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
