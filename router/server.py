@@ -62,14 +62,15 @@ def run_router(settings: RouterSettings) -> int:
     return 0
 
 
-def check_exposure(settings: RouterSettings) -> None:
+def check_exposure(settings: RouterSettings, *, bound_address: str) -> None:
     """Refuse config writes that anyone on the network could make; warn of an open router.
 
     Config writes may add a ``command`` model or ``[env] LD_PRELOAD``: running any program as
     the router's user. Without ``--admin-api-key`` they are allowed only on a loopback address
     (a plugin's keys do not count: an installed plugin may authenticate no one).
+    ``bound_address`` is the IP address ``--host`` bound to.
     """
-    if is_loopback(settings.host):
+    if is_loopback(bound_address):
         return
     if settings.allow_config_writes and not settings.admin_api_keys:
         raise ExposureRefused(
@@ -94,8 +95,14 @@ async def serve_router(
 
     Cancellation: stops serving and stops every child (gracefully, then by force) first.
     """
-    check_exposure(settings)
-    sock = _listen(settings.host, settings.port)  # first: a port in use stops nothing else
+    sock = _bind(settings.host, settings.port)  # first: a port in use stops nothing else
+    try:
+        # Judged by the address the name bound to, not by its text; before listening.
+        check_exposure(settings, bound_address=sock.getsockname()[0])
+    except ExposureRefused:
+        sock.close()
+        raise
+    sock.listen(1024)
     plugins = load_router_plugins(settings)
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
@@ -245,8 +252,9 @@ async def _serve_http(
         task_status.started(address)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The router's listening socket; CannotListen, saying what to do, if it cannot be had."""
+def _bind(host: str, port: int) -> socket.socket:
+    """The router's socket, bound but not yet listening; CannotListen, saying what to do, if
+    it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -260,6 +268,5 @@ def _listen(host: str, port: int) -> socket.socket:
             errno.EACCES: "ports below 1024 need privileges: choose --port 1024 or above",
         }.get(exc.errno or 0, "check --host and --port")
         raise CannotListen(f"cannot listen on {host} port {port}: {exc.strerror}; {hint}") from None
-    sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -110,3 +110,14 @@ def test_a_bad_environment_value_is_one_line(
 def test_a_missing_conf_dir_is_one_line(tmp_path: Path) -> None:
     line = one_line_error("serve", "--models-dir", str(tmp_path), "--conf-dir", "nowhere")
     assert "--conf-dir nowhere is not a folder" in line
+
+
+def test_exposure_is_judged_by_the_address_bound_not_the_name(tmp_path: Path) -> None:
+    from router.errors import ExposureRefused
+    from router.server import check_exposure
+    from router.settings import RouterSettings
+
+    settings = RouterSettings(host="router.localhost", allow_config_writes=True)
+    check_exposure(settings, bound_address="127.0.0.1")
+    with pytest.raises(ExposureRefused):
+        check_exposure(settings, bound_address="192.0.2.10")  # the name resolved elsewhere

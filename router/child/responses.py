@@ -209,7 +209,14 @@ async def sse_events(
         if isinstance(item, str):
             yield sse_event(shape.piece(item))
         elif isinstance(item, Finished):
-            yield sse_event(shape.final(item))
+            # As llama-server: the last chunk says what the request cost even without
+            # include_usage, so the router can count its tokens (per-key limits).
+            final = shape.final(item)
+            final["timings"] = {
+                "prompt_n": item.prompt_tokens,
+                "predicted_n": item.completion_tokens,
+            }
+            yield sse_event(final)
             if include_usage:
                 yield sse_event(usage_chunk(shape.ids, item, shape.object_name))
         else:
