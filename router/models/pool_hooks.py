@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -107,7 +107,9 @@ class _Catalog(Mapping[str, ModelInfo]):
     """A read-only view of the models that builds each ModelInfo on access: the default
     resolver only asks ``requested in catalog`` on every request."""
 
-    def __init__(self, models: Mapping[str, ModelState], info: Any) -> None:
+    def __init__(
+        self, models: Mapping[str, ModelState], info: Callable[[ModelState], ModelInfo]
+    ) -> None:
         self._models = models
         self._info = info
 
@@ -115,8 +117,7 @@ class _Catalog(Mapping[str, ModelInfo]):
         state = self._models.get(model_id)
         if state is None or state.is_retired:
             raise KeyError(model_id)
-        info: ModelInfo = self._info(state)
-        return info
+        return self._info(state)
 
     def __contains__(self, model_id: object) -> bool:
         state = self._models.get(model_id) if isinstance(model_id, str) else None

@@ -77,8 +77,10 @@ async def await_healthy(
     assert child.command_address is not None
     address, path = child.command_address, child.spec.health
     with trio.move_on_after(load_timeout_s):
+        is_port_proven = child.port is None  # a Unix socket in our private folder needs no proof
         while process.returncode is None:
-            if child.port is not None:
+            if not is_port_proven:
+                assert child.port is not None
                 owners = await trio.to_thread.run_sync(listener_pids, child.port)
                 strangers = {pid for pid in owners if process_group(pid) != process.pid}
                 if strangers:
@@ -92,6 +94,9 @@ async def await_healthy(
                 if not owners:  # not listening yet
                     await trio.sleep(poll_s)
                     continue
+                # Ours, listening: no one else can bind it while it does. Once is enough,
+                # not a scan of every process's descriptors per health poll of a long load.
+                is_port_proven = True
             try:
                 if await wire.probe(address, path, timeout_s=HEALTH_TIMEOUT_S) == 200:
                     on_ready(child, address, process)
