@@ -96,7 +96,7 @@ def test_ttl_unloads_an_idle_model(site: Path) -> None:
         assert complete(router, "brief").status_code == 200
         assert statuses(router)["brief"] == "loaded"
         wait_until(lambda: statuses(router)["brief"] == "unloaded", "the ttl unloads it")
-        assert "idle for its ttl" in router.stderr_text()
+        wait_until(lambda: "idle for its ttl" in router.stderr_text(), "the reason is logged")
 
 
 def test_load_on_startup(site: Path) -> None:
@@ -333,7 +333,7 @@ def test_reload_endpoint_and_sighup(site: Path) -> None:
         (site / "conf.d" / "late.toml").unlink()
         router.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "late" not in statuses(router), "SIGHUP rescans")
-        assert "SIGHUP" in router.stderr_text()
+        wait_until(lambda: "SIGHUP" in router.stderr_text(), "the signal is logged")
 
 
 def test_router_file_defaults_and_settings(site: Path) -> None:

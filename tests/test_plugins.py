@@ -213,7 +213,8 @@ def test_a_plugin_that_raises_is_named_in_the_500(models: Path, tmp_path: Path) 
         assert response.status_code == 500
         assert str(plugin) in response.json()["error"]["message"]
         assert "resolve_model" in response.json()["error"]["message"]
-        assert "plugin" in router.stderr_text()
+        # The log line may reach the reader thread just after the answer does.
+        wait_until(lambda: "plugin" in router.stderr_text(), "the failure is logged", 10)
         assert httpx.get(f"{router.base_url}/health").status_code == 200
 
 

@@ -121,7 +121,7 @@ def test_router_sigterm_stops_children_gracefully_and_exits(models: Path) -> Non
         router.process.send_signal(signal.SIGTERM)
         assert router.process.wait(timeout=30) == 0
         assert not [pid for pid in children if pid_is_alive(pid)]
-        assert "[good] stopping" in router.stderr_text()
+        wait_until(lambda: "[good] stopping" in router.stderr_text(), "the stop is logged")
         socket_dir = Path(router.stderr_text().split("unix:")[1].split()[0]).parent
         assert not socket_dir.exists()  # the private runtime directory is removed
 
