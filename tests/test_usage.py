@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.child import responses
-from router.child.engine import Finished, FinishReason
+from router.child.engine import Finished, FinishReason, Piece
 from router.edge.usage import EVENT_BYTES, HEAD_BYTES, TAIL_BYTES, UsageCounter
 from router.hooks.plugin_types import Usage
 from tests.processes import running_router
@@ -39,9 +39,9 @@ def _child_stream(shape: str, pieces: Sequence[str], *, include_usage: bool) -> 
     """The bytes ``llama-router child`` streams for ``pieces`` (5 prompt tokens)."""
     finished = Finished(FinishReason.LENGTH, prompt_tokens=5, completion_tokens=len(pieces))
 
-    async def items() -> AsyncIterator[str | Finished]:
+    async def items() -> AsyncIterator[Piece | Finished]:
         for piece in pieces:
-            yield piece
+            yield Piece(piece)
         yield finished
 
     async def collect() -> bytes:

@@ -151,9 +151,17 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             [
                 {
                     "id": state.id,
-                    "n_ctx": info.n_ctx,
+                    "n_ctx": state.n_ctx,
+                    "speculative": False,
                     "is_processing": state.is_processing,
-                    "next_token": {"n_decoded": state.n_decoded},
+                    "n_prompt_tokens": state.n_prompt_tokens,
+                    "n_prompt_tokens_cache": state.n_prompt_tokens_cache,
+                    "n_prompt_tokens_processed": state.n_prompt_tokens_processed,
+                    "n_cached_tokens": state.n_cached,
+                    "next_token": {
+                        "has_next_token": state.is_processing,
+                        "n_decoded": state.n_decoded,
+                    },
                 }
                 for state in engine.slot_states()
             ]
@@ -203,7 +211,8 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         generation = _generation_request(tokens, parsed.settings, "prompt", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="cmpl")
         if not parsed.settings.stream:
-            text, finished = await service.complete(generation)
+            pieces, finished = await service.complete(generation)
+            text = "".join(piece.text for piece in pieces)
             return json_response(responses.text_completion(ids, echo + text, finished))
         channel = await service.start_stream(app.nursery, generation)
         events = responses.sse_events(
@@ -229,7 +238,8 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         generation = _generation_request(tokens, parsed.settings, "messages", info.n_ctx)
         ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
         if not parsed.settings.stream:
-            text, finished = await service.complete(generation)
+            pieces, finished = await service.complete(generation)
+            text = "".join(piece.text for piece in pieces)
             return json_response(responses.chat_completion(ids, text, finished))
         channel = await service.start_stream(app.nursery, generation)
         events = responses.sse_events(
@@ -291,6 +301,7 @@ def _generation_request(
         stop=settings.stop,
         sampling=settings.sampling,
         ignore_eos=settings.ignore_eos,
+        cache_prompt=settings.cache_prompt,
     )
 
 

@@ -1,26 +1,21 @@
-"""The Engine, implemented with llama-cpp-python: one shared model, one context per slot.
+"""The Engine, implemented with llama-cpp-python: one model, one context, continuous batching.
 
-``--parallel N`` gives N llama contexts that share one copy of the weights (llama-cpp-python's
-``Llama`` owns one model and one context; we build the extra contexts on its model). Each
-generation runs on a worker thread and hands its text to the Trio loop with
-``run_sync_soon`` (it never waits for the loop), and checks a cancellation flag between
-tokens, so a client that leaves stops its generation within one token.
-
-Chat templates live in ``chat_templates.py`` and the per-slot contexts in ``slots.py``; this
-module owns the engine: loading, handing out slots, the token loop, sampling, embeddings.
-It reaches into a few private parts of llama-cpp-python (``_internals``, the ``Llama``
-object's model); the version is pinned in ``scripts/bootstrap.sh`` and the tests in
-``tests/child/`` exercise every part used.
+``--parallel N`` gives one llama context with N sequences (slots) that split ``--ctx-size``
+between them, as llama-server's do; ``decode_loop.py`` decodes them all together on one
+thread. This module owns the rest: loading, tokenizing, chat templates, the sampler each
+generation gets (``sampling.py``), embeddings (``embedding_context.py``) and the facts
+``/props`` reports. It reaches into a few private parts of llama-cpp-python (``_internals``,
+the ``Llama`` object's model); the version is pinned in ``scripts/bootstrap.sh`` and the tests
+in ``tests/child/`` exercise every part used.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
+import dataclasses
 import math
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,13 +23,13 @@ import llama_cpp
 import numpy as np
 import trio
 from llama_cpp import _internals as internals
-from llama_cpp.llama_grammar import LlamaGrammar
 
 from router.child.chat_templates import ChatTemplate
+from router.child.decode_loop import DecodeLoop, Item, Job
+from router.child.embedding_context import EmbeddingContext
 from router.child.engine import (
     Embeddings,
-    Finished,
-    FinishReason,
+    EngineMetrics,
     GenerationRequest,
     ModelInfo,
     SamplingParams,
@@ -43,9 +38,9 @@ from router.child.engine import (
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.options import EngineOptions, FlashAttention, Pooling
+from router.child.sampling import build_sampler
 from router.child.slots import Slot
-from router.child.stops import StopScanner
-from router.errors import InvalidField, ModelLoadFailed
+from router.errors import InvalidField, ModelLoadFailed, NotSupported
 
 _FLASH_ATTN_TYPES = {
     FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -62,7 +57,7 @@ _POOLING_TYPES = {
 
 
 class LlamaCppEngine:
-    """A loaded GGUF model; build it with :meth:`load`."""
+    """A loaded GGUF model; build it with :meth:`load`, run it inside :meth:`decoding`."""
 
     def __init__(self, options: EngineOptions) -> None:
         """Load the model (blocking: call through :meth:`load`).
@@ -74,10 +69,11 @@ class LlamaCppEngine:
         capture_llama_log()
         recent_llama_errors()  # forget errors of earlier loads
         self._options = options
+        n_ctx_asked = options.ctx_size
         try:
             self._llama = llama_cpp.Llama(
                 model_path=str(options.model_path),
-                n_ctx=options.ctx_size,
+                n_ctx=max(1, n_ctx_asked // options.parallel) if n_ctx_asked else 0,
                 n_batch=options.batch_size,
                 n_ubatch=options.ubatch_size,
                 n_threads=options.effective_threads,
@@ -96,26 +92,62 @@ class LlamaCppEngine:
             raise ModelLoadFailed(
                 f"llama.cpp could not load {options.model_path}: {reason}", kind="llama_error"
             ) from exc
-        # The Llama object made a context with flash attention forced on or off; our slots
-        # get the setting asked for (auto included), so we free that one.
+        # The Llama object made a context of its own, with flash attention forced on or off;
+        # we free it and make ours: one for generation, and one for embeddings if asked.
         self._llama._ctx.close()
-        params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
-        params.flash_attn_type = _FLASH_ATTN_TYPES[options.flash_attn]
-        self._slots: list[Slot] = []
+        model = self._llama._model
+        self._vocab = model.vocab
+        self._embedding_context: EmbeddingContext | None = None
+        self._embedding_lock = trio.Lock()
+        self._context: internals.LlamaContext | None = None
+        self._loop: DecodeLoop | None = None
         try:
             self._chat_template = ChatTemplate.for_model(self._llama, options.chat_template)
-            for _ in range(options.parallel):
-                self._slots.append(Slot.sharing_model_of(self._llama, params))
+            self._context = self._generation_context(options)
+            n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._context.ctx)
+            if options.embeddings:
+                params = self._context_params(options)
+                params.n_ctx = n_ctx_seq
+                self._embedding_context = EmbeddingContext.sharing_model_of(self._llama, params)
+            self._end_of_generation_tokens = [
+                token for token in (model.token_eos(), model.token_eot()) if token >= 0
+            ]
+            self._loop = DecodeLoop(
+                self._context,
+                slots=[Slot(id=index, n_ctx=n_ctx_seq) for index in range(options.parallel)],
+                n_batch=llama_cpp.llama_n_batch(self._context.ctx),
+                n_vocab=model.n_vocab(),
+                n_swa=llama_cpp.llama_model_n_swa(model.model),
+                vocab=self._vocab,
+                make_sampler=self._sampler,
+                token_piece=partial(_token_piece, self._vocab),
+                slot_prompt_similarity=options.slot_prompt_similarity,
+            )
         except BaseException:
-            self.close()  # the weights and the slots made so far
+            self.close()  # the weights and the contexts made so far
             raise
-        self._free_slots = list(self._slots)
-        self._vocab = self._llama._model.vocab
-        model = self._llama._model
-        self._end_of_generation_tokens = [
-            token for token in (model.token_eos(), model.token_eot()) if token >= 0
-        ]
-        self.info = self._model_info()
+        self.info = self._model_info(n_ctx_seq)
+
+    def _context_params(self, options: EngineOptions) -> llama_cpp.llama_context_params:
+        params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
+        params.flash_attn_type = _FLASH_ATTN_TYPES[options.flash_attn]
+        return params
+
+    def _generation_context(self, options: EngineOptions) -> internals.LlamaContext:
+        """One context, one sequence per slot, each with its share of the KV cache."""
+        params = self._context_params(options)
+        params.n_ctx = options.ctx_size  # 0: the context the model was trained with
+        params.n_seq_max = options.parallel
+        params.kv_unified = False
+        params.embeddings = False
+        try:
+            return internals.LlamaContext(model=self._llama._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise ModelLoadFailed(
+                f"could not create a context of {params.n_ctx} tokens: not enough memory? "
+                "Try a smaller --ctx-size or --parallel",
+                kind="out_of_memory",
+            ) from exc
 
     @classmethod
     async def load(cls, options: EngineOptions) -> LlamaCppEngine:
@@ -127,15 +159,53 @@ class LlamaCppEngine:
         engine = await trio.to_thread.run_sync(cls, options)
         return engine
 
+    @contextlib.asynccontextmanager
+    async def decoding(self) -> AsyncIterator[None]:
+        """Run the decode loop's thread for the duration of the block.
+
+        On the way out, generations still running end with an error and the thread is
+        joined before this returns.
+        """
+        loop = self._running_loop()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    trio.to_thread.run_sync,
+                    loop.run,
+                    trio.lowlevel.current_trio_token(),
+                    thread_name="decode loop",
+                )
+            )
+            try:
+                yield
+            finally:
+                loop.stop()
+
+    def _running_loop(self) -> DecodeLoop:
+        assert self._loop is not None
+        return self._loop
+
     @property
     def capacity(self) -> int:
-        return len(self._slots)
+        return len(self._running_loop().slots)
 
     def slot_states(self) -> list[SlotState]:
         return [
-            SlotState(id=index, is_processing=slot.is_processing, n_decoded=slot.n_decoded)
-            for index, slot in enumerate(self._slots)
+            SlotState(
+                id=slot.id,
+                n_ctx=slot.n_ctx,
+                is_processing=slot.is_processing,
+                n_prompt_tokens=slot.n_prompt_tokens,
+                n_prompt_tokens_cache=slot.n_prompt_tokens_cache,
+                n_prompt_tokens_processed=slot.n_prompt_tokens_processed,
+                n_decoded=slot.n_decoded,
+                n_cached=len(slot.cached),
+            )
+            for slot in self._running_loop().slots
         ]
+
+    def metrics(self) -> EngineMetrics:
+        return dataclasses.replace(self._running_loop().metrics)
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         for token in sampling.logit_bias:
@@ -206,152 +276,48 @@ class LlamaCppEngine:
 
     @contextlib.asynccontextmanager
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TextStream]:
-        """See ``engine.py``. Cancellation: stops the worker within one token, then raises."""
-        slot = self._free_slots.pop()
-        send, receive = trio.open_memory_channel[str | Finished | BaseException](math.inf)
-        is_cancelled = threading.Event()
-        deliver = partial(_deliver_from_thread, trio.lowlevel.current_trio_token(), send)
+        """See ``engine.py``. Raises Unavailable once the decode loop has stopped."""
+        send, receive = trio.open_memory_channel[Item](math.inf)
+        job = Job(request, send)
+        self._running_loop().submit(job)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(
-                        trio.to_thread.run_sync,
-                        self._generate_blocking,
-                        slot,
-                        request,
-                        deliver,
-                        is_cancelled,
-                    )
-                )
-                try:
-                    yield TextStream(receive)
-                finally:
-                    is_cancelled.set()
+            yield TextStream(receive)
         finally:
+            job.cancelled = True  # the loop frees the slot at its next step
             receive.close()
-            self._free_slots.append(slot)
 
-    def _generate_blocking(
-        self,
-        slot: Slot,
-        request: GenerationRequest,
-        deliver: Callable[[str | Finished | BaseException | None], None],
-        is_cancelled: threading.Event,
-    ) -> None:
-        """The per-token loop, on a worker thread; every outcome ends with ``deliver(None)``."""
-        try:
-            finished = self._run_generation(slot, request, deliver, is_cancelled)
-            deliver(finished)
-        except Exception as exc:
-            slot.forget_prompt()
-            deliver(exc)
-        finally:
-            deliver(None)
-
-    def _run_generation(
-        self,
-        slot: Slot,
-        request: GenerationRequest,
-        deliver: Callable[[str], None],
-        is_cancelled: threading.Event,
-    ) -> Finished:
-        prompt = list(request.prompt_tokens)
-        n_ctx = self.info.n_ctx
-        budget = n_ctx - len(prompt)
-        if request.max_tokens is not None:
-            budget = min(budget, request.max_tokens)
-        sampler = self._sampler(request.sampling, ignore_eos=request.ignore_eos)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        scanner = StopScanner(request.stop)
-        reason = FinishReason.LENGTH
-        n_generated = 0
-        hit_stop_string = False
-        slot.is_processing, slot.n_decoded = True, 0
-        try:
-            if budget > 0:
-                slot.load_prompt(prompt)
-            while n_generated < budget:
-                if is_cancelled.is_set():
-                    reason = FinishReason.CANCELLED
-                    break
-                token = sampler.sample(slot.context, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    reason = FinishReason.STOP
-                    break
-                n_generated += 1
-                slot.n_decoded = n_generated
-                text, hit_stop_string = scanner.feed(
-                    decoder.decode(_token_piece(self._vocab, token))
-                )
-                if text:
-                    deliver(text)
-                if hit_stop_string:
-                    reason = FinishReason.STOP
-                    break
-                if n_generated < budget:
-                    slot.llama.eval([token])
-            if not hit_stop_string and reason is not FinishReason.CANCELLED:
-                tail = scanner.flush() + decoder.decode(b"", final=True)
-                if tail:
-                    deliver(tail)
-        finally:
-            slot.is_processing = False
-            sampler.close()
-        return Finished(reason=reason, prompt_tokens=len(prompt), completion_tokens=n_generated)
-
-    def _sampler(self, params: SamplingParams, *, ignore_eos: bool) -> internals.LlamaSampler:
-        """A llama.cpp sampler chain in llama-server's order."""
-        sampler = internals.LlamaSampler()
-        n_vocab = self.info.n_vocab
-        logit_bias = dict(params.logit_bias)
-        if ignore_eos:
-            logit_bias.update((token, -math.inf) for token in self._end_of_generation_tokens)
-        if logit_bias:
-            sampler.add_logit_bias(n_vocab, logit_bias)
-        if params.grammar is not None:
-            grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-            sampler.add_grammar(self._llama._model, grammar)
-        sampler.add_penalties(
-            n_vocab=n_vocab,
-            penalty_last_n=params.repeat_last_n,
-            penalty_repeat=params.repeat_penalty,
-            penalty_freq=params.frequency_penalty,
-            penalty_present=params.presence_penalty,
+    def _sampler(self, request: GenerationRequest) -> internals.LlamaSampler:
+        return build_sampler(
+            request.sampling,
+            model=self._llama._model,
+            n_vocab=self.info.n_vocab,
+            default_seed=self._llama._seed,
+            banned_tokens=self._end_of_generation_tokens if request.ignore_eos else (),
         )
-        if params.temperature <= 0.0:
-            sampler.add_greedy()
-            return sampler
-        seed = params.seed if params.seed is not None and params.seed >= 0 else self._llama._seed
-        sampler.add_top_k(params.top_k)
-        sampler.add_typical(params.typical_p, 1)
-        sampler.add_top_p(params.top_p, 1)
-        sampler.add_min_p(params.min_p, 1)
-        sampler.add_temp(params.temperature)
-        sampler.add_dist(seed)
-        return sampler
 
     # ---- embeddings ----------------------------------------------------------------------
 
     async def embed(self, texts: list[str]) -> Embeddings:
-        slot = self._free_slots.pop()
-        try:
-            return await trio.to_thread.run_sync(self._embed_blocking, slot, texts)
-        finally:
-            self._free_slots.append(slot)
+        if self._embedding_context is None:
+            raise NotSupported("this model serves no embeddings: start it with --embeddings")
+        async with self._embedding_lock:
+            return await trio.to_thread.run_sync(
+                self._embed_blocking, self._embedding_context, texts
+            )
 
-    def _embed_blocking(self, slot: Slot, texts: list[str]) -> Embeddings:
-        slot.forget_prompt()
-        if slot.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+    def _embed_blocking(self, context: EmbeddingContext, texts: list[str]) -> Embeddings:
+        context.forget_prompt()
+        if context.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             # A model without pooling gives one vector per token, which we average. Those
             # come out wrong for all but the first text of a batch (llama-cpp-python 0.3.36),
             # so each text gets its own batch.
             raw, n_tokens = [], 0
             for text in texts:
-                vectors, count = slot.llama.embed([text], truncate=True, return_count=True)
+                vectors, count = context.llama.embed([text], truncate=True, return_count=True)
                 raw.append(np.asarray(vectors[0], dtype=np.float64).mean(axis=0))
                 n_tokens += count
         else:
-            raw, n_tokens = slot.llama.embed(texts, truncate=True, return_count=True)
+            raw, n_tokens = context.llama.embed(texts, truncate=True, return_count=True)
         normalized = []
         for item in raw:
             array = np.asarray(item, dtype=np.float64)
@@ -362,17 +328,22 @@ class LlamaCppEngine:
     # ---- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        for slot in self._slots:
-            slot.close()
+        """Free the contexts, then the model; the decode loop must have stopped."""
+        if self._loop is not None:
+            self._loop.close()
+        if self._embedding_context is not None:
+            self._embedding_context.close()
+        if self._context is not None:
+            self._context.close()
         self._llama.close()
 
     # ---- facts ---------------------------------------------------------------------------
 
-    def _model_info(self) -> ModelInfo:
+    def _model_info(self, n_ctx_seq: int) -> ModelInfo:
         model = self._llama._model
         return ModelInfo(
             model_path=str(self._options.model_path),
-            n_ctx=self._slots[0].context.n_ctx(),
+            n_ctx=n_ctx_seq,
             n_ctx_train=model.n_ctx_train(),
             n_vocab=model.n_vocab(),
             n_embd=model.n_embd(),
@@ -383,7 +354,7 @@ class LlamaCppEngine:
             chat_template_source=self._chat_template.source,
             bos_token=self._chat_template.bos_token,
             eos_token=self._chat_template.eos_token,
-            total_slots=len(self._slots),
+            total_slots=self._options.parallel,
             n_threads=self._options.effective_threads,
             embeddings=self._options.embeddings,
             max_token_bytes=_max_token_bytes(self._vocab),
@@ -434,22 +405,3 @@ def _token_piece(vocab: Any, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(-n)
         n = llama_cpp.llama_token_to_piece(vocab, token, buffer, -n, 0, False)
     return buffer.raw[:n]
-
-
-def _deliver_from_thread(
-    trio_token: trio.lowlevel.TrioToken,
-    send: trio.MemorySendChannel[str | Finished | BaseException],
-    item: str | Finished | BaseException | None,
-) -> None:
-    """Queue ``item`` for the loop without waiting for it; ``None`` closes the stream."""
-
-    def on_loop() -> None:
-        try:
-            if item is None:
-                send.close()
-            else:
-                send.send_nowait(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the reader left; the cancellation flag stops the worker
-
-    trio_token.run_sync_soon(on_loop)

@@ -127,7 +127,8 @@ async def serve_model(
             watch_parent_scope.cancel()
             if stopped_while_loading.is_set():
                 return 0
-            return await _serve_loaded(engine, serve_options, lifeline)
+            async with engine.decoding():
+                return await _serve_loaded(engine, serve_options, lifeline)
         finally:
             engine.close()
 

@@ -39,6 +39,7 @@ class EngineOptions:
     batch_size: int = 2048
     ubatch_size: int = 512
     parallel: int = 1
+    slot_prompt_similarity: float = 0.1
     chat_template: str | None = None  # a built-in name or a Jinja template; None: the GGUF's
     embeddings: bool = False
     pooling: Pooling = Pooling.MODEL
@@ -75,6 +76,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
 def add_child_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``llama-router child`` flags (a subset of llama-server's, same spellings)."""
     model = parser.add_argument_group("model")
@@ -85,7 +93,8 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
         "--ctx-size",
         type=int,
         default=4096,
-        help="context size in tokens per slot (default: 4096; 0: the model's)",
+        help="context size in tokens, split evenly between the --parallel slots "
+        "(default: 4096; 0: the model's)",
     )
     model.add_argument(
         "-ngl",
@@ -128,7 +137,16 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
         "--parallel",
         type=_positive,
         default=1,
-        help="requests served at once, one context each (default: 1)",
+        help="requests decoded at once, in one batch; each slot gets --ctx-size / N tokens "
+        "(default: 1)",
+    )
+    model.add_argument(
+        "-sps",
+        "--slot-prompt-similarity",
+        type=_fraction,
+        default=0.1,
+        help="a request goes to the slot whose cached tokens start its prompt, when they are "
+        "more than this part of it; else to the slot used longest ago (default: 0.1; 0: never)",
     )
     model.add_argument(
         "--chat-template",
@@ -194,6 +212,7 @@ def options_from_arguments(args: argparse.Namespace) -> tuple[EngineOptions, Ser
         batch_size=args.batch_size,
         ubatch_size=args.ubatch_size,
         parallel=args.parallel,
+        slot_prompt_similarity=args.slot_prompt_similarity,
         chat_template=args.chat_template,
         embeddings=args.embeddings,
         pooling=Pooling(args.pooling),

@@ -30,6 +30,7 @@ class GenerationSettings:
     ignore_eos: bool
     stream: bool
     include_usage: bool
+    cache_prompt: bool = True
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def _generation_settings(
         ignore_eos=_bool(body, "ignore_eos", False),
         stream=stream,
         include_usage=include_usage,
+        cache_prompt=_bool(body, "cache_prompt", True),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.child.engine import Finished, FinishReason
+from router.child.engine import Finished, FinishReason, Piece
 from router.errors import RouterError, sse_error_event
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -34,6 +34,31 @@ def usage(finished: Finished) -> dict[str, int]:
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+def timings(finished: Finished) -> dict[str, float]:
+    """llama-server's ``timings``: ``prompt_n`` counts the prompt tokens evaluated, ``cache_n``
+    those the prompt cache gave."""
+    prompt_n = finished.prompt_tokens - finished.cached_tokens
+    return {
+        "cache_n": finished.cached_tokens,
+        "prompt_n": prompt_n,
+        "prompt_ms": finished.prompt_ms,
+        "prompt_per_token_ms": finished.prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": 1000 * prompt_n / finished.prompt_ms if finished.prompt_ms else 0.0,
+        "predicted_n": finished.completion_tokens,
+        "predicted_ms": finished.predicted_ms,
+        "predicted_per_token_ms": (
+            finished.predicted_ms / finished.completion_tokens
+            if finished.completion_tokens
+            else 0.0
+        ),
+        "predicted_per_second": (
+            1000 * finished.completion_tokens / finished.predicted_ms
+            if finished.predicted_ms
+            else 0.0
+        ),
     }
 
 
@@ -171,7 +196,7 @@ class StreamFormat:
     ids: ResponseIds
     object_name: str
     opening: tuple[dict[str, Any], ...]
-    piece: Callable[[str], dict[str, Any]]
+    piece: Callable[[Piece], dict[str, Any]]
     final: Callable[[Finished], dict[str, Any]]
 
 
@@ -180,7 +205,7 @@ def text_stream(ids: ResponseIds, echo: str = "") -> StreamFormat:
         ids=ids,
         object_name="text_completion",
         opening=(text_chunk(ids, echo),) if echo else (),
-        piece=lambda text: text_chunk(ids, text),
+        piece=lambda piece: text_chunk(ids, piece.text),
         final=lambda finished: text_final_chunk(ids, finished),
     )
 
@@ -190,13 +215,13 @@ def chat_stream(ids: ResponseIds) -> StreamFormat:
         ids=ids,
         object_name="chat.completion.chunk",
         opening=(chat_chunk(ids, {"role": "assistant", "content": ""}),),
-        piece=lambda text: chat_chunk(ids, {"content": text}),
+        piece=lambda piece: chat_chunk(ids, {"content": piece.text}),
         final=lambda finished: chat_final_chunk(ids, finished),
     )
 
 
 async def sse_events(
-    items: AsyncIterable[str | Finished | RouterError],
+    items: AsyncIterable[Piece | Finished | RouterError],
     shape: StreamFormat,
     *,
     include_usage: bool,
@@ -206,16 +231,13 @@ async def sse_events(
     for chunk in shape.opening:
         yield sse_event(chunk)
     async for item in items:
-        if isinstance(item, str):
+        if isinstance(item, Piece):
             yield sse_event(shape.piece(item))
         elif isinstance(item, Finished):
             # As llama-server: the last chunk says what the request cost even without
             # include_usage, so the router can count its tokens (per-key limits).
             final = shape.final(item)
-            final["timings"] = {
-                "prompt_n": item.prompt_tokens,
-                "predicted_n": item.completion_tokens,
-            }
+            final["timings"] = timings(item)
             yield sse_event(final)
             if include_usage:
                 yield sse_event(usage_chunk(shape.ids, item, shape.object_name))

@@ -23,10 +23,10 @@ from typing import TypeVar
 import trio
 
 from router.child.admission import Admission
-from router.child.engine import Embeddings, Engine, Finished, GenerationRequest
+from router.child.engine import Embeddings, Engine, Finished, GenerationRequest, Piece
 from router.errors import InvalidField, PromptTooLarge, RouterError, Unavailable
 
-StreamItem = str | Finished | RouterError
+StreamItem = Piece | Finished | RouterError
 T = TypeVar("T")
 
 # Text work on more characters (or tokens) than this can take llama.cpp seconds (minutes, for
@@ -65,18 +65,18 @@ class ModelService:
         finally:
             self._running.discard(scope)
 
-    async def complete(self, request: GenerationRequest) -> tuple[str, Finished]:
-        """Generate to the end and return the text.
+    async def complete(self, request: GenerationRequest) -> tuple[list[Piece], Finished]:
+        """Generate to the end and return what came out.
 
         Raises QueueFull when the queue is full.
         Cancellation: leaves the queue, or stops the generation within one token.
         """
         with self._until_stopped() as scope:
             async with self.admission.slot(), self.engine.generate(request) as stream:
-                text = "".join([piece async for piece in stream])
+                pieces = [piece async for piece in stream]
         if scope.cancelled_caught:
             raise _stopped()
-        return text, stream.finished
+        return pieces, stream.finished
 
     async def start_stream(
         self, nursery: trio.Nursery, request: GenerationRequest

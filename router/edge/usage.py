@@ -10,11 +10,11 @@ carried nothing to count (an error body, an answer that is not JSON or SSE):
   instead. An answer longer than ``HEAD_BYTES + TAIL_BYTES`` is read from its first and last
   bytes, where backends put ``usage``.
 - an SSE stream: the last ``usage`` object among its events (``stream_options.include_usage``).
-  Without one, llama-server's ``timings`` (``prompt_n``, ``predicted_n``) when present; else
-  each choice that carries content in an event counts as one completion token, which is how
-  ``llama-router child`` and llama-server stream (a piece per token). That last count is an
-  estimate: a piece held back (an unfinished UTF-8 character, a possible stop string) makes it
-  low, and the prompt is not counted.
+  Without one, llama-server's ``timings`` (``cache_n`` + ``prompt_n``, ``predicted_n``) when
+  present; else each choice that carries content in an event counts as one completion token,
+  which is how ``llama-router child`` and llama-server stream (a piece per token). That last
+  count is an estimate: a piece held back (an unfinished UTF-8 character, a possible stop
+  string) makes it low, and the prompt is not counted.
 """
 
 from __future__ import annotations
@@ -207,6 +207,8 @@ def _timings(payload: dict[str, Any]) -> Usage | None:
     completion = _count(timings.get("predicted_n"))
     if prompt is None and completion is None:
         return None
+    # prompt_n counts the prompt tokens evaluated; cache_n those found in the prompt cache.
+    prompt = (prompt or 0) + (_count(timings.get("cache_n")) or 0)
     return _usage(prompt, completion, None)
 
 

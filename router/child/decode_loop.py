@@ -1,0 +1,406 @@
+"""Continuous batching: one thread that decodes every running generation in one batch per step.
+
+Each step puts in one ``llama_batch`` the next token of every generating sequence and then as
+much of the waiting prompts as ``n_batch`` leaves room for (chunked prefill), calls
+``llama_decode`` once, and samples one token for each sequence whose logits came out. So a
+request joins at the next step, a long prompt never stalls the others' generation for more
+than one chunk, and a generation that ends, stops or is cancelled frees its slot at once.
+
+The Trio side and the thread meet in two places only: ``submit`` (a thread-safe queue the
+thread blocks on when idle) and one ``run_sync_soon`` per step that hands the loop every
+piece of text that step produced. A request cancelled on the Trio side sets a flag the
+thread reads before each step, so cancellation takes effect within one token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import math
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import trio
+from llama_cpp import _internals as internals
+
+from router.child.engine import (
+    EngineMetrics,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Piece,
+    TokenLogprob,
+)
+from router.child.slots import Slot, common_prefix_length, pick_slot
+from router.child.stops import StopScanner
+from router.errors import RouterError, Unavailable
+
+log = logging.getLogger("router.child")
+
+Item = Piece | Finished | BaseException
+SamplerFactory = Callable[[GenerationRequest], internals.LlamaSampler]
+TokenPiece = Callable[[int], bytes]
+
+
+class Job:
+    """One generation as the loop runs it. ``cancelled`` is the only field the Trio side
+    writes; everything else belongs to the loop's thread."""
+
+    def __init__(self, request: GenerationRequest, send: trio.MemorySendChannel[Item]) -> None:
+        self.request = request
+        self.send = send
+        self.cancelled = False
+        self.slot: Slot | None = None
+        self.sampler: internals.LlamaSampler | None = None
+        self.to_evaluate: list[int] = []  # prompt tokens not yet in the slot's KV cache
+        self.pending_token: int | None = None  # sampled, to be decoded at the next step
+        self.budget = 0  # the most tokens it may generate
+        self.n_generated = 0
+        self.n_reused = 0
+        self.logprobs: list[TokenLogprob] = []  # of tokens whose text was not yet sent
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.scanner = StopScanner(request.stop)
+        self.t_start = 0.0
+        self.t_first_token = 0.0
+
+
+_STOP = object()
+
+
+class DecodeLoop:
+    """The batch, the slots and the jobs of one context; :meth:`run` is the thread's body."""
+
+    def __init__(
+        self,
+        context: internals.LlamaContext,
+        *,
+        slots: Sequence[Slot],
+        n_batch: int,
+        n_vocab: int,
+        n_swa: int,
+        vocab: Any,
+        make_sampler: SamplerFactory,
+        token_piece: TokenPiece,
+        slot_prompt_similarity: float,
+    ) -> None:
+        self._ctx = context
+        self._memory = context.memory
+        self.slots = list(slots)
+        self._n_batch = n_batch
+        self._n_vocab = n_vocab
+        self._n_swa = n_swa
+        self._vocab = vocab
+        self._make_sampler = make_sampler
+        self._token_piece = token_piece
+        self._similarity = slot_prompt_similarity
+        self._inbox: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
+        self._waiting: deque[Job] = deque()
+        self._active: list[Job] = []  # in the order they got their slot
+        self._outbox: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self.is_stopped = False
+        self.metrics = EngineMetrics()
+        self._batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        raw = self._batch.batch
+        self._tokens = np.ctypeslib.as_array(raw.token, shape=(n_batch,))
+        self._positions = np.ctypeslib.as_array(raw.pos, shape=(n_batch,))
+        self._wants_logits = np.ctypeslib.as_array(raw.logits, shape=(n_batch,))
+        np.ctypeslib.as_array(raw.n_seq_id, shape=(n_batch,))[:] = 1
+        self._seq_ids = [raw.seq_id[index] for index in range(n_batch)]
+
+    # ---- the Trio side -------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` for the next step. Raises Unavailable once the loop has stopped."""
+        if self.is_stopped:
+            raise Unavailable("the model is stopping and takes no new requests")
+        self._inbox.put(job)
+
+    def stop(self) -> None:
+        """Ask the thread to end: running and queued jobs end with an error."""
+        self._inbox.put(_STOP)
+
+    def close(self) -> None:
+        self._batch.close()
+
+    # ---- the thread ----------------------------------------------------------------------
+
+    def run(self, trio_token: trio.lowlevel.TrioToken) -> None:
+        """Decode until :meth:`stop`. Runs on its own thread; never raises."""
+        self._trio_token = trio_token
+        try:
+            while self._take_inbox(block=not (self._active or self._waiting)):
+                self._start_waiting_jobs()
+                if self._active:
+                    self._step()
+                self._flush()
+        except BaseException as exc:  # a bug here must not leave requests hanging
+            log.exception("the decode loop failed")
+            error = RouterError(f"generation failed: {type(exc).__name__}: {exc}")
+        else:
+            error = Unavailable("the model was stopped before this request finished; retry it")
+        self.is_stopped = True
+        for job in [*self._active, *self._waiting, *self._drain_inbox()]:
+            self._post(job, error)
+            self._post(job, None)
+        self._flush()
+
+    def _take_inbox(self, *, block: bool) -> bool:
+        """Move submitted jobs to the waiting line; False once asked to stop."""
+        if block:
+            item = self._inbox.get()
+            if item is _STOP:
+                return False
+            self._waiting.append(item)  # type: ignore[arg-type]
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                return False
+            self._waiting.append(item)  # type: ignore[arg-type]
+
+    def _drain_inbox(self) -> list[Job]:
+        jobs: list[Job] = []
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return jobs
+            if isinstance(item, Job):
+                jobs.append(item)
+
+    def _start_waiting_jobs(self) -> None:
+        """Give waiting jobs free slots, oldest first; drop the cancelled ones."""
+        for job in [job for job in self._active if job.cancelled]:
+            self._finish(job, FinishReason.CANCELLED)
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                self._post(job, None)
+                continue
+            free = [slot for slot in self.slots if not slot.is_processing]
+            if not free:
+                return
+            self._waiting.popleft()
+            try:
+                self._start(job, pick_slot(free, job.request.prompt_tokens, self._similarity))
+            except Exception as exc:
+                self._fail(job, exc)
+
+    def _start(self, job: Job, slot: Slot) -> None:
+        prompt = list(job.request.prompt_tokens)
+        job.t_start = time.perf_counter()
+        job.slot = slot
+        job.budget = slot.n_ctx - len(prompt)
+        if job.request.max_tokens is not None:
+            job.budget = min(job.budget, job.request.max_tokens)
+        reuse = self._reusable(slot, prompt) if job.request.cache_prompt else 0
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.id, reuse, -1):
+            reuse = 0  # this memory cannot drop a tail (recurrent models): start afresh
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.id, -1, -1)
+        del slot.cached[reuse:]
+        job.n_reused = reuse
+        job.to_evaluate = prompt[reuse:]
+        slot.start(len(prompt), reuse)
+        self._active.append(job)
+        if job.budget <= 0:
+            self._finish(job, FinishReason.LENGTH)
+            return
+        job.sampler = self._make_sampler(job.request)
+
+    def _reusable(self, slot: Slot, prompt: list[int]) -> int:
+        """How many of ``prompt``'s first tokens the slot's cache can give: the common prefix,
+        less the last prompt token (it must be decoded again for its logits), and none when a
+        sliding-window cache has already dropped what that prefix needs."""
+        reuse = min(common_prefix_length(slot.cached, prompt), len(prompt) - 1)
+        if 0 < reuse < len(slot.cached):  # a tail to drop: is what comes before it still there?
+            oldest = llama_cpp.llama_memory_seq_pos_min(self._memory, slot.id)
+            if oldest > max(0, reuse - max(1, self._n_swa)):
+                return 0
+        return reuse
+
+    def _step(self) -> None:
+        """One ``llama_decode``: a token for each generating job, then prompt chunks."""
+        outputs: list[tuple[Job, int]] = []  # jobs whose logits come out, and where
+        prefill: list[tuple[Job, int]] = []  # jobs with prompt tokens in the batch, and how many
+        n = 0
+        for job in self._active:
+            if job.pending_token is not None:
+                assert job.slot is not None
+                self._put(n, [job.pending_token], len(job.slot.cached), job.slot.id)
+                self._wants_logits[n] = 1
+                outputs.append((job, n))
+                n += 1
+        for job in self._active:
+            if n >= self._n_batch:
+                break
+            if not job.to_evaluate or job.sampler is None:
+                continue
+            assert job.slot is not None
+            chunk = job.to_evaluate[: self._n_batch - n]
+            self._put(n, chunk, len(job.slot.cached), job.slot.id)
+            n += len(chunk)
+            prefill.append((job, len(chunk)))
+            if len(chunk) == len(job.to_evaluate):
+                self._wants_logits[n - 1] = 1
+                outputs.append((job, n - 1))
+        if n == 0:
+            return
+        self._batch.batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch)
+        metrics = self.metrics
+        metrics.n_decode_total += 1
+        metrics.n_busy_slots_total += len({id(job) for job, _ in [*outputs, *prefill]})
+        if status != 0:
+            self._decode_failed(status, [job for job, _ in outputs] + [job for job, _ in prefill])
+            return
+        for job, count in prefill:
+            assert job.slot is not None
+            job.slot.cached.extend(job.to_evaluate[:count])
+            del job.to_evaluate[:count]
+            job.slot.n_prompt_tokens_processed += count
+            metrics.prompt_tokens_total += count
+        for job, index in outputs:
+            if job.pending_token is not None:
+                assert job.slot is not None
+                job.slot.cached.append(job.pending_token)
+                job.pending_token = None
+            try:
+                self._sample(job, index)
+            except Exception as exc:
+                self._fail(job, exc)
+
+    def _put(self, start: int, tokens: list[int], position: int, seq_id: int) -> None:
+        end = start + len(tokens)
+        self._tokens[start:end] = tokens
+        self._positions[start:end] = np.arange(position, position + len(tokens))
+        self._wants_logits[start:end] = 0
+        for index in range(start, end):
+            self._seq_ids[index][0] = seq_id
+
+    def _sample(self, job: Job, index: int) -> None:
+        assert job.sampler is not None and job.slot is not None
+        token = llama_cpp.llama_sampler_sample(job.sampler.sampler, self._ctx.ctx, index)
+        if job.n_generated == 0:
+            job.t_first_token = time.perf_counter()
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(job, FinishReason.STOP)
+            return
+        job.n_generated += 1
+        job.slot.n_decoded = job.n_generated
+        piece = self._token_piece(token)
+        if job.request.logprobs is not None:
+            job.logprobs.append(self._logprob(index, token, piece, job.request.logprobs))
+        text, hit_stop_string = job.scanner.feed(job.decoder.decode(piece))
+        if text or (job.logprobs and not hit_stop_string):
+            self._post(job, Piece(text, tuple(job.logprobs)))
+            job.logprobs.clear()
+        if hit_stop_string:
+            self._finish(job, FinishReason.STOP, flush=False)
+        elif job.n_generated >= job.budget:
+            self._finish(job, FinishReason.LENGTH)
+        else:
+            job.pending_token = token
+
+    def _logprob(self, index: int, token: int, piece: bytes, top_n: int) -> TokenLogprob:
+        """``token``'s log-probability under the raw logits at ``index`` (before sampling
+        settings, as llama-server's ``n_probs``), with the ``top_n`` likeliest tokens."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
+        peak = float(logits.max())
+        log_total = peak + math.log(float(np.exp(logits - peak).sum()))
+        top: tuple[tuple[int, bytes, float], ...] = ()
+        if top_n > 0:
+            best = np.argpartition(-logits, min(top_n, self._n_vocab) - 1)[:top_n]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            top = tuple(
+                (int(t), self._token_piece(int(t)), float(logits[t]) - log_total) for t in best
+            )
+        return TokenLogprob(token, piece, float(logits[token]) - log_total, top)
+
+    def _finish(self, job: Job, reason: FinishReason, *, flush: bool = True) -> None:
+        """End ``job``: its last text, its Finished, the end of its stream; free its slot."""
+        slot = job.slot
+        assert slot is not None
+        if flush and reason is not FinishReason.CANCELLED:
+            tail = job.scanner.flush() + job.decoder.decode(b"", final=True)
+            if tail or job.logprobs:
+                self._post(job, Piece(tail, tuple(job.logprobs)))
+        now = time.perf_counter()
+        first = job.t_first_token or now
+        finished = Finished(
+            reason=reason,
+            prompt_tokens=len(job.request.prompt_tokens),
+            completion_tokens=job.n_generated,
+            cached_tokens=job.n_reused,
+            prompt_ms=(first - job.t_start) * 1000,
+            predicted_ms=(now - first) * 1000 if job.t_first_token else 0.0,
+        )
+        metrics = self.metrics
+        metrics.prompt_seconds_total += finished.prompt_ms / 1000
+        metrics.tokens_predicted_total += job.n_generated
+        metrics.tokens_predicted_seconds_total += finished.predicted_ms / 1000
+        metrics.n_tokens_max = max(metrics.n_tokens_max, len(slot.cached) + 1)
+        self._post(job, finished)
+        self._post(job, None)
+        self._release(job)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        """End ``job`` with ``error``; its slot's cache is in an unknown state: empty it."""
+        if job.slot is not None:
+            llama_cpp.llama_memory_seq_rm(self._memory, job.slot.id, -1, -1)
+            job.slot.cached.clear()
+        self._post(job, error)
+        self._post(job, None)
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        if job in self._active:
+            self._active.remove(job)
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        if job.slot is not None:
+            job.slot.release()
+
+    def _decode_failed(self, status: int, jobs: list[Job]) -> None:
+        reason = (
+            "no room left in the KV cache" if status == 1 else f"llama_decode returned {status}"
+        )
+        error = RouterError(f"generation failed: {reason}")
+        for job in dict.fromkeys(jobs):
+            self._fail(job, error)
+
+    # ---- to the Trio side ----------------------------------------------------------------
+
+    def _post(self, job: Job, item: Item | None) -> None:
+        """Queue ``item`` (None: the end of the stream) for the next hand-over."""
+        self._outbox.append((job.send, item))
+
+    def _flush(self) -> None:
+        """Hand the loop everything this step produced, in one call that never waits."""
+        if not self._outbox or self._trio_token is None:
+            return
+        items, self._outbox = self._outbox, []
+        with contextlib.suppress(trio.RunFinishedError):  # the server, and its readers, are gone
+            self._trio_token.run_sync_soon(_deliver, items)
+
+
+def _deliver(items: list[tuple[trio.MemorySendChannel[Item], Item | None]]) -> None:
+    for send, item in items:
+        try:
+            if item is None:
+                send.close()
+            else:
+                send.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader left; its job was (or will be) cancelled
