@@ -37,6 +37,7 @@ from router.child.engine import (
     Piece,
     TokenLogprob,
 )
+from router.child.sampling import Sampler
 from router.child.slots import Slot, common_prefix_length, pick_slot
 from router.child.stops import StopScanner
 from router.errors import RouterError, Unavailable
@@ -44,7 +45,7 @@ from router.errors import RouterError, Unavailable
 log = logging.getLogger("router.child")
 
 Item = Piece | Finished | BaseException
-SamplerFactory = Callable[[GenerationRequest], internals.LlamaSampler]
+SamplerFactory = Callable[[GenerationRequest], Sampler]
 TokenPiece = Callable[[int], bytes]
 
 
@@ -57,7 +58,7 @@ class Job:
         self.send = send
         self.cancelled = False
         self.slot: Slot | None = None
-        self.sampler: internals.LlamaSampler | None = None
+        self.sampler: Sampler | None = None  # set once the job has its slot
         self.to_evaluate: list[int] = []  # prompt tokens not yet in the slot's KV cache
         self.pending_token: int | None = None  # sampled, to be decoded at the next step
         self.budget = 0  # the most tokens it may generate
@@ -209,6 +210,7 @@ class DecodeLoop:
             llama_cpp.llama_memory_seq_rm(self._memory, slot.id, -1, -1)
         del slot.cached[reuse:]
         job.n_reused = reuse
+        self.metrics.prompt_tokens_cached_total += reuse
         job.to_evaluate = prompt[reuse:]
         slot.start(len(prompt), reuse)
         self._active.append(job)
@@ -289,7 +291,7 @@ class DecodeLoop:
 
     def _sample(self, job: Job, index: int) -> None:
         assert job.sampler is not None and job.slot is not None
-        token = llama_cpp.llama_sampler_sample(job.sampler.sampler, self._ctx.ctx, index)
+        token = job.sampler.sample(self._ctx.ctx, index)
         if job.n_generated == 0:
             job.t_first_token = time.perf_counter()
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):

@@ -38,7 +38,7 @@ from router.child.engine import (
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.options import EngineOptions, FlashAttention, Pooling
-from router.child.sampling import build_sampler
+from router.child.sampling import Sampler, build_sampler
 from router.child.slots import Slot
 from router.errors import InvalidField, ModelLoadFailed, NotSupported
 
@@ -286,7 +286,7 @@ class LlamaCppEngine:
             job.cancelled = True  # the loop frees the slot at its next step
             receive.close()
 
-    def _sampler(self, request: GenerationRequest) -> internals.LlamaSampler:
+    def _sampler(self, request: GenerationRequest) -> Sampler:
         return build_sampler(
             request.sampling,
             model=self._llama._model,

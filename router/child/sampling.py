@@ -1,19 +1,78 @@
-"""Sampler chains: a request's sampling settings as a llama.cpp sampler, in llama-server's order.
+"""Samplers: a request's sampling settings as something that picks the next token.
 
-Each generation owns its chain (penalties and grammars keep state per sequence); the decode
-loop applies it to that sequence's logits with ``llama_sampler_sample``.
+Each generation owns its sampler (penalties and grammars keep state per sequence); the decode
+loop calls ``sample(context, index)`` on the logits of the sequence's row in the batch. Most
+settings become a llama.cpp sampler chain in llama-server's order; plain greedy decoding (no
+penalties, biases or grammar) is an argmax over the logits, which skips building llama.cpp's
+array of every token's candidate data: 0.4 ms a token for a 262k-token vocabulary.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
+import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from router.child.engine import SamplingParams
+
+
+class Sampler(Protocol):
+    def sample(self, context: Any, index: int) -> int:
+        """The next token, from the logits of row ``index`` of the last batch."""
+
+    def close(self) -> None:
+        """Free what the sampler holds in C."""
+
+
+class GreedySampler:
+    """The likeliest token (the first of equals, as llama.cpp's greedy sampler)."""
+
+    def __init__(self, n_vocab: int, banned_tokens: Sequence[int]) -> None:
+        self._n_vocab = n_vocab
+        self._banned = list(banned_tokens)
+
+    def sample(self, context: Any, index: int) -> int:
+        pointer = llama_cpp.llama_get_logits_ith(context, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        token = int(logits.argmax())
+        if token in self._banned:
+            masked = logits.copy()
+            masked[self._banned] = -np.inf
+            token = int(masked.argmax())
+        return token
+
+    def close(self) -> None:
+        pass
+
+
+class ChainSampler:
+    """A llama.cpp sampler chain."""
+
+    def __init__(self, chain: internals.LlamaSampler) -> None:
+        self._chain = chain
+
+    def sample(self, context: Any, index: int) -> int:
+        return int(llama_cpp.llama_sampler_sample(self._chain.sampler, context, index))
+
+    def close(self) -> None:
+        self._chain.close()
+
+
+def is_plain_greedy(params: SamplingParams) -> bool:
+    """Whether ``params`` amount to taking the likeliest token, whatever came before."""
+    return (
+        params.temperature <= 0.0
+        and not params.logit_bias
+        and params.grammar is None
+        and params.repeat_penalty == 1.0
+        and params.frequency_penalty == 0.0
+        and params.presence_penalty == 0.0
+    )
 
 
 def build_sampler(
@@ -23,13 +82,26 @@ def build_sampler(
     n_vocab: int,
     default_seed: int,
     banned_tokens: Sequence[int] = (),
-) -> internals.LlamaSampler:
-    """A chain for ``params`` on ``model`` (an ``internals.LlamaModel``).
+) -> Sampler:
+    """A sampler for ``params`` on ``model`` (an ``internals.LlamaModel``).
 
     ``banned_tokens`` never come out (the end-of-generation tokens, for ``ignore_eos``).
     The grammar must have been checked first (``LlamaCppEngine.check_sampling``): a grammar
     llama.cpp rejects here would crash the process.
     """
+    if is_plain_greedy(params):
+        return GreedySampler(n_vocab, banned_tokens)
+    return ChainSampler(_chain(params, model, n_vocab, default_seed, banned_tokens))
+
+
+def _chain(
+    params: SamplingParams,
+    model: Any,
+    n_vocab: int,
+    default_seed: int,
+    banned_tokens: Sequence[int],
+) -> internals.LlamaSampler:
+    """A llama.cpp chain in llama-server's order."""
     sampler = internals.LlamaSampler()
     logit_bias = dict(params.logit_bias)
     logit_bias.update((token, -math.inf) for token in banned_tokens)
