@@ -69,6 +69,11 @@ class Job:
         self.scanner = StopScanner(request.stop)
         self.t_start = 0.0
         self.t_first_token = 0.0
+        # A job whose prompt another running job is evaluating waits for that one (its
+        # leader), then copies its KV cache and samples from the same logits: n choices of
+        # one prompt, or the same prompt sent at once, evaluate it once.
+        self.leader: Job | None = None
+        self.followers: list[Job] = []
 
 
 _STOP = object()
@@ -218,6 +223,48 @@ class DecodeLoop:
             self._finish(job, FinishReason.LENGTH)
             return
         job.sampler = self._make_sampler(job.request)
+        leader = self._leader_for(job)
+        if leader is not None:
+            job.leader = leader
+            leader.followers.append(job)
+            job.to_evaluate = []
+
+    def _leader_for(self, job: Job) -> Job | None:
+        """A running job still evaluating the same prompt, from further back than ``job``
+        would start, if any."""
+        if len(job.to_evaluate) < 2:
+            return None
+        prompt = job.request.prompt_tokens
+        for other in self._active:
+            if (
+                other is not job
+                and other.leader is None
+                and len(other.to_evaluate) > 0
+                and other.request.prompt_tokens == prompt
+            ):
+                return other
+        return None
+
+    def _follow(self, leader: Job, index: int) -> None:
+        """Give ``leader``'s followers its evaluated prompt, and their first token from the
+        same logits (row ``index``)."""
+        assert leader.slot is not None
+        for job in leader.followers:
+            if job not in self._active:
+                continue  # cancelled meanwhile
+            assert job.slot is not None
+            llama_cpp.llama_memory_seq_cp(self._memory, leader.slot.id, job.slot.id, -1, -1)
+            job.slot.cached[:] = leader.slot.cached
+            job.slot.n_prompt_tokens_processed = len(leader.slot.cached)
+            # It evaluated none of its prompt itself: all of it counts as cached.
+            self.metrics.prompt_tokens_cached_total += len(leader.slot.cached) - job.n_reused
+            job.n_reused = len(leader.slot.cached)
+            job.leader = None
+            try:
+                self._sample(job, index)
+            except Exception as exc:
+                self._fail(job, exc)
+        leader.followers.clear()
 
     def _reusable(self, slot: Slot, prompt: list[int]) -> int:
         """How many of ``prompt``'s first tokens the slot's cache can give: the common prefix,
@@ -276,6 +323,8 @@ class DecodeLoop:
                 assert job.slot is not None
                 job.slot.cached.append(job.pending_token)
                 job.pending_token = None
+            if job.followers:
+                self._follow(job, index)
             try:
                 self._sample(job, index)
             except Exception as exc:
@@ -368,6 +417,11 @@ class DecodeLoop:
     def _release(self, job: Job) -> None:
         if job in self._active:
             self._active.remove(job)
+        for follower in job.followers:  # it left before its prompt was evaluated
+            assert follower.slot is not None
+            follower.leader = None
+            follower.to_evaluate = list(follower.request.prompt_tokens[len(follower.slot.cached) :])
+        job.followers.clear()
         if job.sampler is not None:
             job.sampler.close()
             job.sampler = None

@@ -165,6 +165,7 @@ class EngineMetrics:
     """Counters since the engine started, under llama-server's ``/metrics`` names."""
 
     prompt_tokens_total: int = 0  # prompt tokens evaluated (cached ones not counted)
+    prompt_tokens_cached_total: int = 0  # prompt tokens found in a slot's cache
     prompt_seconds_total: float = 0.0
     tokens_predicted_total: int = 0
     tokens_predicted_seconds_total: float = 0.0

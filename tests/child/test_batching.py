@@ -223,3 +223,37 @@ def test_openai_client_streams_from_several_slots_at_once(four_slots: ChildProce
     trio.run(main)
     assert len(texts) == 4
     assert len(set(texts)) == 1  # greedy, same prompt: the same text in every slot
+
+
+def test_the_same_prompt_sent_at_once_gives_each_request_its_own_answer(
+    tiny_model: Path,
+) -> None:
+    """Requests with one prompt that arrive together evaluate it once (the others copy the
+    first one's KV cache): each still gets the text it would get alone, and counts its whole
+    prompt (cache_n + prompt_n)."""
+    prompt = [5 + (position * 7) % 50 for position in range(300)]
+    with running_child(
+        tiny_model, "--ctx-size", "4096", "--parallel", "4", "--batch-size", "16",
+        "--ubatch-size", "16", "--alias", "tiny",
+    ) as child:  # fmt: skip
+        body = {"max_tokens": 20, "temperature": 0, "cache_prompt": False, "ignore_eos": True}
+        alone, together = _alone_then_together(child.base_url, [prompt] * 4, body)
+        finals: list[dict] = []  # type: ignore[type-arg]
+
+        async def main() -> None:
+            async def one() -> None:
+                finals.append(
+                    await trio.to_thread.run_sync(
+                        lambda: _stream_final_chunk(child.base_url, prompt, max_tokens=20,
+                                                    temperature=1.0, cache_prompt=False)
+                    )
+                )  # fmt: skip
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(one)
+
+        trio.run(main)
+    assert together == alone
+    for final in finals:
+        assert final["timings"]["cache_n"] + final["timings"]["prompt_n"] == 300
