@@ -39,10 +39,10 @@ def _child_stream(shape: str, pieces: Sequence[str], *, include_usage: bool) -> 
     """The bytes ``llama-router child`` streams for ``pieces`` (5 prompt tokens)."""
     finished = Finished(FinishReason.LENGTH, prompt_tokens=5, completion_tokens=len(pieces))
 
-    async def items() -> AsyncIterator[Piece | Finished]:
+    async def items() -> AsyncIterator[tuple[int, Piece | Finished]]:
         for piece in pieces:
-            yield Piece(piece)
-        yield finished
+            yield 0, Piece(piece)
+        yield 0, finished
 
     async def collect() -> bytes:
         ids = responses.ResponseIds(model="tiny", prefix="x")
@@ -141,8 +141,13 @@ SAMPLES = [
         json.dumps(
             responses.chat_completion(
                 responses.ResponseIds(model="tiny", prefix="x"),
-                "Hi there",
-                Finished(FinishReason.STOP, prompt_tokens=5, completion_tokens=3),
+                [
+                    responses.Choice(
+                        "Hi there",
+                        Finished(FinishReason.STOP, prompt_tokens=5, completion_tokens=3),
+                    )
+                ],
+                with_logprobs=False,
             )
         ).encode(),
         CHILD,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from router.child import responses
+from router.child import metrics, responses
 from router.child.engine import Engine, GenerationRequest, ModelInfo, SamplingParams
 from router.child.parsing import (
     GenerationSettings,
@@ -24,7 +25,8 @@ from router.child.parsing import (
     parse_completion,
     parse_embedding,
 )
-from router.child.service import ModelService, StreamItem
+from router.child.responses import StreamItem
+from router.child.service import ModelService
 from router.edge.jsonbody import parse_json_object
 from router.edge.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
 from router.errors import (
@@ -38,6 +40,7 @@ from router.version import __version__
 log = logging.getLogger("router.child")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_SEEDS = 0xFFFFFFFF  # llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means "random"
 
 
 def create_app(service: ModelService, *, model_id: str, api_key: str | None = None) -> QuartTrio:
@@ -167,6 +170,21 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             ]
         )
 
+    metrics_page = metrics.MetricsPage()
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        queue = metrics.QueueState(
+            requests_processing=service.admission.running,
+            requests_deferred=service.admission.waiting,
+        )
+        page = metrics_page.render(engine.metrics(), queue)
+        return Response(
+            page,
+            content_type=metrics.CONTENT_TYPE,
+            headers={"Process-Start-Time-Unix": str(created)},
+        )
+
     @app.post("/tokenize")
     async def tokenize() -> Response:
         body = parse_json_object(await request_body())
@@ -199,6 +217,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/completions")
     async def completions() -> Response:
         parsed = parse_completion(parse_json_object(await request_body()))
+        _check_choices(parsed.settings, info)
         engine.check_sampling(parsed.settings.sampling)
         echo = ""
         if isinstance(parsed.prompt, str):
@@ -208,16 +227,20 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             tokens = _checked_token_ids(parsed.prompt, "prompt", info.n_ctx - 1, info)
             if parsed.echo:
                 echo = await service.off_loop(partial(engine.detokenize, tokens), size=len(tokens))
-        generation = _generation_request(tokens, parsed.settings, "prompt", info.n_ctx)
+        generations = _generation_requests(tokens, parsed.settings, "prompt", info)
         ids = responses.ResponseIds(model=model_id, prefix="cmpl")
+        with_logprobs = parsed.settings.logprobs is not None
         if not parsed.settings.stream:
-            pieces, finished = await service.complete(generation)
-            text = "".join(piece.text for piece in pieces)
-            return json_response(responses.text_completion(ids, echo + text, finished))
-        channel = await service.start_stream(app.nursery, generation)
+            outputs = await service.complete(generations)
+            choices = [responses.Choice.of(pieces, finished) for pieces, finished in outputs]
+            return json_response(
+                responses.text_completion(ids, choices, echo=echo, with_logprobs=with_logprobs)
+            )
+        channel = await service.start_stream(app.nursery, generations)
         events = responses.sse_events(
             _drain(channel),
-            responses.text_stream(ids, echo),
+            responses.text_stream(ids, echo, with_logprobs=with_logprobs),
+            n_choices=len(generations),
             include_usage=parsed.settings.include_usage,
         )
         return Response(events, headers=SSE_HEADERS)
@@ -226,6 +249,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
         parsed = parse_chat(parse_json_object(await request_body()))
+        _check_choices(parsed.settings, info)
         engine.check_sampling(parsed.settings.sampling)
         prompt = await service.off_loop(
             partial(engine.format_chat, parsed.messages, **parsed.template_args),
@@ -235,16 +259,20 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         tokens = await service.tokenize_prompt(
             prompt, field="messages", add_special=not starts_with_bos
         )
-        generation = _generation_request(tokens, parsed.settings, "messages", info.n_ctx)
+        generations = _generation_requests(tokens, parsed.settings, "messages", info)
         ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
+        with_logprobs = parsed.settings.logprobs is not None
         if not parsed.settings.stream:
-            pieces, finished = await service.complete(generation)
-            text = "".join(piece.text for piece in pieces)
-            return json_response(responses.chat_completion(ids, text, finished))
-        channel = await service.start_stream(app.nursery, generation)
+            outputs = await service.complete(generations)
+            choices = [responses.Choice.of(pieces, finished) for pieces, finished in outputs]
+            return json_response(
+                responses.chat_completion(ids, choices, with_logprobs=with_logprobs)
+            )
+        channel = await service.start_stream(app.nursery, generations)
         events = responses.sse_events(
             _drain(channel),
-            responses.chat_stream(ids),
+            responses.chat_stream(ids, with_logprobs=with_logprobs),
+            n_choices=len(generations),
             include_usage=parsed.settings.include_usage,
         )
         return Response(events, headers=SSE_HEADERS)
@@ -288,21 +316,41 @@ async def _drain(
             yield item
 
 
-def _generation_request(
-    tokens: list[int], settings: GenerationSettings, field: str, n_ctx: int
-) -> GenerationRequest:
+def _generation_requests(
+    tokens: list[int], settings: GenerationSettings, field: str, info: ModelInfo
+) -> list[GenerationRequest]:
+    """One request per choice. With a seed, choice ``i`` samples with ``seed + i``: the
+    answer is reproducible, and its choices differ."""
     if not tokens:
         raise InvalidField(field, "is empty: there is nothing to continue")
-    if len(tokens) >= n_ctx:
-        raise ContextLengthExceeded(field, len(tokens), n_ctx)
-    return GenerationRequest(
+    if len(tokens) >= info.n_ctx:
+        raise ContextLengthExceeded(field, len(tokens), info.n_ctx)
+    request = GenerationRequest(
         prompt_tokens=tokens,
         max_tokens=settings.max_tokens,
         stop=settings.stop,
         sampling=settings.sampling,
         ignore_eos=settings.ignore_eos,
+        logprobs=settings.logprobs,
         cache_prompt=settings.cache_prompt,
     )
+    seed = settings.sampling.seed
+    if seed is None or seed < 0:
+        return [request] * settings.n
+    return [request] + [
+        replace(request, sampling=replace(settings.sampling, seed=(seed + index) % _SEEDS))
+        for index in range(1, settings.n)
+    ]
+
+
+def _check_choices(settings: GenerationSettings, info: ModelInfo) -> None:
+    """Refuse more choices than slots, as llama-server does: they run together, one a slot."""
+    if settings.n > info.total_slots:
+        raise InvalidField(
+            settings.n_field,
+            f"must be between 1 and {info.total_slots}, got {settings.n}: each choice takes "
+            f"one of the model's {info.total_slots} slot(s) (more with a larger --parallel)",
+        )
 
 
 def _checked_token_ids(tokens: list[int], field: str, most: int, info: ModelInfo) -> list[int]:

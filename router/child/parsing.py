@@ -19,6 +19,12 @@ from router.errors import InvalidField, InvalidRequest, NotSupported
 
 _MISSING: Any = object()
 
+# The most alternatives a token's log-probabilities may list: OpenAI's bound for chat's
+# ``top_logprobs`` (its legacy ``logprobs`` stops at 5; llama-server's ``n_probs`` has none).
+# Each costs some 60 bytes per generated token; unbounded, one request could ask for the
+# whole vocabulary (262k tokens for Gemma 3) at every token.
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -31,6 +37,10 @@ class GenerationSettings:
     stream: bool
     include_usage: bool
     cache_prompt: bool = True
+    n: int = 1  # choices: generations of the same prompt, each in a slot of its own
+    n_field: str = "n"  # the field ``n`` came from, for error messages
+    # None: no log-probabilities; k >= 0: each token's, with the k likeliest alternatives.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,16 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
         raise InvalidField(
             "prompt", f"must be a string or a list of token ids, not {kind_of(prompt)}"
         )
-    return CompletionRequest(
-        prompt=parsed,
-        settings=_generation_settings(body, max_tokens_names=("max_tokens", "n_predict")),
-        echo=_bool(body, "echo", False),
+    settings = _generation_settings(
+        body, max_tokens_names=("max_tokens", "n_predict"), logprobs=_completion_logprobs(body)
     )
+    echo = _bool(body, "echo", False)
+    if echo and settings.logprobs is not None:
+        raise NotSupported(
+            "'echo' with 'logprobs' asks for the prompt's log-probabilities, which this server "
+            "does not compute; ask for the completion's alone (no 'echo')"
+        )
+    return CompletionRequest(prompt=parsed, settings=settings, echo=echo)
 
 
 def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
@@ -98,7 +113,9 @@ def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
         messages=normalized,
         template_args=template_args,
         settings=_generation_settings(
-            body, max_tokens_names=("max_completion_tokens", "max_tokens", "n_predict")
+            body,
+            max_tokens_names=("max_completion_tokens", "max_tokens", "n_predict"),
+            logprobs=_chat_logprobs(body),
         ),
     )
 
@@ -158,12 +175,38 @@ def _message(index: int, message: Any) -> dict[str, Any]:
     return {**message, "content": content}
 
 
+def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
+    """OpenAI's ``logprobs: true`` with ``top_logprobs`` alternatives (default none), else
+    llama-server's ``n_probs`` (0: none)."""
+    if body.get("top_logprobs") is not None and not _bool(body, "logprobs", False):
+        raise InvalidField("top_logprobs", "needs 'logprobs': true")
+    if _bool(body, "logprobs", False):
+        for name in ("top_logprobs", "n_probs"):
+            if body.get(name) is not None:
+                return _int(body, name, 0, minimum=0, maximum=MAX_TOP_LOGPROBS)
+        return 0
+    return _n_probs(body)
+
+
+def _completion_logprobs(body: Mapping[str, Any]) -> int | None:
+    """OpenAI's legacy ``logprobs``: an integer, how many alternatives (0: the chosen token's
+    alone); else llama-server's ``n_probs`` (0: none)."""
+    if body.get("logprobs") is not None:
+        return _int(body, "logprobs", 0, minimum=0, maximum=MAX_TOP_LOGPROBS)
+    return _n_probs(body)
+
+
+def _n_probs(body: Mapping[str, Any]) -> int | None:
+    n_probs = _int(body, "n_probs", 0, minimum=0, maximum=MAX_TOP_LOGPROBS)
+    return n_probs or None
+
+
 def _generation_settings(
-    body: Mapping[str, Any], *, max_tokens_names: tuple[str, ...]
+    body: Mapping[str, Any], *, max_tokens_names: tuple[str, ...], logprobs: int | None
 ) -> GenerationSettings:
-    n = _int(body, "n", 1, minimum=1)
-    if n != 1:
-        raise NotSupported("'n' must be 1: one choice per request")
+    # llama-server's name first, as it reads them; the model's slots bound it (in the app).
+    n_field = "n_cmpl" if body.get("n_cmpl") is not None else "n"
+    n = _int(body, n_field, 1, minimum=1)
     max_tokens: int | None = None
     for name in max_tokens_names:
         value = body.get(name)
@@ -211,6 +254,9 @@ def _generation_settings(
         stream=stream,
         include_usage=include_usage,
         cache_prompt=_bool(body, "cache_prompt", True),
+        n=n,
+        n_field=n_field,
+        logprobs=logprobs,
     )
 
 
@@ -315,12 +361,16 @@ def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _int(body: Mapping[str, Any], name: str, default: int, *, minimum: int) -> int:
+def _int(
+    body: Mapping[str, Any], name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
     value = body.get(name)
     if value is None:
         return default
     if not _is_int(value):
         raise InvalidField(name, f"must be an integer, not {kind_of(value)}")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise InvalidField(name, f"must be between {minimum} and {maximum}, got {value}")
     if value < minimum:
         raise InvalidField(name, f"must be at least {minimum}, got {value}")
     return int(value)

@@ -15,7 +15,7 @@ before it is tokenized at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import TypeVar
@@ -24,9 +24,9 @@ import trio
 
 from router.child.admission import Admission
 from router.child.engine import Embeddings, Engine, Finished, GenerationRequest, Piece
+from router.child.responses import StreamItem
 from router.errors import InvalidField, PromptTooLarge, RouterError, Unavailable
 
-StreamItem = Piece | Finished | RouterError
 T = TypeVar("T")
 
 # Text work on more characters (or tokens) than this can take llama.cpp seconds (minutes, for
@@ -65,49 +65,65 @@ class ModelService:
         finally:
             self._running.discard(scope)
 
-    async def complete(self, request: GenerationRequest) -> tuple[list[Piece], Finished]:
-        """Generate to the end and return what came out.
+    async def complete(
+        self, requests: Sequence[GenerationRequest]
+    ) -> list[tuple[list[Piece], Finished]]:
+        """Run ``requests`` (a request's choices) together to the end; return what each made.
 
-        Raises QueueFull when the queue is full.
-        Cancellation: leaves the queue, or stops the generation within one token.
+        They take one slot each, all at once. The first to fail cancels the others and its
+        error is raised. Raises QueueFull when the queue is full.
+        Cancellation: leaves the queue, or stops the generations within one token.
         """
-        with self._until_stopped() as scope:
-            async with self.admission.slot(), self.engine.generate(request) as stream:
+        outputs: dict[int, tuple[list[Piece], Finished]] = {}
+
+        async def generate(index: int, request: GenerationRequest) -> None:
+            async with self.engine.generate(request) as stream:
                 pieces = [piece async for piece in stream]
+            outputs[index] = (pieces, stream.finished)
+
+        with self._until_stopped() as scope:
+            async with self.admission.slots(len(requests)):
+                await _each_at_once(requests, generate)
         if scope.cancelled_caught:
             raise _stopped()
-        return pieces, stream.finished
+        return [outputs[index] for index in range(len(requests))]
 
     async def start_stream(
-        self, nursery: trio.Nursery, request: GenerationRequest
+        self, nursery: trio.Nursery, requests: Sequence[GenerationRequest]
     ) -> trio.MemoryReceiveChannel[StreamItem]:
-        """Wait for a slot, then start generating in ``nursery``; return the output channel.
+        """Wait for a slot per request (a request's choices), then start generating them all
+        in ``nursery``; return the output channel.
 
-        The channel yields text pieces, then one Finished, or a RouterError if the engine
-        failed midway. Raises QueueFull (before anything starts) when the queue is full.
+        The channel yields ``(index, piece)`` for each piece of text of ``requests[index]``
+        and ``(index, Finished)`` when it ends; or a RouterError, and nothing after it, when
+        one of them failed (the others are then cancelled). Raises QueueFull (before anything
+        starts) when the queue is full.
         Cancellation: while queued, leaves the queue; once started, close the channel to stop.
         """
-        receive: trio.MemoryReceiveChannel[StreamItem] = await nursery.start(self._stream, request)
+        receive: trio.MemoryReceiveChannel[StreamItem] = await nursery.start(self._stream, requests)
         return receive
 
     async def _stream(
         self,
-        request: GenerationRequest,
+        requests: Sequence[GenerationRequest],
         task_status: trio.TaskStatus[trio.MemoryReceiveChannel[StreamItem]],
     ) -> None:
-        async with self.admission.slot():
+        async with self.admission.slots(len(requests)):
             send, receive = trio.open_memory_channel[StreamItem](math.inf)
             task_status.started(receive)
+
+            async def generate(index: int, request: GenerationRequest) -> None:
+                async with self.engine.generate(request) as stream:
+                    async for piece in stream:
+                        send.send_nowait((index, piece))
+                send.send_nowait((index, stream.finished))
+
             with send:
                 try:
                     with self._until_stopped() as scope:
-                        async with self.engine.generate(request) as stream:
-                            async for piece in stream:
-                                send.send_nowait(piece)
+                        await _each_at_once(requests, generate)
                     if scope.cancelled_caught:
                         send.send_nowait(_stopped())
-                    else:
-                        send.send_nowait(stream.finished)
                 except trio.BrokenResourceError:
                     return  # the reader left; generate() has stopped the engine
                 except Exception as exc:  # this task must never take the server down
@@ -186,6 +202,35 @@ class ModelService:
         """Embed ``texts`` in one slot. Cancellation: as ``complete``."""
         async with self.admission.slot():
             return await self.engine.embed(texts)
+
+
+async def _each_at_once(
+    requests: Sequence[GenerationRequest],
+    run: Callable[[int, GenerationRequest], Awaitable[None]],
+) -> None:
+    """``run(index, request)`` for each of ``requests``, all at once, in a nursery of their
+    own (one request runs alone, without one). The first to raise cancels the others, and
+    its exception is raised as it is, not in a group.
+    Cancellation: cancels them all.
+    """
+    if len(requests) == 1:
+        await run(0, requests[0])
+        return
+    failures: list[Exception] = []
+
+    async def guarded(index: int, request: GenerationRequest) -> None:
+        try:
+            await run(index, request)
+        except Exception as exc:
+            if not failures:
+                failures.append(exc)
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for index, request in enumerate(requests):
+            nursery.start_soon(guarded, index, request)
+    if failures:
+        raise failures[0]
 
 
 def _not_text(error: UnicodeEncodeError) -> str:

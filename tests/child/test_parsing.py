@@ -65,11 +65,9 @@ def test_bodies_that_are_not_json_objects(raw: bytes) -> None:
         parse_json_object(raw)
 
 
-def test_several_prompts_or_choices_are_refused_as_unsupported() -> None:
+def test_several_prompts_are_refused_as_unsupported() -> None:
     with pytest.raises(NotSupported):
         parse_completion({"prompt": ["a", "b"]})
-    with pytest.raises(NotSupported):
-        parse_completion({"prompt": "a", "n": 2})
 
 
 def test_nan_is_not_a_number_here() -> None:
