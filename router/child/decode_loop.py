@@ -65,6 +65,7 @@ class Job:
         self.n_generated = 0
         self.n_reused = 0
         self.logprobs: list[TokenLogprob] = []  # of tokens whose text was not yet sent
+        self.logprob_bytes_ahead = 0  # bytes of sent tokens whose text is not yet sent
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.scanner = StopScanner(request.stop)
         self.t_start = 0.0
@@ -74,6 +75,25 @@ class Job:
         # one prompt, or the same prompt sent at once, evaluate it once.
         self.leader: Job | None = None
         self.followers: list[Job] = []
+
+    def release_logprobs(self, n_bytes: int) -> tuple[TokenLogprob, ...]:
+        """The entries of the tokens that spell the next ``n_bytes`` bytes of text sent.
+
+        Text comes out later than its tokens (a possible stop string is held back, a
+        character split across tokens waits for its end), and a stop string's tokens never
+        come out: so entries go with the text they spell, not with the step they came from.
+        """
+        if self.logprob_bytes_ahead >= n_bytes:
+            self.logprob_bytes_ahead -= n_bytes
+            return ()
+        missing = n_bytes - self.logprob_bytes_ahead
+        released = []
+        while missing > 0 and self.logprobs:
+            entry = self.logprobs.pop(0)
+            released.append(entry)
+            missing -= len(entry.piece)
+        self.logprob_bytes_ahead = max(0, -missing)
+        return tuple(released)
 
 
 _STOP = object()
@@ -352,9 +372,8 @@ class DecodeLoop:
         if job.request.logprobs is not None:
             job.logprobs.append(self._logprob(index, token, piece, job.request.logprobs))
         text, hit_stop_string = job.scanner.feed(job.decoder.decode(piece))
-        if text or (job.logprobs and not hit_stop_string):
-            self._post(job, Piece(text, tuple(job.logprobs)))
-            job.logprobs.clear()
+        if text:
+            self._post(job, Piece(text, job.release_logprobs(len(text.encode()))))
         if hit_stop_string:
             self._finish(job, FinishReason.STOP, flush=False)
         elif job.n_generated >= job.budget:
@@ -386,6 +405,7 @@ class DecodeLoop:
             tail = job.scanner.flush() + job.decoder.decode(b"", final=True)
             if tail or job.logprobs:
                 self._post(job, Piece(tail, tuple(job.logprobs)))
+                job.logprobs.clear()
         now = time.perf_counter()
         first = job.t_first_token or now
         finished = Finished(

@@ -245,3 +245,29 @@ def test_prompt_logprobs_are_refused_not_left_out(shared_child: ChildProcess) ->
     )
     assert response.status_code == 501
     assert "echo" in json.loads(response.text)["error"]["message"]
+
+
+def test_the_tokens_of_a_stop_string_are_left_out(client: openai.OpenAI) -> None:
+    """The stop string is cut from the content; its tokens go from the logprobs too."""
+    full = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=10, temperature=0, extra_body=LETTERS
+    ).choices[0]
+    assert full.message.content and len(full.message.content) > 4
+    stop = full.message.content[3:5]  # met after a few tokens, greedy as the first answer
+    choice = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        max_tokens=10,
+        temperature=0,
+        logprobs=True,
+        stop=[stop],
+        extra_body=LETTERS,
+    ).choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.message.content or ""
+    entries = choice.logprobs.content
+    assert content == full.message.content[: full.message.content.index(stop)]
+    assert "".join(entry.token for entry in entries).startswith(content)
+    # No token that only spells the stop string: all but the last one end inside the content.
+    assert len("".join(entry.token for entry in entries[:-1])) < len(content)
