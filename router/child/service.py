@@ -32,6 +32,9 @@ T = TypeVar("T")
 # Text work on more characters (or tokens) than this can take llama.cpp seconds (minutes, for
 # some megabyte prompts); work on less takes milliseconds, and never waits behind the former.
 LARGE_TEXT = 16 * 1024
+# Work on fewer characters (or tokens) than this takes llama.cpp microseconds: less than the
+# round trip to a worker thread, so it runs on the loop.
+SMALL_TEXT = 1024
 
 
 class ModelService:
@@ -140,11 +143,15 @@ class ModelService:
     async def off_loop(self, work: Callable[[], T], *, size: int) -> T:
         """Run ``work``, blocking text work on the model, on a worker thread.
 
-        ``size`` is how many characters or tokens it handles: past LARGE_TEXT, it waits for
-        one of ``capacity + 1`` places; smaller work runs at once.
+        ``size`` is how many characters or tokens it handles: up to SMALL_TEXT, it runs on
+        the loop at once; past LARGE_TEXT, it waits for one of ``capacity + 1`` places; work
+        in between runs at once on a thread.
         Cancellation: returns at once, waiting or not; a thread already running goes on to its
         end in the background, keeping its place until then.
         """
+        if size <= SMALL_TEXT:
+            await trio.lowlevel.checkpoint()
+            return work()
         limiter = self._large_text_work if size > LARGE_TEXT else None  # None: trio's own
         return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
 
