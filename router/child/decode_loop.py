@@ -131,6 +131,7 @@ class DecodeLoop:
         self._outbox: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self.is_stopped = False
+        self.stop_requested = False
         self.metrics = EngineMetrics()
         self._batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         raw = self._batch.batch
@@ -150,6 +151,7 @@ class DecodeLoop:
 
     def stop(self) -> None:
         """Ask the thread to end: running and queued jobs end with an error."""
+        self.stop_requested = True
         self._inbox.put(_STOP)
 
     def close(self) -> None:

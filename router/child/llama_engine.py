@@ -66,6 +66,13 @@ class LlamaCppEngine:
         truncated or corrupt GGUF, a model llama.cpp cannot build, or no memory for the context.
         """
         check_gguf(options.model_path)
+        most_slots = llama_cpp.llama_max_parallel_sequences()
+        if options.parallel > most_slots:
+            raise ModelLoadFailed(
+                f"--parallel {options.parallel} is more than llama.cpp's {most_slots} sequences "
+                "per context",
+                kind="bad_option",
+            )
         capture_llama_log()
         recent_llama_errors()  # forget errors of earlier loads
         self._options = options
@@ -167,15 +174,16 @@ class LlamaCppEngine:
         joined before this returns.
         """
         loop = self._running_loop()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                partial(
-                    trio.to_thread.run_sync,
-                    loop.run,
-                    trio.lowlevel.current_trio_token(),
-                    thread_name="decode loop",
-                )
+
+        async def decode() -> None:
+            await trio.to_thread.run_sync(
+                loop.run, trio.lowlevel.current_trio_token(), thread_name="decode loop"
             )
+            if not loop.stop_requested:  # a bug ended it: take the process down, be restarted
+                raise RuntimeError("the decode loop ended by itself; see the log above")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(decode)
             try:
                 yield
             finally:

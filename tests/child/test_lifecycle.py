@@ -204,6 +204,17 @@ def test_a_bad_chat_template_is_a_load_failure_not_a_traceback(
     assert f"error: {failure.message}" in stderr.splitlines()
 
 
+def test_more_slots_than_llama_cpp_allows_is_a_load_failure(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    code, failure, stderr = _run_to_exit(tmp_path, tiny_model, "--parallel", "100000")
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert failure is not None
+    assert failure.kind == "bad_option"
+    assert "--parallel 100000 is more than llama.cpp's" in failure.message
+
+
 def test_an_address_in_use_is_a_failure_on_the_lifeline(tmp_path: Path, tiny_model: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
