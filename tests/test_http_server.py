@@ -1,17 +1,20 @@
 """Serving the app: the connection limit (in-memory connections), and the keep-alive timer that
-Quart-Trio's cancellation used to stop (see test_http_safety.py for the rest, end to end)."""
+Quart-Trio's cancellation used to stop, on both servers (see test_http_safety.py for the rest,
+end to end, and test_lean_http.py for the lean server's own)."""
 
 from __future__ import annotations
 
 import math
 import socket
 from functools import partial
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypercorn.config import Config
 
-from router.edge import http_server
+from router.edge import http_server, lean_http
 from router.edge.http_server import LimitedListener
 from router.edge.web import new_app
 
@@ -63,8 +66,9 @@ async def test_a_cancelled_accept_gives_its_slot_back(
         await listener.accept()
 
 
+@pytest.mark.parametrize("serve", [http_server.serve, lean_http.serve], ids=["hypercorn", "lean"])
 async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, serve: Any
 ) -> None:
     app = new_app("test")
 
@@ -82,7 +86,7 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time
     stop = trio.Event()
     await nursery.start(
         partial(
-            http_server.serve,
+            serve,
             app,
             config,
             sock,

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from router.child import metrics, responses
-from router.child.engine import Engine, GenerationRequest, ModelInfo, SamplingParams
+from router.child import generations, metrics, responses
+from router.child.engine import Engine, SamplingParams
 from router.child.parsing import (
-    GenerationSettings,
-    parse_chat,
-    parse_completion,
     parse_embedding,
 )
-from router.child.responses import StreamItem
 from router.child.service import ModelService
 from router.edge.jsonbody import parse_json_object
 from router.edge.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
@@ -38,9 +32,6 @@ from router.errors import (
 from router.version import __version__
 
 log = logging.getLogger("router.child")
-
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_SEEDS = 0xFFFFFFFF  # llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means "random"
 
 
 def create_app(service: ModelService, *, model_id: str, api_key: str | None = None) -> QuartTrio:
@@ -216,66 +207,14 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     @app.post("/v1/completions")
     @app.post("/completions")
     async def completions() -> Response:
-        parsed = parse_completion(parse_json_object(await request_body()))
-        _check_choices(parsed.settings, info)
-        engine.check_sampling(parsed.settings.sampling)
-        echo = ""
-        if isinstance(parsed.prompt, str):
-            tokens = await service.tokenize_prompt(parsed.prompt, field="prompt", add_special=True)
-            echo = parsed.prompt if parsed.echo else ""
-        else:
-            tokens = _checked_token_ids(parsed.prompt, "prompt", info.n_ctx - 1, info)
-            if parsed.echo:
-                echo = await service.off_loop(partial(engine.detokenize, tokens), size=len(tokens))
-        generations = _generation_requests(tokens, parsed.settings, "prompt", info)
-        ids = responses.ResponseIds(model=model_id, prefix="cmpl")
-        with_logprobs = parsed.settings.logprobs is not None
-        if not parsed.settings.stream:
-            outputs = await service.complete(generations)
-            choices = [responses.Choice.of(pieces, finished) for pieces, finished in outputs]
-            return json_response(
-                responses.text_completion(ids, choices, echo=echo, with_logprobs=with_logprobs)
-            )
-        channel = await service.start_stream(app.nursery, generations)
-        events = responses.sse_events(
-            _drain(channel),
-            responses.text_stream(ids, echo, with_logprobs=with_logprobs),
-            n_choices=len(generations),
-            include_usage=parsed.settings.include_usage,
-        )
-        return Response(events, headers=SSE_HEADERS)
+        body = parse_json_object(await request_body())
+        return _response(await generations.text_completion(service, model_id, body, app.nursery))
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
-        parsed = parse_chat(parse_json_object(await request_body()))
-        _check_choices(parsed.settings, info)
-        engine.check_sampling(parsed.settings.sampling)
-        prompt = await service.off_loop(
-            partial(engine.format_chat, parsed.messages, **parsed.template_args),
-            size=sum(len(message["content"]) for message in parsed.messages),
-        )
-        starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
-        tokens = await service.tokenize_prompt(
-            prompt, field="messages", add_special=not starts_with_bos
-        )
-        generations = _generation_requests(tokens, parsed.settings, "messages", info)
-        ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
-        with_logprobs = parsed.settings.logprobs is not None
-        if not parsed.settings.stream:
-            outputs = await service.complete(generations)
-            choices = [responses.Choice.of(pieces, finished) for pieces, finished in outputs]
-            return json_response(
-                responses.chat_completion(ids, choices, with_logprobs=with_logprobs)
-            )
-        channel = await service.start_stream(app.nursery, generations)
-        events = responses.sse_events(
-            _drain(channel),
-            responses.chat_stream(ids, with_logprobs=with_logprobs),
-            n_choices=len(generations),
-            include_usage=parsed.settings.include_usage,
-        )
-        return Response(events, headers=SSE_HEADERS)
+        body = parse_json_object(await request_body())
+        return _response(await generations.chat_completion(service, model_id, body, app.nursery))
 
     @app.post("/v1/embeddings")
     @app.post("/embeddings")
@@ -288,7 +227,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         parsed = parse_embedding(parse_json_object(await request_body()))
         for index, item in enumerate(parsed.inputs):
             if not isinstance(item, str):
-                _checked_token_ids(item, f"input[{index}]", info.n_ctx, info)
+                generations.checked_token_ids(item, f"input[{index}]", info.n_ctx, info)
         texts = await service.off_loop(
             partial(_texts_of, engine, parsed.inputs),
             size=sum(len(item) for item in parsed.inputs),
@@ -307,61 +246,10 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
     return app
 
 
-async def _drain(
-    channel: trio.MemoryReceiveChannel[StreamItem],
-) -> AsyncIterator[StreamItem]:
-    """Iterate ``channel``, and close it however the iteration ends (client gone included)."""
-    with channel:
-        async for item in channel:
-            yield item
-
-
-def _generation_requests(
-    tokens: list[int], settings: GenerationSettings, field: str, info: ModelInfo
-) -> list[GenerationRequest]:
-    """One request per choice. With a seed, choice ``i`` samples with ``seed + i``: the
-    answer is reproducible, and its choices differ."""
-    if not tokens:
-        raise InvalidField(field, "is empty: there is nothing to continue")
-    if len(tokens) >= info.n_ctx:
-        raise ContextLengthExceeded(field, len(tokens), info.n_ctx)
-    request = GenerationRequest(
-        prompt_tokens=tokens,
-        max_tokens=settings.max_tokens,
-        stop=settings.stop,
-        sampling=settings.sampling,
-        ignore_eos=settings.ignore_eos,
-        logprobs=settings.logprobs,
-        cache_prompt=settings.cache_prompt,
-    )
-    seed = settings.sampling.seed
-    if seed is None or seed < 0:
-        return [request] * settings.n
-    return [request] + [
-        replace(request, sampling=replace(settings.sampling, seed=(seed + index) % _SEEDS))
-        for index in range(1, settings.n)
-    ]
-
-
-def _check_choices(settings: GenerationSettings, info: ModelInfo) -> None:
-    """Refuse more choices than slots, as llama-server does: they run together, one a slot."""
-    if settings.n > info.total_slots:
-        raise InvalidField(
-            settings.n_field,
-            f"must be between 1 and {info.total_slots}, got {settings.n}: each choice takes "
-            f"one of the model's {info.total_slots} slot(s) (more with a larger --parallel)",
-        )
-
-
-def _checked_token_ids(tokens: list[int], field: str, most: int, info: ModelInfo) -> list[int]:
-    """``tokens``, once known to be at most ``most`` ids of the vocabulary (length first: a
-    list too long for the context is refused without a look at its millions of ids)."""
-    if len(tokens) > most:
-        raise ContextLengthExceeded(field, len(tokens), info.n_ctx)
-    for token in tokens:
-        if not 0 <= token < info.n_vocab:
-            raise InvalidField(field, f"holds token id {token}, outside the vocabulary")
-    return tokens
+def _response(answer: generations.Answer) -> Response:
+    if isinstance(answer, dict):
+        return json_response(answer)
+    return Response(answer, headers=generations.SSE_HEADERS)
 
 
 def _texts_of(engine: Engine, inputs: Sequence[str | list[int]]) -> list[str]:

@@ -9,7 +9,7 @@ import math
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,7 +352,7 @@ async def sse_events(
     *,
     n_choices: int = 1,
     include_usage: bool,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The SSE bytes for a request's ``n_choices`` generations: the choices' chunks as they
     come; once all have ended, a finish chunk for each (by index), usage if asked, and
     ``[DONE]``. Or an error event where a generation failed: nothing follows it.

@@ -31,6 +31,8 @@ from router.errors import (
 log = logging.getLogger("router.edge.web")
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
+MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest request body either surface reads
+BODY_TIMEOUT_S = 60  # how long a body may take to arrive
 
 
 class _HandedOverBody(TrioBody):
@@ -58,8 +60,8 @@ def new_app(name: str) -> QuartTrio:
     app = QuartTrio(name)
     app.request_class = _Request
     app.config["RESPONSE_TIMEOUT"] = None  # a long generation is not a hung one
-    app.config["BODY_TIMEOUT"] = 60
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.before_request
     async def refuse_ambiguous_framing() -> None:
@@ -81,19 +83,29 @@ def new_app(name: str) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        kind = "not_found_error" if status == 404 else "invalid_request_error"
-        if status >= 500:
-            kind = "server_error"
-        message = f"{request.method} {request.path}: {error.description}"
-        return json_response({"error": {"message": message, "type": kind, "code": status}}, status)
+        body = http_error_body(request.method, request.path, status, error.description or "")
+        return json_response(body, status)
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        wrapped = RouterError(f"internal error: {type(error).__name__}: {error}")
-        return json_response(error_body(wrapped), 500)
+        return json_response(error_body(internal_error(error, request.method, request.path)), 500)
 
     return app
+
+
+def http_error_body(method: str, path: str, status: int, description: str) -> dict[str, Any]:
+    """The OpenAI-style body of an HTTP-level error (404, 405, 408, 413...)."""
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    if status >= 500:
+        kind = "server_error"
+    message = f"{method} {path}: {description}"
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def internal_error(error: Exception, method: str, path: str) -> RouterError:
+    """A bug met while answering ``method path``: logged with its traceback, answered 500."""
+    log.exception("unexpected error in %s %s", method, path, exc_info=error)
+    return RouterError(f"internal error: {type(error).__name__}: {error}")
 
 
 def check_api_key(keys: Sequence[str]) -> None:
