@@ -66,6 +66,7 @@ class Job:
         self.n_reused = 0
         self.logprobs: list[TokenLogprob] = []  # of tokens whose text was not yet sent
         self.logprob_bytes_ahead = 0  # bytes of sent tokens whose text is not yet sent
+        self.held: list[Piece] = []  # text kept for the end (``incremental`` is false)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.scanner = StopScanner(request.stop)
         self.t_start = 0.0
@@ -461,7 +462,19 @@ class DecodeLoop:
     # ---- to the Trio side ----------------------------------------------------------------
 
     def _post(self, job: Job, item: Item | None) -> None:
-        """Queue ``item`` (None: the end of the stream) for the next hand-over."""
+        """Queue ``item`` (None: the end of the stream) for the next hand-over; the text of a
+        job that is not read incrementally waits for its end, and goes as one piece."""
+        if isinstance(item, Piece) and not job.request.incremental:
+            job.held.append(item)
+            return
+        if job.held:
+            texts: list[str] = []
+            logprobs: list[TokenLogprob] = []
+            for piece in job.held:
+                texts.append(piece.text)
+                logprobs.extend(piece.logprobs)
+            self._outbox.append((job.send, Piece("".join(texts), tuple(logprobs))))
+            job.held.clear()
         self._outbox.append((job.send, item))
 
     def _flush(self) -> None:

@@ -61,6 +61,9 @@ class GenerationRequest:
     # None: no log-probabilities; k >= 0: each token's, with the k likeliest alternatives.
     logprobs: int | None = None
     cache_prompt: bool = True  # reuse a slot's cached tokens that this prompt starts with
+    # False: the caller reads the text only at the end, so the engine may hand it over in one
+    # piece then, rather than a piece per token.
+    incremental: bool = True
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ def generation_requests(
         ignore_eos=settings.ignore_eos,
         logprobs=settings.logprobs,
         cache_prompt=settings.cache_prompt,
+        incremental=settings.stream,
     )
     seed = settings.sampling.seed
     if seed is None or seed < 0:
