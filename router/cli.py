@@ -99,6 +99,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "room (default: 4; 0: no limit)",
     )
     add(
+        "--spares",
+        type=int,
+        default=_env_int("spares", 1),
+        help="child processes kept started (Python and llama.cpp imported, about 60 MiB each) "
+        "so that a load need not start one; another starts as soon as one is used "
+        "(default: 1; 0: none)",
+    )
+    add(
         "--models-autoload",
         action=argparse.BooleanOptionalAction,
         default=_env_flag("models-autoload", True),
@@ -345,6 +353,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             health_misses=args.health_misses,
             slot_timeout_s=args.slot_timeout,
             max_connections=args.max_connections,
+            spares=args.spares,
             allowed_hosts=tuple(args.allowed_host),
             plugins=(*file_plugins, *args.plugin),
             load_installed_plugins=not args.no_plugins,

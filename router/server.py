@@ -21,11 +21,13 @@ from pathlib import Path
 
 import trio
 from hypercorn.config import Config
+from quart_trio import QuartTrio
 
 from router.default_plugins import default_plugins
-from router.edge import http_server
+from router.edge import lean_http
 from router.edge.access import is_loopback
 from router.edge.app import create_app
+from router.edge.fast_path import with_fast_path
 from router.errors import CannotListen, ExposureRefused, PluginFailed, StartupError
 from router.hooks.plugin_types import PluginContext
 from router.hooks.plugins import (
@@ -137,13 +139,14 @@ async def serve_router(
                     load_timeout_s=settings.load_timeout_s,
                     health_interval_s=settings.health_interval_s,
                     health_misses=settings.health_misses,
+                    spares=settings.spares,
                 ),
                 events=pool,
                 adjust_launch=lambda spec, argv, env: _child_launch(plugins, pool, spec, argv, env),
             )
             context = PluginContext(settings, chores, pool.hooks.catalog)
             pool.attach(supervisor, chores, context)
-            supervisor.keep_a_spare()
+            supervisor.keep_spares()
             await call_each(plugins, "startup", router=context)
             for state in list(pool.models.values()):
                 if state.spec.load_on_startup:
@@ -155,7 +158,10 @@ async def serve_router(
                 if settings.conf_dir is not None:
                     watcher = ConfDirWatcher(settings.conf_dir, rescan)
                     background.start_soon(watcher.run)
-                await _serve_http(settings, sock, pool, plugins, rescan, task_status)
+                app = create_app(
+                    pool, settings, plugins, rescan=rescan, spares=supervisor.spare_report
+                )
+                await _serve_http(settings, sock, app, task_status)
                 if watcher is not None:
                     watcher.stop()
                 background.cancel_scope.cancel()
@@ -213,12 +219,9 @@ def _child_launch(
 async def _serve_http(
     settings: RouterSettings,
     sock: socket.socket,
-    pool: ModelPool,
-    plugins: Plugins,
-    rescan: Callable[[], None],
+    app: QuartTrio,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    app = create_app(pool, settings, plugins, rescan=rescan)
     config = Config()
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = 75
@@ -236,8 +239,10 @@ async def _serve_http(
         nursery.start_soon(stop_on_signals)
 
         async def serve(task_status: trio.TaskStatus[None]) -> None:
-            await http_server.serve(
-                app,
+            await lean_http.serve(
+                with_fast_path(
+                    app, autoload=settings.models_autoload, timeout_s=settings.timeout_s
+                ),
                 config,
                 sock,
                 max_connections=settings.max_connections,

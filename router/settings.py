@@ -41,6 +41,7 @@ class RouterSettings:
     slot_timeout_s: float = 60.0  # how long a request may wait for a free model slot: then 503
     max_connections: int = 1024  # client connections open at once; more wait to be accepted
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
+    spares: int = 1  # child processes kept started, waiting for the next load; 0 = none
 
     def __post_init__(self) -> None:
         if self.models_max < 0:
@@ -59,6 +60,8 @@ class RouterSettings:
             raise SettingsError(f"--health-misses must be 1 or more, not {self.health_misses}")
         if self.max_connections < 1:
             raise SettingsError(f"--max-connections must be 1 or more, not {self.max_connections}")
+        if not 0 <= self.spares <= 16:
+            raise SettingsError(f"--spares must be between 0 and 16, not {self.spares}")
         for key in (*self.api_keys, *self.admin_api_keys):
             if not key or key != key.strip():
                 raise SettingsError("an API key is empty or has surrounding spaces")

@@ -204,8 +204,9 @@ def test_a_waiter_that_disconnects_costs_no_model_its_slot(three_models: Path) -
                     json={"model": "beta", "prompt": "x", "max_tokens": 1},
                     timeout=0.5,
                 )
+            # Before alpha's stream ends: both at once would race for the slot.
+            wait_until(lambda: waiting(router)["beta"] == 0, "the waiter has left the queue")
         # alpha went idle after the stream closed; nobody waits for beta any more.
-        wait_until(lambda: waiting(router)["beta"] == 0, "the waiter has left the queue")
         assert statuses(router) == {"alpha": "loaded", "beta": "unloaded", "gamma": "unloaded"}
 
 

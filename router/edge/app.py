@@ -7,7 +7,6 @@ the pool (model management) or the proxy (everything else). Errors leave as Open
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import urllib.parse
@@ -24,22 +23,19 @@ from router.child_options import effective_child_options
 from router.edge.access import HostCheck, require_json
 from router.edge.config_api import config_path_for, delete_config, read_config, write_config
 from router.edge.extra_args import ExtraArgLimits, checked_extra_args
-from router.edge.jsonbody import is_blank, parse_json_object, top_level_field
-from router.edge.proxy import BrokenOff, ForwardRequest, start_forward
+from router.edge.gate import Gate, is_autoload
+from router.edge.jsonbody import parse_json_object
+from router.edge.proxy import CORS_PREFIX, BrokenOff, ForwardRequest, start_forward
 from router.edge.web import PUBLIC_PATHS, json_response, new_app, request_body
 from router.errors import (
-    AuthenticationFailed,
     Conflict,
     CutConnection,
     InvalidField,
-    InvalidRequest,
     ModelNotFound,
     PermissionDenied,
-    QueueFull,
-    RouterError,
 )
-from router.hooks.plugin_types import Denial, Principal, RequestInfo
-from router.hooks.plugins import Plugins, call_each, call_each_now, call_first, has_implementations
+from router.hooks.plugin_types import RequestInfo
+from router.hooks.plugins import Plugins, call_each_now
 from router.models.pool import ModelPool
 from router.models.state import ModelState
 from router.settings import RouterSettings
@@ -53,7 +49,6 @@ FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 STATE_CHANGING_ENDPOINTS = frozenset(
     {"reload", "load", "unload", "put_config", "delete_model_config"}
 )
-CORS_PREFIX = "access-control-"
 
 
 def create_app(
@@ -62,23 +57,20 @@ def create_app(
     plugins: Plugins,
     *,
     rescan: Callable[[], None],
+    spares: Callable[[], list[dict[str, int | None]]] = list,
 ) -> QuartTrio:
+    """The router's app. ``spares`` reports the waiting spare children (``GET /models``)."""
     app = new_app("router")
     started = int(time.time())
-    hosts = HostCheck.for_address(settings.host, settings.allowed_hosts)
+    gate = Gate(pool, plugins, HostCheck.for_address(settings.host, settings.allowed_hosts))
+    app.extensions["llama_router_gate"] = gate  # the raw path in front checks the same way
 
     @app.before_request
     async def authenticate() -> None:
         """The Host check, the caller's key, then JSON only where state changes."""
         if request.path in PUBLIC_PATHS:
             return
-        hosts.check(request.headers.get("Host"))
-        result = await call_first(plugins, "authenticate", request=_request_info())
-        if isinstance(result, Denial):
-            raise _denial_error(result)
-        if not isinstance(result, Principal):
-            raise AuthenticationFailed("no plugin recognized this caller")
-        g.principal = result
+        g.principal = await gate.authenticate(request.headers.get("Host"), _request_info())
         if request.endpoint in STATE_CHANGING_ENDPOINTS:
             has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
             require_json(request.method, request.headers.get("Content-Type"), has_body)
@@ -95,21 +87,7 @@ def create_app(
 
     async def resolve(requested: str) -> ModelState:
         """The model for ``requested`` (plugins may route it), if the caller may use it."""
-        info = _request_info()
-        model_id = await call_first(
-            plugins,
-            "resolve_model",
-            requested=requested,
-            request=info,
-            catalog=pool.hooks.catalog(),
-        )
-        state = pool.resolve(model_id if isinstance(model_id, str) else requested)
-        denial = await call_first(
-            plugins, "authorize", principal=g.principal, model=state.spec.id, request=info
-        )
-        if isinstance(denial, Denial):
-            raise _denial_error(denial)
-        return state
+        return await gate.resolve(requested, g.principal, _request_info())
 
     @app.get("/health")
     @app.get("/v1/health")
@@ -130,7 +108,7 @@ def create_app(
             for model_id, problem in pool.problems.items()
             if model_id not in pool.models
         ]
-        return json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": data, "spares": spares()})
 
     @app.post("/models/reload")
     async def reload() -> Response:
@@ -235,11 +213,10 @@ def create_app(
     @app.route("/<path:path>", methods=FORWARDED_METHODS)
     async def forward(path: str) -> Response:
         received = await request_body()  # the one copy of a large body, forwarded as it is
-        state = await resolve(await _requested_model(pool, received))
-        body = await _transformed(plugins, state.spec.id, received, g.principal)
-        autoload = settings.models_autoload
-        if "autoload" in request.args:
-            autoload = request.args["autoload"].lower() in ("1", "true", "yes")
+        requested = await gate.requested_model(request.args.get("model"), request.method, received)
+        state = await resolve(requested)
+        body = await gate.transformed(state.spec.id, received, g.principal)
+        autoload = is_autoload(settings.models_autoload, request.args.get("autoload"))
         forwarded = await start_forward(
             app.nursery,
             pool,
@@ -270,32 +247,6 @@ def create_app(
     return app
 
 
-async def _transformed(
-    plugins: Plugins, model: str, body: bytearray, principal: Principal
-) -> bytes | bytearray:
-    """``body`` after every ``transform_request`` hook (JSON object bodies only).
-
-    Only then is a body parsed whole and written anew: without such a hook, it goes as it came.
-    """
-    if not has_implementations(plugins, "transform_request") or is_blank(body):
-        return body
-    parsed = parse_json_object(body)
-    for result in await call_each(
-        plugins, "transform_request", model=model, body=parsed, principal=principal
-    ):
-        if isinstance(result, dict):  # or None: the body was changed in place, if at all
-            parsed = result
-    return json.dumps(parsed).encode()
-
-
-def _denial_error(denial: Denial) -> RouterError:
-    if denial.status == 401:
-        return AuthenticationFailed(denial.message)
-    if denial.status == 429:
-        return QueueFull(denial.message, retry_after_s=denial.retry_after_s or 1)
-    return PermissionDenied(denial.message)
-
-
 def _request_info() -> RequestInfo:
     return RequestInfo(
         method=request.method,
@@ -313,27 +264,6 @@ def _forwarded_path() -> str:
     if isinstance(raw_path, bytes) and raw_path.startswith(b"/"):
         return raw_path.decode("latin-1")  # ASCII: the HTTP parser took nothing else
     return urllib.parse.quote(request.path, safe="/:@!$&'()*+,;=-._~")
-
-
-async def _requested_model(pool: ModelPool, body: bytearray) -> str:
-    """The model a request names: ``"model"`` in a JSON body, or ``?model=``; else the only one.
-
-    A large body is scanned for its top-level ``"model"``, never parsed whole (jsonbody.py).
-    """
-    model: Any = request.args.get("model")
-    if model is None and request.method != "GET" and not is_blank(body):
-        model = await top_level_field(body, "model")
-    if model is None:
-        if len(pool.models) == 1:
-            return next(iter(pool.models))
-        known = ", ".join(sorted(pool.models)) or "none"
-        raise InvalidRequest(
-            f'name a model with "model" in the body (or ?model= on GET); known models: {known}',
-            param="model",
-        )
-    if not isinstance(model, str) or not model:
-        raise InvalidField("model", "must be a non-empty string")
-    return model
 
 
 def _model_field(body: dict[str, Any]) -> str:

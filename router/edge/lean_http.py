@@ -268,6 +268,9 @@ class _Connection:
         self._server = server
         self._sock = sock
         self._parser = httptools.HttpRequestParser(self)
+        # Both framings reach on_headers_complete, which refuses them in words a client can act
+        # on (llhttp's own refusal names only the header it met second).
+        self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
         self._requests: deque[_Request] = deque()
         self._failure: _Refused | None = None
         self._is_disconnected = False
@@ -588,6 +591,11 @@ class _Connection:
         self._is_in_head = False
         self._head_bytes = 0  # trailers count afresh
         parser = self._parser
+        names = {name for name, _ in self._headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise _Refused(
+                400, "the request has both Content-Length and Transfer-Encoding; send only one"
+            )
         max_body_bytes = self._server.max_body_bytes
         if max_body_bytes is not None:
             for name, value in self._headers:

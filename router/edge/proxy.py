@@ -9,6 +9,10 @@ before its answer's head makes a 503; after, it ends an SSE answer with an error
 other answer with ``BrokenOff``, on which the app cuts the client's connection, so that a part
 is never taken for the whole.
 
+A server that runs the app in the connection's own task until the answer is out (the router's)
+needs neither the task nor the channel: ``relay`` forwards in the caller's task, with the same
+errors, deadlines and usage report.
+
 Only end-to-end headers cross: hop-by-hop ones (and any a ``Connection`` header names), the
 client's ``Expect`` (the router's server answers it), and the router's own never do.
 """
@@ -18,18 +22,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from router.edge.usage import UsageCounter
-from router.errors import ChildTimeout, RouterError, Unavailable, WireError, sse_error_event
+from router.errors import (
+    ChildTimeout,
+    CutConnection,
+    RouterError,
+    Unavailable,
+    WireError,
+    sse_error_event,
+)
 from router.hooks.plugin_types import Principal
 from router.hooks.plugins import Plugins, call_each, has_implementations
 from router.models.pool import ModelPool
 from router.models.state import ModelState
-from router.processes.wire import RequestBody, WireResponse
+from router.processes.wire import ChildConnections, RequestBody, WireResponse
 
 log = logging.getLogger("router.edge.proxy")
 
@@ -57,6 +69,11 @@ _DROPPED_HEADERS = frozenset(
     }
 )
 CHANNEL_CHUNKS = 16
+# No page of another origin may read an answer: a backend's own CORS headers (llama-server
+# reflects any ``Origin``) never pass.
+CORS_PREFIX = "access-control-"
+
+AnswerSend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,31 @@ async def _report(
         log.exception("request_finished hook failed")
 
 
+async def _ask(child: ChildConnections, request: ForwardRequest) -> WireResponse:
+    """Send ``request`` to ``child``; its answer once the head is in (else Unavailable)."""
+    target = request.path
+    if request.query:
+        target += "?" + request.query.decode("latin-1")
+    try:
+        return await child.request(
+            request.method,
+            target,
+            _forwardable(request.headers),
+            request.body,
+            timeout_s=request.timeout_s,
+        )
+    except ChildTimeout as exc:
+        raise Unavailable(
+            f"model {request.model!r} did not answer within {request.timeout_s:g} s (the "
+            "router's -to/--timeout): it may be hung or overloaded"
+        ) from exc
+    except WireError as exc:
+        raise Unavailable(
+            f"model {request.model!r} did not answer ({exc}); its process may have "
+            "exited: see GET /models"
+        ) from exc
+
+
 async def _forward_with_lease(
     pool: ModelPool,
     request: ForwardRequest,
@@ -148,27 +190,7 @@ async def _forward_with_lease(
     counter: UsageCounter | None,
 ) -> int:
     async with pool.lease(request.state, autoload=request.autoload) as child:
-        target = request.path
-        if request.query:
-            target += "?" + request.query.decode("latin-1")
-        try:
-            response = await child.request(
-                request.method,
-                target,
-                _forwardable(request.headers),
-                request.body,
-                timeout_s=request.timeout_s,
-            )
-        except ChildTimeout as exc:
-            raise Unavailable(
-                f"model {request.model!r} did not answer within {request.timeout_s:g} s (the "
-                "router's -to/--timeout): it may be hung or overloaded"
-            ) from exc
-        except WireError as exc:
-            raise Unavailable(
-                f"model {request.model!r} did not answer ({exc}); its process may have "
-                "exited: see GET /models"
-            ) from exc
+        response = await _ask(child, request)
         if counter is not None:
             counter.begin(response.content_type)
         send, receive = trio.open_memory_channel[bytes | BrokenOff](CHANNEL_CHUNKS)
@@ -218,19 +240,88 @@ async def _pump(
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client left; closing the response cancels the child's work
     except WireError as exc:
-        log.warning("model %s broke off its answer: %s", model, exc)
-        if isinstance(exc, ChildTimeout):
-            reason = f"model {model!r} sent nothing more for too long; it may be hung"
-        else:
-            reason = (
-                f"model {model!r} stopped in the middle of its answer (its process may have "
-                "crashed)"
-            )
+        reason = _broken_off(model, exc)
         ending = sse_error_event(RouterError(f"{reason}; retry the request"))
         try:
             await send.send(ending if is_event_stream else BrokenOff(reason))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+
+def _broken_off(model: str, exc: WireError) -> str:
+    """Why the answer of ``model`` stopped short (``exc``), logged, for the client."""
+    log.warning("model %s broke off its answer: %s", model, exc)
+    if isinstance(exc, ChildTimeout):
+        return f"model {model!r} sent nothing more for too long; it may be hung"
+    return f"model {model!r} stopped in the middle of its answer (its process may have crashed)"
+
+
+async def relay(
+    pool: ModelPool, plugins: Plugins, request: ForwardRequest, send: AnswerSend
+) -> None:
+    """Forward ``request`` and write the answer to ASGI ``send``, all in the caller's task.
+
+    For a server that runs the app in the connection's own task until the answer is out (the
+    router's, ``lean_http``): no task, no channel between the child and the client. The answer
+    keeps the child's ``Content-Length`` when it has one (one write for head and body).
+    Raises RouterError before the answer's head (nothing was sent: answer it); after, a child
+    that breaks off ends an event stream with an error event, and anything else with
+    CutConnection, on which the server closes the connection. The usage is reported as
+    ``start_forward``'s is.
+    Cancellation: gives up the request (and its place in the queue); an answer under way is
+    cut, and closing the child's connection cancels its generation.
+    """
+    started = time.monotonic()
+    counter = UsageCounter() if has_implementations(plugins, "request_finished") else None
+    status = 0
+    try:
+        async with pool.lease(request.state, autoload=request.autoload) as child:
+            response = await _ask(child, request)
+            try:
+                status = response.status_code
+                await _relay_answer(request.model, response, send, counter)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await response.aclose()
+    except RouterError as exc:
+        status = exc.status
+        raise
+    finally:
+        if counter is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await _report(plugins, request, counter, time.monotonic() - started, status)
+
+
+async def _relay_answer(
+    model: str, response: WireResponse, send: AnswerSend, counter: UsageCounter | None
+) -> None:
+    if counter is not None:
+        counter.begin(response.content_type)
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in _forwardable(response.headers)
+        if not name.lower().startswith(CORS_PREFIX)
+    ]
+    length = response.content_length
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    sent = 0
+    try:
+        async for chunk in response.aiter_raw():
+            if counter is not None:
+                counter.feed(chunk)
+            sent += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": sent != length})
+    except WireError as exc:
+        reason = _broken_off(model, exc)
+        if length is not None or not response.content_type.startswith("text/event-stream"):
+            raise CutConnection(reason) from None
+        ending = sse_error_event(RouterError(f"{reason}; retry the request"))
+        await send({"type": "http.response.body", "body": ending, "more_body": False})
+        return
+    if length is None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _forwardable(headers: list[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:

@@ -96,3 +96,15 @@ async def assign_to_spare(process: trio.Process, child: Child) -> bool:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
+
+
+def resident_mib(pid: int) -> int | None:
+    """The resident memory of process ``pid`` in MiB (Linux), or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        return None
+    return None

@@ -81,7 +81,7 @@ class SupervisorSettings:
     health_poll_s: float = 0.1  # how often a 'command' child's health path is tried
     health_interval_s: float = 5.0  # how often a ready child is pinged
     health_misses: int = 3  # pings missed in a row before it is declared hung and killed
-    use_spares: bool = True  # keep a pre-started child waiting for the next load
+    spares: int = 1  # pre-started children kept waiting for the next load (0: none)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Supervisor:
         self._events = events
         self._adjust_launch = adjust_launch  # plugins' child_launch: may edit argv and env
         self._children: dict[str, Child] = {}
-        self._spare: _Holder | None = None
+        self._spares: list[_Holder] = []  # oldest first: the likeliest to be ready
         self._is_stopping = False
 
     def socket_path(self, model_id: str) -> Path:
@@ -141,7 +141,7 @@ class Supervisor:
         self._children[spec.id] = child
         if child.launch_error or not self._take_spare(child):
             self._nursery.start_soon(self._run, _Holder(child), name=f"child {spec.id}")
-        self.keep_a_spare()  # for the next load: a back-to-back swap finds it ready
+        self.keep_spares()  # for the next load: a back-to-back swap finds one
         return child.argv
 
     def stop(self, model_id: str) -> None:
@@ -158,8 +158,8 @@ class Supervisor:
         (trio's ``run_process`` runs the same stop sequence, shielded).
         """
         self._is_stopping = True
-        spare, self._spare = self._spare, None
-        if spare is not None:
+        spares, self._spares = self._spares, []
+        for spare in spares:
             spare.assigned.set()  # with no child: it ends
         while self._children:  # those started meanwhile fail at once (``start``)
             children = list(self._children.values())
@@ -216,8 +216,8 @@ class Supervisor:
         finally:
             if holder.child is not None:
                 self._report_exit(holder.child, process)
-            elif self._spare is holder:
-                self._spare = None
+            elif holder in self._spares:
+                self._spares.remove(holder)
 
     async def _supervise(
         self, nursery: trio.Nursery, child: Child, process: trio.Process, secret: str
@@ -301,22 +301,38 @@ class Supervisor:
 
     # ---- spares --------------------------------------------------------------------------------
 
-    def keep_a_spare(self) -> None:
-        """Have one spare child waiting (started in the background if there is none)."""
-        if self._settings.use_spares and self._spare is None and not self._is_stopping:
-            self._spare = _Holder(None)
-            self._nursery.start_soon(self._run, self._spare, name="spare child")
+    def keep_spares(self) -> None:
+        """Have ``settings.spares`` spare children waiting (those missing start now, in the
+        background: each takes the time of Python's and llama.cpp's imports to be ready)."""
+        while len(self._spares) < self._settings.spares and not self._is_stopping:
+            spare = _Holder(None)
+            self._spares.append(spare)
+            self._nursery.start_soon(self._run, spare, name="spare child")
+
+    def spare_report(self) -> list[dict[str, int | None]]:
+        """The waiting spares: each one's pid and resident memory (MiB), which is what it
+        costs while it waits (None while it starts)."""
+        return [
+            {"pid": spare.process.pid, "rss_mib": own_children.resident_mib(spare.process.pid)}
+            for spare in self._spares
+            if spare.process is not None
+        ]
 
     def _take_spare(self, child: Child) -> bool:
-        """Hand ``child`` to the waiting spare, if there is one it can serve as."""
-        spare = self._spare
+        """Hand ``child`` to the oldest waiting spare (the likeliest to have finished its
+        imports), if there is one it can serve as."""
+        spare = next((spare for spare in self._spares if spare.process is not None), None)
         if spare is None or spare.process is None or child.is_command:
             return False
         if child.env != self._base_env():
             return False  # its own environment must be there from the process's start
         if not own_children.can_run_in_a_spare(child.argv):
             return False  # a plugin wrapped or changed the command (numactl, nice...)
-        self._spare = None
+        self._spares.remove(spare)
+        log.info(
+            "[%s] handed to a spare child (pid %d, %s MiB before its model)",
+            child.spec.id, spare.process.pid, own_children.resident_mib(spare.process.pid),
+        )  # fmt: skip
         spare.child = child
         spare.assigned.set()
         return True

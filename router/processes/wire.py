@@ -266,6 +266,11 @@ class WireResponse:
             if not 100 <= status < 200:
                 return cls(owner, stream, status, headers, buffer, method, timeout_s)
 
+    @property
+    def content_length(self) -> int | None:
+        """The body's length, when the answer says it (``Content-Length``, not chunked)."""
+        return self._length
+
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (chunked framing removed).
 
