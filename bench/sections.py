@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from bench import engine as bench_engine
 from bench import harness
 from bench.harness import Results, median, percentile
 
@@ -26,6 +27,7 @@ class Setup:
     threads: int
     quick: bool
     progress: Callable[[str], None]
+    child_ctx_per_slot: bool = False  # the child before issue 11: its -c is per slot
 
     @property
     def gemma_dir(self) -> Path | None:
@@ -366,55 +368,23 @@ def list_devices() -> list[str]:
 
 
 def engine(setup: Setup, results: Results) -> None:
-    """Our child against llama-server on the same GGUF and threads: pp512, tg128, and the
-    aggregate speed of 1, 4 and 8 concurrent greedy streams."""
+    """Our child against llama-server: issue 11's table (bench/engine.py)."""
     if setup.llama_server is None:
         setup.progress("engine: skipped (no --llama-server)")
         return
     model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
-    tokens = 32 if setup.quick else 128
-    levels = [1, 4] if setup.quick else [1, 4, 8]
-    threads = ["-t", str(setup.threads)]
-    child_port, server_port = harness.free_port(), harness.free_port()
-    # Eight slots of 1024 tokens each: llama-server divides -c among its slots, we do not.
-    with (
-        harness.serve(harness.our_child(model, child_port, *threads, "-c", "1024", "-np", "8"),
-                      child_port) as child,
-        harness.serve(harness.llama_server(setup.llama_server, model, server_port, *threads,
-                                           "-c", "8192", "-np", "8"), server_port) as server,
-    ):  # fmt: skip
-        systems = {"direct": child.base_url, "llama-server": server.base_url}
-        n_vocab = httpx.get(child.base_url + "/v1/models").json()["data"][0]["meta"]["n_vocab"]
-        prompt_512 = [5 + (index * 7) % (n_vocab - 10) for index in range(512)]
-        for system, base in systems.items():
-            _stream(base, model.stem, "warm up", 4)
-            ttft, _, _ = _stream(base, model.stem, prompt_512, 2)  # type: ignore[arg-type]
-            results.add("pp512", system, "tokens_per_s", 512 / ttft, "tok/s")
-            _, rate, _ = _stream(base, model.stem, "Once upon a time", tokens)
-            results.add(f"tg{tokens}", system, "tokens_per_s", rate, "tok/s")
-            for streams in levels:
-                total = trio.run(_concurrent_tokens, base, model.stem, streams, tokens)
-                results.add(f"concurrent_{streams}", system, "aggregate_tokens_per_s", total,
-                            "tok/s")  # fmt: skip
-            setup.progress(f"engine on {system}")
-
-
-async def _concurrent_tokens(base: str, model: str, streams: int, tokens: int) -> float:
-    body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True}  # fmt: skip
-    generated = 0
-    async with httpx.AsyncClient(base_url=base, timeout=600) as client:
-
-        async def one() -> None:
-            nonlocal generated
-            response = await client.post(COMPLETION, json=body)
-            generated += response.json()["usage"]["completion_tokens"]
-
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(streams):
-                nursery.start_soon(one)
-        return generated / (time.perf_counter() - start)
+    bench_engine.run(
+        bench_engine.EngineSetup(
+            tiny=setup.tiny_dir / "a.gguf",
+            model=model,
+            llama_server=setup.llama_server,
+            threads=setup.threads,
+            quick=setup.quick,
+            child_ctx_per_slot=setup.child_ctx_per_slot,
+            progress=setup.progress,
+        ),
+        results,
+    )
 
 
 SECTIONS = {

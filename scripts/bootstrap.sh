@@ -5,14 +5,16 @@
 # (GGML_NATIVE=ON) turns on every instruction set the CPU advertises, AMX included. Some CPUs
 # (and many VMs) advertise AMX but trap on it, so that build dies with SIGILL at the first
 # quantized matmul. We build with GGML_NATIVE=OFF and switch on, one by one, the x86 extensions
-# /proc/cpuinfo lists, never AMX. The wheel is cached under a key made of the version and the
-# flags, so a second set-up (or CI on the same machine) installs in seconds.
+# /proc/cpuinfo lists, never AMX (scripts/cpu_flags.sh, shared with scripts/build_llama_cpp.sh).
+# The wheel is cached under a key made of the version and the flags, so a second set-up (or CI on
+# the same machine) installs in seconds.
 #
 # Set CMAKE_ARGS yourself to override (for CUDA: CMAKE_ARGS="-DGGML_CUDA=on"; see bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_CPP_PYTHON_VERSION=0.3.36
+# shellcheck source=scripts/cpu_flags.sh
+source scripts/cpu_flags.sh   # LLAMA_CPP_PYTHON_VERSION, the CPU flags, the cache key
 PYTHON=${PYTHON:-python3}
 EXTRAS=${1:-}   # "test" installs the test tools too
 
@@ -25,31 +27,14 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip wheel
 
 if [ -z "${CMAKE_ARGS:-}" ]; then
-  CMAKE_ARGS=""
-  if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" = x86_64 ]; then
-    flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-    has() { [[ "$flags" == *" $1 "* ]]; }
-    has avx && CMAKE_ARGS+=" -DGGML_AVX=ON"
-    has avx2 && CMAKE_ARGS+=" -DGGML_AVX2=ON"
-    has fma && CMAKE_ARGS+=" -DGGML_FMA=ON"
-    has f16c && CMAKE_ARGS+=" -DGGML_F16C=ON"
-    has bmi2 && CMAKE_ARGS+=" -DGGML_BMI2=ON"
-    has avx_vnni && CMAKE_ARGS+=" -DGGML_AVX_VNNI=ON"
-    if has avx512f && has avx512bw && has avx512vl && has avx512dq; then
-      CMAKE_ARGS+=" -DGGML_AVX512=ON"
-      has avx512vbmi && CMAKE_ARGS+=" -DGGML_AVX512_VBMI=ON"
-      has avx512_vnni && CMAKE_ARGS+=" -DGGML_AVX512_VNNI=ON"
-      has avx512_bf16 && CMAKE_ARGS+=" -DGGML_AVX512_BF16=ON"
-    fi
-  fi
+  CMAKE_ARGS=$(llama_cpp_cpu_cmake_args)
 fi
 export CMAKE_ARGS
 
 installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null || true)
 stamp=.venv/.llama-cpp-build-flags
 if [ "$installed" != "$LLAMA_CPP_PYTHON_VERSION" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
-  key=$(printf '%s %s' "$LLAMA_CPP_PYTHON_VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-16)
+  key=$(llama_cpp_cache_key "$CMAKE_ARGS")
   wheels="${XDG_CACHE_HOME:-$HOME/.cache}/llama-router/wheels/$key"
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     say "compiling llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (llama.cpp; about 5-10 minutes on 2 cores)"
