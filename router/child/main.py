@@ -11,6 +11,9 @@ conf.d, so that it starts fast and the router's configuration cannot break it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import trio
 from hypercorn.config import Config, Sockets
+from quart_trio import QuartTrio
 
 from router.child.app import create_app
 from router.child.fast_path import with_fast_path
@@ -84,19 +88,40 @@ def run_child(
 def run_spare() -> int:
     """``llama-router child --spare``: wait, with everything imported, for a model to serve.
 
-    The router starts one spare ahead of need and writes ``assign ["-m", "x.gguf", ...]`` on
-    its stdin when a load comes; the spare then serves that model exactly as ``child`` would.
-    End-of-file instead of an assignment means the router stopped (or died): exit at once.
+    The spare says so on its lifeline (the spare line), then the router writes ``assign
+    ["-m", "x.gguf", ...]`` on its stdin when a load comes; the spare then serves that model
+    exactly as ``child`` would. A stop that asks for it (``stop TIMEOUT_S spare``) ends with
+    the model freed, the server closed and the spare line again: the same process waits for
+    the next model. End-of-file instead of an assignment means the router stopped (or died):
+    exit at once.
     """
     lifeline = ChildLifeline.from_environment()
     if lifeline is None:
         print("error: --spare is for the router's own use (it needs a lifeline)", file=sys.stderr)
         return 2
-    line = _read_line()
-    if not line.startswith(b"assign "):
-        return 0
-    engine_options, serve_options = parse_child_arguments(json.loads(line[len(b"assign ") :]))
-    return run_child(engine_options, serve_options, lifeline)
+    gc.collect()
+    gc.freeze()  # what the imports made lives as long as the process: later collections skip it
+    while True:
+        lifeline.announce_spare()
+        line = _read_line()
+        if not line.startswith(b"assign "):
+            return 0
+        arguments = json.loads(line[len(b"assign ") :])
+        engine_options, serve_options = parse_child_arguments(arguments)
+        status = run_child(engine_options, serve_options, lifeline)
+        if status != 0 or not lifeline.is_back_to_spare_asked:
+            return status
+        _give_memory_back()
+
+
+def _give_memory_back() -> None:
+    """Return what the last model left behind to the system before waiting for the next one:
+    the model's Python objects (cycles included) and the C heap's free pages. llama.cpp has
+    freed the weights and unmapped the file already (``engine.close``); with the imports
+    frozen (``gc.freeze``), the collection only walks what the last model made (< 1 ms)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc only; elsewhere the heap keeps its pages
 
 
 def _read_line() -> bytes:
@@ -161,6 +186,33 @@ async def _serve_loaded(
             lifeline, "listen_error", f"cannot listen on {_where(serve_options)}: {reason}"
         )
         return 1
+    try:
+        return await _serve_on(engine, service, app, config, sockets, serve_options, lifeline)
+    finally:
+        _close_listener(sockets, serve_options)
+
+
+def _close_listener(sockets: Sockets, options: ServeOptions) -> None:
+    """Close the listening socket and remove its file: a process that goes back to being a
+    spare keeps neither (the next model's child binds the path afresh)."""
+    for sock in sockets.insecure_sockets:
+        sock.close()
+    if options.unix_socket is not None:
+        with contextlib.suppress(OSError):
+            if options.unix_socket.is_socket():
+                options.unix_socket.unlink()
+
+
+async def _serve_on(
+    engine: LlamaCppEngine,
+    service: ModelService,
+    app: QuartTrio,
+    config: Config,
+    sockets: Sockets,
+    serve_options: ServeOptions,
+    lifeline: ChildLifeline | None,
+) -> int:
+    model_id = serve_options.alias or Path(engine.info.model_path).stem
     stop_requested = trio.Event()
     state = app.extensions["llama_router_state"]
 

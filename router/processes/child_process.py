@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -51,6 +51,9 @@ class Child:
     was_ready: bool = False
     ready_address: str = ""  # where it serves, once ready
     became_ready: trio.Event = field(default_factory=trio.Event)
+    # Its model freed, its server closed, the process waits as a spare again (a stop that
+    # asked for it): for the model, this is its exit.
+    went_back_to_spare: trio.Event = field(default_factory=trio.Event)
 
     @property
     def is_command(self) -> bool:
@@ -95,11 +98,14 @@ async def log_lines(child: Child, stream: trio.abc.ReceiveStream, done: trio.Eve
         done.set()
 
 
-async def terminate(child: Child, process: trio.Process, stop_timeout_s: float) -> None:
+async def terminate(
+    child: Child, process: trio.Process, stop_timeout_s: float, *, back_to_spare: bool = False
+) -> None:
     """The one stop sequence: the graceful stop, then SIGTERM, then SIGKILL to the group.
 
     The graceful stop is the lifeline's ``stop`` command for our own children, SIGTERM for a
-    command (it knows no lifeline).
+    command (it knows no lifeline). With ``back_to_spare`` (a spare's process), the graceful
+    stop asks the process to wait as a spare afterwards; it is over when it says so.
     Cancellation: trio runs this shielded when the router shuts down; its own deadlines
     bound it to ``stop_timeout_s`` plus a second plus KILL_AFTER_TERM_S.
     """
@@ -107,10 +113,11 @@ async def terminate(child: Child, process: trio.Process, stop_timeout_s: float) 
     if child.is_command:
         signal_group(process, signal.SIGTERM)
     elif process.stdin is not None:
+        command = lifeline.stop_command(stop_timeout_s, back_to_spare=back_to_spare)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await process.stdin.send_all(lifeline.stop_command(stop_timeout_s))
+            await process.stdin.send_all(command)
     with trio.move_on_after(stop_timeout_s + 1):
-        await process.wait()
+        await wait_ended(child, process)
         return
     signal_group(process, signal.SIGTERM)
     with trio.move_on_after(KILL_AFTER_TERM_S):
@@ -118,6 +125,21 @@ async def terminate(child: Child, process: trio.Process, stop_timeout_s: float) 
         return
     signal_group(process, signal.SIGKILL)
     await process.wait()
+
+
+async def wait_ended(child: Child, process: trio.Process) -> None:
+    """Wait until ``child`` is over: its process exited, or went back to being a spare.
+
+    Cancellation: stops waiting (Cancelled propagates).
+    """
+    async with trio.open_nursery() as nursery:
+
+        async def wait_then_cancel(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait_then_cancel, process.wait)
+        nursery.start_soon(wait_then_cancel, child.went_back_to_spare.wait)
 
 
 async def watch_liveness(

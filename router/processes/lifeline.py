@@ -15,6 +15,10 @@ Both halves live here so that they cannot drift apart.
   of :data:`FAILURE_KINDS`, so the parent never has to guess from the child's log.
 * Stop: the parent writes ``stop TIMEOUT_S`` on the child's stdin. The child stops accepting
   requests, lets running ones finish for up to TIMEOUT_S seconds, cancels the rest and exits 0.
+* Spare: a spare (``child --spare``) writes ``llama-router-spare SECRET`` once its imports are
+  done and it waits for ``assign JSON_ARGV`` on stdin. ``stop TIMEOUT_S spare`` stops the same
+  way, but then the child frees its model, closes its server and writes the spare line again
+  instead of exiting: the process serves the next model without a new interpreter or imports.
 * Parent death: end-of-file on stdin means the parent is gone (even after SIGKILL, since the
   kernel closes its end of the pipe). The child exits at once: no one is left to serve.
 """
@@ -34,7 +38,9 @@ import trio
 ENV_VAR = "LLAMA_ROUTER_LIFELINE"
 READY_WORD = "llama-router-ready"
 FAILED_WORD = "llama-router-failed"
+SPARE_WORD = "llama-router-spare"
 STOP_WORD = "stop"
+BACK_TO_SPARE_WORD = "spare"  # after ``stop TIMEOUT_S``: wait for the next model, do not exit
 
 # Why a child failed, as the ``kind`` of its failed line.
 FAILURE_KINDS = frozenset(
@@ -69,6 +75,16 @@ def ready_address(line: str, secret: str) -> str | None:
     return parts[2]
 
 
+def is_spare_line(line: str, secret: str) -> bool:
+    """Whether ``line`` is this child's spare line: it waits, imports done, for a model."""
+    parts = line.strip().split(" ")
+    return (
+        len(parts) == 2
+        and parts[0] == SPARE_WORD
+        and hmac.compare_digest(parts[1].encode(), secret.encode())
+    )
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a child could not start serving, as its failed line says."""
@@ -100,9 +116,11 @@ def failed_reason(line: str, secret: str) -> str | None:
     return None if found is None else found.message
 
 
-def stop_command(timeout_s: float) -> bytes:
-    """What the parent writes on the child's stdin to ask for a graceful exit."""
-    return f"{STOP_WORD} {timeout_s:g}\n".encode()
+def stop_command(timeout_s: float, *, back_to_spare: bool = False) -> bytes:
+    """What the parent writes on the child's stdin to ask for a graceful exit (or, with
+    ``back_to_spare``, a graceful stop after which the process waits as a spare)."""
+    tail = f" {BACK_TO_SPARE_WORD}" if back_to_spare else ""
+    return f"{STOP_WORD} {timeout_s:g}{tail}\n".encode()
 
 
 # ---- child half ------------------------------------------------------------------------------
@@ -115,6 +133,7 @@ class ChildLifeline:
     secret: str
     ready_fd: int
     has_reported: bool = False  # the ready or failed line is written: the parent knows
+    is_back_to_spare_asked: bool = False  # the stop said: wait for the next model after it
 
     @classmethod
     def from_environment(cls) -> ChildLifeline | None:
@@ -136,6 +155,12 @@ class ChildLifeline:
         os.write(self.ready_fd, f"{READY_WORD} {self.secret} {address}\n".encode())
         self.has_reported = True
 
+    def announce_spare(self) -> None:
+        """Tell the parent we wait, imports done and no model held, for an ``assign`` line."""
+        os.write(self.ready_fd, f"{SPARE_WORD} {self.secret}\n".encode())
+        self.has_reported = False
+        self.is_back_to_spare_asked = False
+
     def announce_failure(self, kind: str, message: str) -> None:
         """Tell the parent why we cannot serve (``kind`` from :data:`FAILURE_KINDS`)."""
         fields = json.dumps({"kind": kind, "message": message}, ensure_ascii=True)
@@ -143,7 +168,11 @@ class ChildLifeline:
         self.has_reported = True
 
     async def obey_parent(self, request_stop: Callable[[float], None]) -> None:
-        """Read commands from stdin until EOF; call ``request_stop(timeout_s)`` on ``stop``.
+        """Read commands from stdin until EOF; call ``request_stop(timeout_s)`` on ``stop``
+        (``stop TIMEOUT_S spare`` sets ``is_back_to_spare_asked`` first).
+
+        The parent writes nothing after a stop until the child's spare line, so nothing this
+        reader buffers can belong to the next ``assign``.
 
         On EOF the parent is gone: the process exits immediately with status 0, without
         waiting for inference threads, because nobody can receive their output any more.
@@ -165,4 +194,6 @@ class ChildLifeline:
                     words = line.decode(errors="replace").split()
                     if words and words[0] == STOP_WORD:
                         timeout_s = float(words[1]) if len(words) > 1 else 10.0
+                        if words[2:3] == [BACK_TO_SPARE_WORD]:
+                            self.is_back_to_spare_asked = True
                         request_stop(timeout_s)

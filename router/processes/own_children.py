@@ -5,7 +5,9 @@ Each speaks the lifeline protocol (``lifeline.py``) over stdin/stdout and serves
 socket in the router's private runtime directory, named so that no two model ids can share
 one. A spare is ``llama-router child --spare``: an interpreter with llama.cpp and the server
 already imported, waiting for an ``assign`` line with its model's arguments; handing a load to
-a spare saves the half second a new Python process spends importing.
+a spare saves the half second a new Python process spends importing. A spare's process that
+is stopped with ``stop TIMEOUT_S spare`` frees its model and waits again: the next load reuses
+it (bounded by the supervisor: how many models one process serves, how much it may grow).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from router.child_options import child_argv
 from router.processes import lifeline
-from router.processes.child_process import Child, OnReady, each_line
+from router.processes.child_process import Child, each_line
 from router.spec import ModelSpec
 
 _CHILD_COMMAND = [sys.executable, "-m", "router", "child"]
@@ -54,28 +56,51 @@ def socket_name(model_id: str) -> str:
     return f"{readable}-{digest}.sock"
 
 
-async def await_ready(
-    child: Child, process: trio.Process, secret: str, *, load_timeout_s: float, on_ready: OnReady
-) -> None:
-    """Read the child's lifeline until its ready line; stop it if that takes too long.
+class LifelineListener(Protocol):
+    """What the supervisor does with each line a child says on its lifeline."""
 
-    A child that cannot load says why on the lifeline (a structured line, not a log line to
-    guess from): that reason becomes the model's error.
+    def imports_done(self) -> None: ...  # a spare waits for its first model
+    def back_to_spare(self) -> None: ...  # its model is freed: it waits for the next one
+    def ready(self, address: str) -> None: ...
+    def failed(self, failure: lifeline.Failure) -> None: ...
+
+
+async def read_lifeline(process: trio.Process, secret: str, listener: LifelineListener) -> None:
+    """Read a process's lifeline (its stdout) for its whole life; tell ``listener`` each line.
+
+    A spare's first spare line says its imports are done; each later one, that the model it
+    served is freed (one per assignment, in order, so the two cannot be confused). Lines
+    without this process's secret are ignored.
     Cancellation: returns.
     """
     assert process.stdout is not None
-    with trio.move_on_after(load_timeout_s) as timer:
-        async for line in each_line(process.stdout):
-            address = lifeline.ready_address(line, secret)
-            if address is not None and not child.was_ready:
-                on_ready(child, address, process)
-            failed = lifeline.failure(line, secret)
-            if failed is not None:
-                child.fatal_error = failed.message
-                child.failure_kind = failed.kind
-    if timer.cancelled_caught and not child.was_ready:
-        child.fatal_error = f"not ready after {load_timeout_s:g}s (load timeout); stopped"
-        child.stop_requested.set()
+    spare_lines = 0
+    async for line in each_line(process.stdout):
+        if lifeline.is_spare_line(line, secret):
+            spare_lines += 1
+            if spare_lines == 1:
+                listener.imports_done()
+            else:
+                listener.back_to_spare()
+            continue
+        address = lifeline.ready_address(line, secret)
+        if address is not None:
+            listener.ready(address)
+        failed = lifeline.failure(line, secret)
+        if failed is not None:
+            listener.failed(failed)
+
+
+async def bound_load(child: Child, *, load_timeout_s: float) -> None:
+    """Stop ``child`` if it is not ready within ``load_timeout_s``.
+
+    Cancellation: returns.
+    """
+    with trio.move_on_after(load_timeout_s):
+        await child.became_ready.wait()
+        return
+    child.fatal_error = f"not ready after {load_timeout_s:g}s (load timeout); stopped"
+    child.stop_requested.set()
 
 
 def can_run_in_a_spare(argv: Sequence[str]) -> bool:

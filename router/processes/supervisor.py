@@ -40,9 +40,11 @@ from router.processes.child_process import (
     KILL_AFTER_TERM_S,
     Child,
     describe,
+    each_line,
     log_lines,
     signal_group,
     terminate,
+    wait_ended,
     watch_liveness,
 )
 from router.spec import ModelSpec
@@ -82,6 +84,10 @@ class SupervisorSettings:
     health_interval_s: float = 5.0  # how often a ready child is pinged
     health_misses: int = 3  # pings missed in a row before it is declared hung and killed
     spares: int = 1  # pre-started children kept waiting for the next load (0: none)
+    # A spare's process whose model is unloaded waits for the next one instead of exiting, up
+    # to this many models in all, and while its waiting RSS grew by no more than this much.
+    models_per_process: int = 32
+    spare_growth_mib: int = 64
 
 
 @dataclass
@@ -91,6 +97,42 @@ class _Holder:
     child: Child | None
     assigned: trio.Event = field(default_factory=trio.Event)
     process: trio.Process | None = None  # set once spawned (a spare is usable from then)
+    is_spare_process: bool = False  # started as a spare: it can serve one model after another
+    is_waiting: bool = False  # it said it waits, imports done, with no model
+    models_served: int = 0
+    waiting_rss_mib: int | None = None  # its resident memory the first time it waited
+
+    def note_line(self, line: str) -> None:
+        """A line of its stderr: its model's while it has one."""
+        if self.child is not None:
+            self.child.note_line(line)
+        elif line:
+            log.info("[spare child] %s", line)
+
+
+class _HolderLifeline:
+    """What a process's lifeline lines do (``own_children.read_lifeline``'s listener)."""
+
+    def __init__(self, supervisor: Supervisor, holder: _Holder, process: trio.Process) -> None:
+        self._supervisor, self._holder, self._process = supervisor, holder, process
+
+    def imports_done(self) -> None:
+        self._holder.is_waiting = self._holder.child is None
+        self._holder.waiting_rss_mib = own_children.resident_mib(self._process.pid)
+
+    def back_to_spare(self) -> None:
+        if self._holder.child is not None:
+            self._holder.child.went_back_to_spare.set()
+
+    def ready(self, address: str) -> None:
+        child = self._holder.child
+        if child is not None and not child.was_ready:
+            self._supervisor._became_ready(child, address, self._process)
+
+    def failed(self, failure: lifeline.Failure) -> None:
+        if self._holder.child is not None:
+            self._holder.child.fatal_error = failure.message
+            self._holder.child.failure_kind = failure.kind
 
 
 class Supervisor:
@@ -169,7 +211,9 @@ class Supervisor:
                 await child.exited.wait()
 
     async def _run(self, holder: _Holder) -> None:
-        """Run one process from spawn to exit: a model's child, or a spare until it gets one."""
+        """Run one process from spawn to exit: a model's child, or a spare until it gets one
+        (then, while it goes back to being a spare each time its model is unloaded, the next
+        model's, and so on)."""
         secret = lifeline.new_secret()
         child = holder.child
         if child is not None and child.is_command:
@@ -178,6 +222,7 @@ class Supervisor:
             argv = child.argv if child is not None else own_children.SPARE_ARGV
             env = dict(child.env) if child is not None else self._base_env()
             env[lifeline.ENV_VAR] = secret
+        holder.is_spare_process = child is None
         process: trio.Process | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -206,12 +251,10 @@ class Supervisor:
                         child.fatal_error = message
                     return
                 holder.process = process
-                if child is None:
-                    child = await self._wait_for_assignment(holder, process)
-                    if child is None:
-                        nursery.cancel_scope.cancel()
-                        return
-                await self._supervise(nursery, child, process, secret)
+                if child is not None and child.is_command:
+                    await self._supervise_command(nursery, child, process)
+                else:
+                    await self._run_own(nursery, holder, process, secret)
                 nursery.cancel_scope.cancel()
         finally:
             if holder.child is not None:
@@ -219,31 +262,63 @@ class Supervisor:
             elif holder in self._spares:
                 self._spares.remove(holder)
 
-    async def _supervise(
-        self, nursery: trio.Nursery, child: Child, process: trio.Process, secret: str
+    async def _run_own(
+        self, nursery: trio.Nursery, holder: _Holder, process: trio.Process, secret: str
     ) -> None:
-        """Watch a spawned child until it exits: its output, readiness, stop and liveness."""
+        """Our own child's process, for its whole life: each model it serves in turn."""
+        assert process.stderr is not None
+        stderr_done = trio.Event()
+        nursery.start_soon(self._log_stderr, holder, process.stderr, stderr_done)
+        listener = _HolderLifeline(self, holder, process)
+        nursery.start_soon(own_children.read_lifeline, process, secret, listener)
+        while True:
+            child = holder.child
+            if child is None or holder.is_spare_process:
+                child = await self._wait_for_assignment(holder, process)
+                if child is None:
+                    return
+            await self._supervise_own(holder, child, process)
+            if process.returncode is not None:
+                with trio.move_on_after(1):
+                    await stderr_done.wait()  # keep the last lines: they say why it died
+                return
+            self._back_to_spare(holder, child)
+
+    async def _supervise_own(self, holder: _Holder, child: Child, process: trio.Process) -> None:
+        """Watch one model's life in ``process``: its load, its stop and its liveness, until
+        the process exits or goes back to being a spare."""
+        settings = self._settings
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(own_children.bound_load, child, load_timeout_s=settings.load_timeout_s)
+            )
+            nursery.start_soon(self._stop_when_asked, child, process, holder)
+            nursery.start_soon(
+                partial(
+                    watch_liveness, child, process,
+                    interval_s=settings.health_interval_s, misses_allowed=settings.health_misses,
+                )
+            )  # fmt: skip
+            await wait_ended(child, process)
+            nursery.cancel_scope.cancel()
+
+    async def _supervise_command(
+        self, nursery: trio.Nursery, child: Child, process: trio.Process
+    ) -> None:
+        """Watch a spawned command until it exits: its output, readiness, stop and liveness."""
         settings = self._settings
         assert process.stderr is not None and process.stdout is not None
         stderr_done = trio.Event()
         nursery.start_soon(log_lines, child, process.stderr, stderr_done)
-        if child.is_command:
-            nursery.start_soon(log_lines, child, process.stdout, trio.Event())
-            nursery.start_soon(
-                partial(
-                    command_children.await_healthy, child, process,
-                    load_timeout_s=settings.load_timeout_s, poll_s=settings.health_poll_s,
-                    on_ready=self._became_ready,
-                )
-            )  # fmt: skip
-        else:
-            nursery.start_soon(
-                partial(
-                    own_children.await_ready, child, process, secret,
-                    load_timeout_s=settings.load_timeout_s, on_ready=self._became_ready,
-                )
-            )  # fmt: skip
-        nursery.start_soon(self._stop_when_asked, child, process)
+        nursery.start_soon(log_lines, child, process.stdout, trio.Event())
+        nursery.start_soon(
+            partial(
+                command_children.await_healthy, child, process,
+                load_timeout_s=settings.load_timeout_s, poll_s=settings.health_poll_s,
+                on_ready=self._became_ready,
+            )
+        )  # fmt: skip
+        nursery.start_soon(self._stop_when_asked, child, process, None)
         nursery.start_soon(
             partial(
                 watch_liveness, child, process,
@@ -254,6 +329,15 @@ class Supervisor:
         with trio.move_on_after(1):
             await stderr_done.wait()  # keep the last lines: they say why it died
 
+    async def _log_stderr(
+        self, holder: _Holder, stream: trio.abc.ReceiveStream, done: trio.Event
+    ) -> None:
+        try:
+            async for line in each_line(stream):
+                holder.note_line(line.rstrip())
+        finally:
+            done.set()
+
     def _became_ready(self, child: Child, address: str, process: trio.Process) -> None:
         child.was_ready = True
         child.ready_address = address
@@ -261,9 +345,13 @@ class Supervisor:
         self._events.child_ready(child.spec.id, address, process.pid)
 
     def _report_exit(self, child: Child, process: trio.Process | None) -> None:
+        """Tell the owner that ``child`` is over (its process exited, or went back to being a
+        spare: then its exit code is 0, as after any graceful stop)."""
         del self._children[child.spec.id]
         child.exited.set()
         exit_code = process.returncode if process is not None else None
+        if child.went_back_to_spare.is_set() and exit_code is None:
+            exit_code = 0
         ended = ChildExit(
             exit_code=exit_code,
             last_error=child.fatal_error or child.last_error or child.last_line,
@@ -278,9 +366,12 @@ class Supervisor:
         """The router's environment less its own variables (keys, the lifeline)."""
         return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
 
-    async def _stop_when_asked(self, child: Child, process: trio.Process) -> None:
+    async def _stop_when_asked(
+        self, child: Child, process: trio.Process, holder: _Holder | None
+    ) -> None:
         await child.stop_requested.wait()
-        await terminate(child, process, self._stop_timeout_s(child))
+        back_to_spare = holder is not None and self._may_serve_again(holder)
+        await terminate(child, process, self._stop_timeout_s(child), back_to_spare=back_to_spare)
 
     def _stop_timeout_s(self, child: Child) -> float:
         timeout_s = child.spec.stop_timeout_s
@@ -289,7 +380,12 @@ class Supervisor:
     async def _terminate_held(self, holder: _Holder, process: trio.Process) -> None:
         if holder.child is not None:
             await terminate(holder.child, process, self._stop_timeout_s(holder.child))
+            if process.returncode is None:  # it went back to being a spare: end it as one
+                await self._end_spare(process)
             return
+        await self._end_spare(process)
+
+    async def _end_spare(self, process: trio.Process) -> None:
         if process.stdin is not None:  # an idle spare: end-of-file makes it exit at once
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await process.stdin.aclose()
@@ -309,19 +405,29 @@ class Supervisor:
             self._spares.append(spare)
             self._nursery.start_soon(self._run, spare, name="spare child")
 
-    def spare_report(self) -> list[dict[str, int | None]]:
+    def spare_report(self) -> list[dict[str, int | bool | None]]:
         """The waiting spares: each one's pid and resident memory (MiB), which is what it
-        costs while it waits (None while it starts)."""
+        costs while it waits (None while it starts), whether it is ready (its imports done)
+        and how many models it has served."""
         return [
-            {"pid": spare.process.pid, "rss_mib": own_children.resident_mib(spare.process.pid)}
+            {
+                "pid": spare.process.pid,
+                "rss_mib": own_children.resident_mib(spare.process.pid),
+                "is_ready": spare.is_waiting,
+                "models_served": spare.models_served,
+            }
             for spare in self._spares
             if spare.process is not None
         ]
 
     def _take_spare(self, child: Child) -> bool:
-        """Hand ``child`` to the oldest waiting spare (the likeliest to have finished its
-        imports), if there is one it can serve as."""
-        spare = next((spare for spare in self._spares if spare.process is not None), None)
+        """Hand ``child`` to a waiting spare, if there is one it can serve as: a ready one
+        (imports done) first, else the oldest (the nearest to ready; a new process would
+        only be further behind)."""
+        started = [spare for spare in self._spares if spare.process is not None]
+        spare = next((spare for spare in started if spare.is_waiting), None) or next(
+            iter(started), None
+        )
         if spare is None or spare.process is None or child.is_command:
             return False
         if child.env != self._base_env():
@@ -330,10 +436,13 @@ class Supervisor:
             return False  # a plugin wrapped or changed the command (numactl, nice...)
         self._spares.remove(spare)
         log.info(
-            "[%s] handed to a spare child (pid %d, %s MiB before its model)",
-            child.spec.id, spare.process.pid, own_children.resident_mib(spare.process.pid),
+            "[%s] handed to a spare child (pid %d, %s, %s MiB before its model)",
+            child.spec.id, spare.process.pid,
+            "ready" if spare.is_waiting else "still starting",
+            own_children.resident_mib(spare.process.pid),
         )  # fmt: skip
         spare.child = child
+        spare.is_waiting = False
         spare.assigned.set()
         return True
 
@@ -354,3 +463,50 @@ class Supervisor:
         if not await own_children.assign_to_spare(process, child):
             return None  # it died just now; its exit is reported as this child's
         return child
+
+    def _may_serve_again(self, holder: _Holder) -> bool:
+        """Whether a stop should leave ``holder``'s process waiting as a spare (it started as
+        one, spares are on, and it has served fewer models than the bound)."""
+        return (
+            holder.is_spare_process
+            and self._settings.spares > 0
+            and not self._is_stopping
+            and holder.models_served + 1 < self._settings.models_per_process
+        )
+
+    def _back_to_spare(self, holder: _Holder, child: Child) -> None:
+        """``child``'s model is freed and its process waits: report the model's exit, with
+        the process already among the spares so that the load that follows (a swap) gets it."""
+        assert holder.process is not None
+        holder.child, holder.assigned = None, trio.Event()
+        holder.models_served += 1
+        rss_mib = own_children.resident_mib(holder.process.pid)
+        baseline = holder.waiting_rss_mib
+        has_grown = (
+            rss_mib is None
+            or baseline is None
+            or rss_mib - baseline > self._settings.spare_growth_mib
+        )
+        if has_grown or self._is_stopping:
+            log.info(
+                "[%s] its process (pid %d, %s MiB, %s MiB when new) ends instead of waiting",
+                child.spec.id, holder.process.pid, rss_mib, baseline,
+            )  # fmt: skip
+            holder.assigned.set()  # with no child: it ends
+        else:
+            log.info(
+                "[%s] unloaded; its process (pid %d, %s MiB) waits as a spare",
+                child.spec.id, holder.process.pid, rss_mib,
+            )  # fmt: skip
+            holder.is_waiting = True
+            self._spares.insert(0, holder)
+        self._report_exit(child, holder.process)
+        self._trim_spares()
+
+    def _trim_spares(self) -> None:
+        """End the spares beyond ``settings.spares`` (a model unloaded with no load after it):
+        those that served the most models first."""
+        while len(self._spares) > self._settings.spares:
+            spare = max(self._spares, key=lambda spare: spare.models_served)
+            self._spares.remove(spare)
+            spare.assigned.set()  # with no child: it ends
