@@ -79,7 +79,8 @@ def main() -> int:
     results.write_json(args.out / "bench.json")
     table = report.markdown(results, devices)
     (args.out / "bench.md").write_text(table)
-    written = report.plots(results, args.out)
+    model = "tiny GGUF (tests/tiny_models.py)" if args.quick or gemma is None else gemma.name
+    written = report.plots(results, args.out, model)
     print(table)
     progress(f"wrote {args.out / 'bench.json'}, bench.md and {len(written)} plots")
     return 0

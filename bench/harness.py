@@ -242,6 +242,12 @@ class CpuSnapshot:
         busy = (user + nice + system + irq + softirq + steal) / ticks
         return cls(time.monotonic(), busy, tree_cpu_seconds(os.getpid()))
 
+    def busy_share(self, later: CpuSnapshot | None = None) -> float:
+        """Share of all CPUs that every process together used since this snapshot."""
+        later = later or CpuSnapshot.take()
+        elapsed = (later.wall - self.wall) * (os.cpu_count() or 1)
+        return (later.machine_s - self.machine_s) / elapsed if elapsed > 0 else 0.0
+
     def foreign_share(self, later: CpuSnapshot | None = None) -> float:
         """Share of all CPUs that other processes used between this snapshot and ``later``."""
         later = later or CpuSnapshot.take()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import random
@@ -37,18 +38,29 @@ class Setup:
 COMPLETION = "/v1/completions"
 
 
+# What a request sent on a kept-alive connection meets when the server has closed it.
+CLOSED_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 def _one_token(client: httpx.Client, base: str, model: str) -> float:
+    return _one_token_dropped(client, base, model)[0]
+
+
+def _one_token_dropped(client: httpx.Client, base: str, model: str) -> tuple[float, bool]:
+    """(ms, whether the first send was dropped unanswered on a closed keep-alive connection)."""
     body = {"model": model, "prompt": "x", "max_tokens": 1, "temperature": 0}
     start = time.perf_counter()
+    dropped = False
     try:
         response = client.post(base + COMPLETION, json=body)
-    except httpx.RemoteProtocolError:
+    except CLOSED_CONNECTION:
         # llama-server closes a keep-alive connection after a few requests; a request that
-        # raced with that close is sent again, and timed from the new send.
+        # raced with that close is counted, sent again, and timed from the new send.
+        dropped = True
         start = time.perf_counter()
         response = client.post(base + COMPLETION, json=body)
     response.raise_for_status()
-    return (time.perf_counter() - start) * 1000
+    return (time.perf_counter() - start) * 1000, dropped
 
 
 def _stream(
@@ -106,18 +118,26 @@ def added_latency(setup: Setup, results: Results) -> None:
     ours_port, child_port = harness.free_port(), harness.free_port()
     args = ["-t", "1", "-c", "512"]
     samples: dict[str, list[float]] = {}
+    drops: dict[str, int] = {}
     with (
         harness.serve(harness.our_child(model, child_port, *args), child_port) as child,
         harness.serve(harness.our_router(setup.tiny_dir, ours_port, *args), ours_port) as ours,
     ):
         systems = {"direct": child.base_url, "llama-router": ours.base_url}
         if setup.llama_server:
-            samples.update(_latency_llama_cpp(setup, model, n))
+            theirs, their_drops = _latency_llama_cpp(setup, model, n)
+            samples.update(theirs)
+            drops.update(their_drops)
             pairs.append(("llama-server", "llama.cpp-router"))
-        samples.update(_interleaved_latencies(systems, "a", n, setup.progress))
+        ours_samples, our_drops = _interleaved_latencies(systems, "a", n, setup.progress)
+        samples.update(ours_samples)
+        drops.update(our_drops)
     for system, values in samples.items():
         for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
             results.add("one_token_latency", system, label, percentile(values, fraction), "ms")
+    for system, count in drops.items():  # one keep-alive client each, n + 20 requests
+        results.add("keepalive_drops", system, "dropped", count, "count")
+        results.add("keepalive_drops", system, "requests", n + WARM_UP, "count")
     for baseline, router in pairs:
         added = percentile(samples[router], 0.5) - percentile(samples[baseline], 0.5)
         results.add("added_latency", router, "p50_added_ms", added, "ms")
@@ -125,7 +145,9 @@ def added_latency(setup: Setup, results: Results) -> None:
         results.add("added_latency", router, "p50_ratio", ratio, "x")
 
 
-def _latency_llama_cpp(setup: Setup, model: Path, n: int) -> dict[str, list[float]]:
+def _latency_llama_cpp(
+    setup: Setup, model: Path, n: int
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     assert setup.llama_server is not None
     server_port, router_port = harness.free_port(), harness.free_port()
     args = ["-t", "1", "-c", "512"]
@@ -139,26 +161,34 @@ def _latency_llama_cpp(setup: Setup, model: Path, n: int) -> dict[str, list[floa
         return _interleaved_latencies(systems, "a", n, setup.progress)
 
 
+WARM_UP = 20
+
+
 def _interleaved_latencies(
     systems: dict[str, str], model: str, n: int, progress: Callable[[str], None]
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Latencies in ms of n 1-token requests per system, and how many requests each one's
+    keep-alive connection dropped unanswered (the client reuses one connection per system)."""
     samples: dict[str, list[float]] = {name: [] for name in systems}
+    drops = dict.fromkeys(systems, 0)
     clients = {name: httpx.Client(timeout=60) for name in systems}
     for base in systems.values():
         _ensure_loaded(base, model)
     try:
         for name, base in systems.items():
-            for _ in range(20):  # warm-up: loads the model, fills keep-alive pools
-                _one_token(clients[name], base, model)
+            for _ in range(WARM_UP):  # warm-up: loads the model, fills keep-alive pools
+                drops[name] += _one_token_dropped(clients[name], base, model)[1]
         for index in range(n):
             for name, base in systems.items():
-                samples[name].append(_one_token(clients[name], base, model))
+                milliseconds, dropped = _one_token_dropped(clients[name], base, model)
+                samples[name].append(milliseconds)
+                drops[name] += dropped
             if index % 50 == 0:
                 progress(f"latency {index}/{n}")
     finally:
         for client in clients.values():
             client.close()
-    return samples
+    return samples, drops
 
 
 # ---- 2. streaming ----------------------------------------------------------------------------
@@ -214,13 +244,19 @@ def cold_start_and_swap(setup: Setup, results: Results) -> None:
             port = harness.free_port()
             args = ["-t", str(setup.threads), "-c", "2048", "--models-max", "1"]
             with harness.serve(command(folder, port, *args), port) as router:
-                times = []
+                idle, at_once = [], []
                 for _ in range(rounds):
-                    _ensure_loaded(router.base_url, model)
-                    httpx.post(router.base_url + "/models/unload", json={"model": model})
-                    _wait_status(router.base_url, model, "unloaded")
-                    times.append(_first_byte_s(router.base_url, model))
-                results.add(f"cold_start_{label}", system, "first_byte_s", median(times), "s")
+                    # After 2 s with nothing to do (a router's spare, if any, is ready), and
+                    # right after the unload (a spare may still be starting).
+                    for pause, times in ((2.0, idle), (0.0, at_once)):
+                        _ensure_loaded(router.base_url, model)
+                        httpx.post(router.base_url + "/models/unload", json={"model": model})
+                        _wait_status(router.base_url, model, "unloaded")
+                        time.sleep(pause)
+                        times.append(_first_byte_s(router.base_url, model))
+                name = f"cold_start_{label}"
+                results.add(name, system, "first_byte_s", median(idle), "s")
+                results.add(name, system, "first_byte_s_after_unload", median(at_once), "s")
                 setup.progress(f"cold start {label} on {system}")
         port = harness.free_port()
         args = ["-t", "1", "-c", "512", "--models-max", "1"]
@@ -254,55 +290,91 @@ def _first_byte_s(base: str, model: str) -> float:
 
 
 def load(setup: Setup, results: Results) -> None:
-    """N concurrent clients over three models with --models-max 2."""
-    levels = [1, 8] if setup.quick else [1, 8, 32, 128]
-    per_client = 4 if setup.quick else 12
+    """N concurrent clients over three models with --models-max 2, on each router: requests/s,
+    latency, errors, and where the CPU went (router, the bench's client, the whole machine)."""
+    args = ["-t", "1", "-c", "512", "--models-max", "2", "-np", "2"]
     port = harness.free_port()
-    args = ["-t", "1", "-c", "512", "--models-max", "2", "-np", "2", "--max-queue", "256"]
-    with harness.serve(harness.our_router(setup.tiny_dir, port, *args), port) as router:
+    command = harness.our_router(setup.tiny_dir, port, *args, "--max-queue", "256")
+    _load_router(setup, results, "llama-router", command, port)
+    if setup.llama_server:
+        port = harness.free_port()
+        command = harness.llama_cpp_router(setup.llama_server, setup.tiny_dir, port, *args)
+        _load_router(setup, results, "llama.cpp-router", command, port)
+
+
+def _load_router(
+    setup: Setup, results: Results, system: str, command: list[str], port: int
+) -> None:
+    levels = [1, 8] if setup.quick else [1, 8, 32, 128]
+    with harness.serve(command, port) as router:
+        with httpx.Client(timeout=120) as client:  # load two models, start the spares
+            for model in "abcab":
+                _one_token(client, router.base_url, model)
         for clients in levels:
+            per_client = 4 if setup.quick else max(4, 640 // clients)  # 640 requests a level
             cpu_before = harness.process_tree_cpu_seconds(router.pid)
-            latencies, errors, wall = trio.run(_load_run, router.base_url, clients, per_client)
+            run = trio.run(_load_run, router.base_url, clients, per_client)
             cpu = harness.process_tree_cpu_seconds(router.pid) - cpu_before
             name = f"load_c{clients}"
-            results.add(name, "llama-router", "requests_per_s", len(latencies) / wall, "req/s")
-            results.add(name, "llama-router", "p99_ms", percentile(latencies, 0.99) * 1000, "ms")
-            results.add(name, "llama-router", "errors", errors, "count")
-            results.add(name, "llama-router", "router_cpu_s", cpu, "s")
-            setup.progress(f"load with {clients} clients")
-        results.add("load", "llama-router", "router_peak_rss_mib",
+            results.add(name, system, "requests_per_s", len(run.latencies) / run.wall_s, "req/s")
+            results.add(name, system, "p50_ms", percentile(run.latencies, 0.5) * 1000, "ms")
+            results.add(name, system, "p99_ms", percentile(run.latencies, 0.99) * 1000, "ms")
+            results.add(name, system, "errors", run.errors, "count")
+            results.add(name, system, "closed_connection", run.closed, "count")
+            results.add(name, system, "router_cpu_s", cpu, "s")
+            results.add(name, system, "client_cpu_s", run.client_cpu_s, "s")
+            results.add(name, system, "cpu_busy_pct", run.busy * 100, "%")
+            results.add(name, system, "wall_s", run.wall_s, "s")
+            setup.progress(f"load with {clients} clients on {system}")
+        results.add("load", system, "router_peak_rss_mib",
                     harness.peak_rss_bytes(router.pid) / 2**20, "MiB")  # fmt: skip
 
 
-async def _load_run(base: str, clients: int, per_client: int) -> tuple[list[float], int, float]:
+@dataclass
+class LoadRun:
+    latencies: list[float]  # seconds, of the requests answered 200
+    errors: int
+    closed: int  # of the errors: a connection closed with no answer
+    wall_s: float
+    client_cpu_s: float  # the bench's own CPU meanwhile (it shares the machine's CPUs)
+    busy: float  # share of all CPUs that every process used meanwhile
+
+
+async def _load_run(base: str, clients: int, per_client: int) -> LoadRun:
     latencies: list[float] = []
-    errors = 0
+    errors = closed = 0
     rng = random.Random(clients)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as client:
-
-        async def one_client() -> None:
-            nonlocal errors
-            for _ in range(per_client):
-                body = {"model": rng.choice("abc"), "prompt": "x", "max_tokens": 4,
-                        "ignore_eos": True}  # fmt: skip
-                start = time.perf_counter()
-                try:
-                    response = await client.post(COMPLETION, json=body)
-                    if response.status_code != 200:
-                        errors += 1
-                        continue
-                except httpx.HTTPError:
+    async def one_client(client: httpx.AsyncClient) -> None:
+        nonlocal errors, closed
+        for _ in range(per_client):
+            body = {"model": rng.choice("abc"), "prompt": "x", "max_tokens": 4,
+                    "ignore_eos": True}  # fmt: skip
+            start = time.perf_counter()
+            try:
+                response = await client.post(COMPLETION, json=body)
+                if response.status_code != 200:
                     errors += 1
                     continue
-                latencies.append(time.perf_counter() - start)
+            except httpx.HTTPError as error:
+                errors += 1
+                closed += isinstance(error, CLOSED_CONNECTION)
+                continue
+            latencies.append(time.perf_counter() - start)
 
-        start = time.perf_counter()
+    # One client, so one keep-alive connection, per user, made before the clock starts (an
+    # httpx client costs ~20 ms of CPU to make): one httpx pool shared by 128 connections
+    # spends O(connections) of the bench's CPU on every request it places, on the CPUs the
+    # routers need (httpcore's _assign_requests_to_connections).
+    async with contextlib.AsyncExitStack() as stack:
+        users = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=300))
+                 for _ in range(clients)]  # fmt: skip
+        start, cpu, machine = time.perf_counter(), time.process_time(), harness.CpuSnapshot.take()
         async with trio.open_nursery() as nursery:
-            for _ in range(clients):
-                nursery.start_soon(one_client)
-        return latencies, errors, time.perf_counter() - start
+            for user in users:
+                nursery.start_soon(one_client, user)
+        wall, busy = time.perf_counter() - start, machine.busy_share()
+        return LoadRun(latencies, errors, closed, wall, time.process_time() - cpu, busy)
 
 
 # ---- 6. backends -----------------------------------------------------------------------------

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness import Results
+from bench.report import router_table
+
 
 def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -24,7 +27,41 @@ def test_quick_bench_writes_its_report(tmp_path: Path) -> None:
     assert ("cold_start_tiny", "llama-router", "first_byte_s") in names
     assert ("swap_tiny", "llama-router", "seconds_per_swap") in names
     assert ("pp512", "ngl0", "tokens_per_s") in names
+    assert ("keepalive_drops", "llama-router", "dropped") in names
+    assert ("load_c8", "llama-router", "closed_connection") in names
     errors = [r["value"] for r in report["results"] if r["metric"] == "errors"]
     assert errors and all(value == 0 for value in errors)
-    assert "| measurement |" in (out / "bench.md").read_text()
+    table = (out / "bench.md").read_text()
+    assert "| measurement |" in table
+    assert "load_c" not in table and "_" not in table.split("| measurement |")[1].split("|")[1]
     assert (out / "latency.png").stat().st_size > 0
+
+
+def test_router_table_gives_ratio_and_verdict_per_target() -> None:
+    results = Results()
+    results.add("added_latency", "llama-router", "p50_added_ms", 0.5, "ms")
+    results.add("added_latency", "llama.cpp-router", "p50_added_ms", 0.4, "ms")
+    results.add("swap_tiny", "llama-router", "seconds_per_swap", 0.03, "s")
+    results.add("swap_tiny", "llama.cpp-router", "seconds_per_swap", 0.06, "s")
+    results.add("stream_gemma", "direct", "tokens_per_s", 100.0, "tok/s")
+    results.add("stream_gemma", "llama-router", "tokens_per_s", 99.5, "tok/s")
+    results.add("stream_gemma", "llama-router", "tokens_per_s_ratio", 0.995, "x")
+    for clients, rate in ((1, 50.0), (128, 40.0)):
+        for system in ("llama-router", "llama.cpp-router"):
+            for metric, value in (
+                ("requests_per_s", rate),
+                ("wall_s", 10.0),
+                ("errors", 0),
+                ("closed_connection", 0 if system == "llama-router" else 3),
+            ):
+                results.add(f"load_c{clients}", system, metric, value, "")  # fmt: skip
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in router_table(results)[2:]}
+    assert rows["added latency p50 (router vs straight to its child)"].endswith(
+        "| +0.50 ms | +0.40 ms | 1.25x | ≤ 1.0x: MISSED |"
+    )
+    assert rows["swap, back to back, --models-max 1"].endswith("| 0.50x | ≤ 1.5x: met |")
+    assert "≥ 0.99x: met" in rows["greedy stream, gemma: through the router vs direct"]
+    closed = next(line for key, line in rows.items() if key.startswith("requests failed"))
+    assert "of 900 " in closed and "| 0 | 6 |" in closed and "keep 0: met" in closed
+    peak = next(line for key, line in rows.items() if key.startswith("requests/s at 128"))
+    assert "≥ 0.9x of peak: MISSED" in peak  # 40/s at 128 clients after 50/s at 1
