@@ -114,6 +114,25 @@ def test_a_swap_reuses_the_unloaded_models_process_which_keeps_nothing_of_it(
         assert process_figures(pid)[2] - rss_mib < 16  # each model's memory was given back
 
 
+def test_an_unload_keeps_the_spare_that_is_ready(two_models: Path) -> None:
+    """Right after a load, its replacement spare is still importing (about a second here);
+    an unload then gives back a ready process, one too many: the one still importing goes,
+    so the next load is served at once."""
+    with running_router(two_models, "-c", "512", "--spares", "1") as router:
+        wait_until(lambda: [entry["is_ready"] for entry in spares(router)] == [True], "ready")
+        complete(router, "a")
+        pid = router.child_pids()["a"]
+        response = httpx.post(f"{router.base_url}/models/unload", json={"model": "a"})
+        assert response.status_code == 200, response.text
+        wait_until(lambda: router.child_pids() == {}, "a is unloaded")
+        wait_until(lambda: len(spares(router)) == 1, "one spare is left")
+        kept = spares(router)[0]
+        if kept["pid"] != pid:  # the new spare was ready first: either may stay
+            assert kept["is_ready"]
+        complete(router, "b")
+        assert router.child_pids()["b"] == kept["pid"]
+
+
 def test_a_load_that_fails_in_a_reused_process_says_why_and_the_next_one_works(
     two_models: Path,
 ) -> None:

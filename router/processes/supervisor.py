@@ -505,8 +505,9 @@ class Supervisor:
 
     def _trim_spares(self) -> None:
         """End the spares beyond ``settings.spares`` (a model unloaded with no load after it):
-        those that served the most models first."""
+        those still importing first (a ready one serves the next load at once), then those
+        that served the most models."""
         while len(self._spares) > self._settings.spares:
-            spare = max(self._spares, key=lambda spare: spare.models_served)
+            spare = min(self._spares, key=lambda spare: (spare.is_waiting, -spare.models_served))
             self._spares.remove(spare)
             spare.assigned.set()  # with no child: it ends
