@@ -183,7 +183,7 @@ class Supervisor:
         self._children[spec.id] = child
         if child.launch_error or not self._take_spare(child):
             self._nursery.start_soon(self._run, _Holder(child), name=f"child {spec.id}")
-        self.keep_spares()  # for the next load: a back-to-back swap finds one
+        self._nursery.start_soon(self._keep_spares_once_loaded, child, name="spare refill")
         return child.argv
 
     def stop(self, model_id: str) -> None:
@@ -397,6 +397,15 @@ class Supervisor:
 
     # ---- spares --------------------------------------------------------------------------------
 
+    async def _keep_spares_once_loaded(self, child: Child) -> None:
+        """Replace the spare a load took once that load is over: a new spare's imports (about
+        a second of CPU) would otherwise compete with the model's load on a small machine. A
+        swap meanwhile needs none: the unloaded process becomes the spare."""
+        async with trio.open_nursery() as nursery:
+            for event in (child.became_ready, child.exited):
+                nursery.start_soon(_cancel_after, event, nursery.cancel_scope)
+        self.keep_spares()
+
     def keep_spares(self) -> None:
         """Have ``settings.spares`` spare children waiting (those missing start now, in the
         background: each takes the time of Python's and llama.cpp's imports to be ready)."""
@@ -511,3 +520,12 @@ class Supervisor:
             spare = min(self._spares, key=lambda spare: (spare.is_waiting, -spare.models_served))
             self._spares.remove(spare)
             spare.assigned.set()  # with no child: it ends
+            if not spare.is_waiting and spare.process is not None:
+                # Still importing, it would read its end-of-file only after a second of CPU
+                # that the next load needs: it holds nothing, so it goes at once.
+                signal_group(spare.process, signal.SIGKILL)
+
+
+async def _cancel_after(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
