@@ -17,11 +17,13 @@ from typing import Any, cast
 
 import trio
 from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestTimeout
 
 from router.child import generations
 from router.child.service import ModelService
 from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.jsonbody import parse_json_object
+from router.edge.raw_asgi import Receive, Send, content_length, read_body
 from router.edge.web import (
     BODY_TIMEOUT_S,
     PUBLIC_PATHS,
@@ -33,8 +35,6 @@ from router.errors import RouterError, error_body
 # Larger bodies go through Quart, which reads them in pieces under the same limits.
 FAST_BODY_BYTES = 1024 * 1024
 
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 Handler = Callable[[ModelService, str, dict[str, Any], trio.Nursery], Awaitable[generations.Answer]]
 
 _HANDLERS: dict[str, Handler] = {
@@ -65,18 +65,18 @@ def with_fast_path(
             await _send_json(send, 200, _HEALTHY)
             return
         handler = _HANDLERS.get(path) if method == "POST" else None
-        length = _content_length(scope["headers"])
+        length = content_length(scope["headers"])
         if handler is None or length is None or length > FAST_BODY_BYTES:
             await quart(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:
-            return  # the client left
-        if isinstance(body, trio.TooSlowError):
-            description = f"the body did not arrive within {BODY_TIMEOUT_S} s"
-            payload = http_error_body(method, path, 408, description)
+        try:
+            body = await read_body(receive, BODY_TIMEOUT_S)
+        except RequestTimeout as timeout:
+            payload = http_error_body(method, path, 408, timeout.description or "")
             await _send_json(send, 408, json.dumps(payload).encode(), close=True)
             return
+        if body is None:
+            return  # the client left
         try:
             answer = await handler(service, model_id, parse_json_object(body), app.nursery)
         except RouterError as error:
@@ -97,34 +97,6 @@ def with_fast_path(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return serve
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """The body's declared length; None when it has none, or is framed any other way."""
-    length = None
-    for name, value in headers:
-        if name == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = int(value)
-        elif name == b"transfer-encoding":
-            return None
-    return length
-
-
-async def _read_body(receive: Receive) -> bytearray | trio.TooSlowError | None:
-    """The whole body; None if the client left, TooSlowError if it took too long."""
-    body = bytearray()
-    with trio.move_on_after(BODY_TIMEOUT_S) as waiting:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                return body
-    assert waiting.cancelled_caught
-    return trio.TooSlowError()
 
 
 def _dumps(payload: Any) -> bytes:

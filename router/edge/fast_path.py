@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import trio
@@ -28,12 +27,10 @@ from werkzeug.exceptions import NotFound, RequestTimeout
 from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.gate import Gate, is_autoload
 from router.edge.proxy import ForwardRequest, relay
+from router.edge.raw_asgi import Receive, Send, content_length, read_body
 from router.edge.web import BODY_TIMEOUT_S, http_error_body, internal_error
 from router.errors import RouterError, error_body
 from router.hooks.plugin_types import RequestInfo
-
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 
 # The routes served here when Quart would only forward them; larger bodies go through Quart,
 # which reads them in pieces under the same limits.
@@ -78,7 +75,7 @@ def with_fast_path(
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in paths:
             await quart(scope, receive, send)
             return
-        length = _content_length(scope["headers"])
+        length = content_length(scope["headers"])
         if length is None or length > FAST_BODY_BYTES:
             await quart(scope, receive, send)
             return
@@ -139,7 +136,7 @@ async def _forward(
     )
     host = next((value for name, value in headers if name.lower() == "host"), None)
     principal = await gate.authenticate(host, info)
-    received = await _read_body(receive, body_timeout_s)
+    received = await read_body(receive, body_timeout_s)
     if received is None:
         return  # the client left: nobody to answer
     requested = await gate.requested_model(query.get("model"), "POST", received)
@@ -206,20 +203,6 @@ def _forwarded_paths(app: QuartTrio) -> frozenset[str]:
     return frozenset(forwarded)
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """The body's declared length; None when it has none, or is framed any other way."""
-    length = None
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = int(value)
-        elif lowered == b"transfer-encoding":
-            return None
-    return length
-
-
 def _first_values(query_string: bytes) -> dict[str, str]:
     """The query's parameters, the first of each name (as Quart's ``request.args.get``)."""
     values: dict[str, str] = {}
@@ -228,21 +211,6 @@ def _first_values(query_string: bytes) -> dict[str, str]:
         for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True, errors="replace"):
             values.setdefault(name, value)
     return values
-
-
-async def _read_body(receive: Receive, timeout_s: float) -> bytearray | None:
-    """The whole body; None if the client left. Raises RequestTimeout after ``timeout_s``."""
-    body = bytearray()
-    with trio.move_on_after(timeout_s) as waiting:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                return body
-    assert waiting.cancelled_caught
-    raise RequestTimeout()
 
 
 async def _send_json(
