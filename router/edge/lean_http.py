@@ -62,6 +62,10 @@ log = logging.getLogger("router.edge.lean_http")
 
 MAX_HEADERS: Final = 100  # as cpp-httplib (llama-server) allows
 READ_SIZE: Final = 64 * 1024
+# The kernel's send buffer of a connection. Left to itself, loopback TCP grows it to megabytes,
+# so a client that stops reading a stream would be noticed (``send_timeout_s``) only minutes
+# later, its model's slot held meanwhile; this is room for a few writes of any answer.
+SEND_BUFFER_BYTES: Final = 256 * 1024
 ACCEPT_RETRY_S: Final = 0.1  # out of file descriptors: wait for some to close
 
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -185,6 +189,7 @@ class _Server:
         one connection is logged, and the others go on."""
         try:
             conn.setblocking(False)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             if is_tcp:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await _Connection(self, conn).serve()
