@@ -37,18 +37,9 @@ class EmbeddingContext:
         llama.__dict__.update(primary.__dict__)
         llama._stack = contextlib.ExitStack()
         llama.context_params = params
-        try:
-            llama._ctx = llama._stack.enter_context(
-                contextlib.closing(
-                    internals.LlamaContext(model=primary._model, params=params, verbose=False)
-                )
-            )
-        except ValueError as exc:
-            raise ModelLoadFailed(
-                f"could not create a context of {params.n_ctx} tokens: not enough memory? "
-                "Try a smaller --ctx-size or --parallel",
-                kind="out_of_memory",
-            ) from exc
+        llama._ctx = llama._stack.enter_context(
+            contextlib.closing(new_context(primary._model, params))
+        )
         llama._batch = llama._stack.enter_context(
             contextlib.closing(
                 internals.LlamaBatch(
@@ -76,3 +67,20 @@ class EmbeddingContext:
 
     def close(self) -> None:
         self.llama._stack.close()
+
+
+def new_context(
+    model: internals.LlamaModel, params: llama_cpp.llama_context_params
+) -> internals.LlamaContext:
+    """A llama context with ``params`` on ``model``.
+
+    Raises ModelLoadFailed (``out_of_memory``) when llama.cpp cannot create it.
+    """
+    try:
+        return internals.LlamaContext(model=model, params=params, verbose=False)
+    except ValueError as exc:
+        raise ModelLoadFailed(
+            f"could not create a context of {params.n_ctx} tokens: not enough memory? "
+            "Try a smaller --ctx-size or --parallel",
+            kind="out_of_memory",
+        ) from exc

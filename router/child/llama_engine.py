@@ -26,7 +26,7 @@ from llama_cpp import _internals as internals
 
 from router.child.chat_templates import ChatTemplate
 from router.child.decode_loop import DecodeLoop, Item, Job
-from router.child.embedding_context import EmbeddingContext
+from router.child.embedding_context import EmbeddingContext, new_context
 from router.child.engine import (
     Embeddings,
     EngineMetrics,
@@ -147,14 +147,7 @@ class LlamaCppEngine:
         params.n_seq_max = options.parallel
         params.kv_unified = False
         params.embeddings = False
-        try:
-            return internals.LlamaContext(model=self._llama._model, params=params, verbose=False)
-        except ValueError as exc:
-            raise ModelLoadFailed(
-                f"could not create a context of {params.n_ctx} tokens: not enough memory? "
-                "Try a smaller --ctx-size or --parallel",
-                kind="out_of_memory",
-            ) from exc
+        return new_context(self._llama._model, params)
 
     @classmethod
     async def load(cls, options: EngineOptions) -> LlamaCppEngine:

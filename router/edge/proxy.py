@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,19 +127,34 @@ async def _forward(
     request: ForwardRequest,
     task_status: trio.TaskStatus[ForwardedResponse],
 ) -> None:
+    async with _reported(plugins, request) as outcome:
+        outcome.status = await _forward_with_lease(pool, request, task_status, outcome.counter)
+
+
+@dataclass
+class _Outcome:
+    counter: UsageCounter | None  # None: no plugin reads the usage
+    status: int = 0
+
+
+@asynccontextmanager
+async def _reported(plugins: Plugins, request: ForwardRequest) -> AsyncIterator[_Outcome]:
+    """The request's usage counter and status, given to ``request_finished`` hooks when the
+    block ends, however it ends (a RouterError's status is the status)."""
     started = time.monotonic()
     # Only a request_finished hook reads the usage: without one, nothing is kept or parsed.
-    counter = UsageCounter() if has_implementations(plugins, "request_finished") else None
-    status = 0
+    has_readers = has_implementations(plugins, "request_finished")
+    outcome = _Outcome(UsageCounter() if has_readers else None)
     try:
-        status = await _forward_with_lease(pool, request, task_status, counter)
+        yield outcome
     except RouterError as exc:
-        status = exc.status
+        outcome.status = exc.status
         raise
     finally:
-        if counter is not None:
+        if outcome.counter is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await _report(plugins, request, counter, time.monotonic() - started, status)
+                duration_s = time.monotonic() - started
+                await _report(plugins, request, outcome.counter, duration_s, outcome.status)
 
 
 async def _report(
@@ -271,25 +287,17 @@ async def relay(
     Cancellation: gives up the request (and its place in the queue); an answer under way is
     cut, and closing the child's connection cancels its generation.
     """
-    started = time.monotonic()
-    counter = UsageCounter() if has_implementations(plugins, "request_finished") else None
-    status = 0
-    try:
-        async with pool.lease(request.state, autoload=request.autoload) as child:
-            response = await _ask(child, request)
-            try:
-                status = response.status_code
-                await _relay_answer(request.model, response, send, counter)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-    except RouterError as exc:
-        status = exc.status
-        raise
-    finally:
-        if counter is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await _report(plugins, request, counter, time.monotonic() - started, status)
+    async with (
+        _reported(plugins, request) as outcome,
+        pool.lease(request.state, autoload=request.autoload) as child,
+    ):
+        response = await _ask(child, request)
+        try:
+            outcome.status = response.status_code
+            await _relay_answer(request.model, response, send, outcome.counter)
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
 
 
 async def _relay_answer(
