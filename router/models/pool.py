@@ -31,6 +31,7 @@ from router.errors import (
 from router.hooks.plugin_types import PluginContext
 from router.hooks.plugins import Plugins
 from router.models.confd import ConfigProblem
+from router.models.events import MODEL_STATUS, STATUS_CHANGE, Event, EventHub
 from router.models.pool_hooks import PoolHooks
 from router.models.scheduler import (
     Status,
@@ -78,6 +79,7 @@ class ModelPool:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()  # wakes the idle timers after any change
         self.hooks = PoolHooks(plugins, self.models, child_defaults or {}, child_options or {})
+        self.events = EventHub()  # every change below is published here (SSE, metrics, logs)
 
     def attach(
         self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
@@ -92,6 +94,8 @@ class ModelPool:
         old, state.status = state.status, new
         if old is not new:
             self.hooks.report_status(state.spec.id, old, new, detail)
+            name = MODEL_STATUS if new is Status.LOADING else STATUS_CHANGE
+            self.events.publish(Event(state.spec.id, name, {"status": new.value}))
 
     def apply_catalog(
         self, specs: Mapping[str, ModelSpec], problems: Mapping[str, ConfigProblem]
