@@ -31,6 +31,12 @@ def model_entry(base_url: str, model: str) -> dict[str, object]:
     return entry
 
 
+def socket_path(base_url: str, model: str) -> Path:
+    """Where ``model``'s child listens: its command line's ``--unix-socket``."""
+    args = model_entry(base_url, model)["status"]["args"]  # type: ignore[index]
+    return Path(args[args.index("--unix-socket") + 1])
+
+
 def test_child_killed_mid_stream_ends_the_stream_with_an_error_then_reloads(
     models: Path,
 ) -> None:
@@ -118,11 +124,11 @@ def test_router_sigterm_stops_children_gracefully_and_exits(models: Path) -> Non
             timeout=30,
         )
         children = list(router.child_pids().values())
+        socket_dir = socket_path(router.base_url, "good").parent
         router.process.send_signal(signal.SIGTERM)
         assert router.process.wait(timeout=30) == 0
         assert not [pid for pid in children if pid_is_alive(pid)]
         wait_until(lambda: "[good] stopping" in router.stderr_text(), "the stop is logged")
-        socket_dir = Path(router.stderr_text().split("unix:")[1].split()[0]).parent
         assert not socket_dir.exists()  # the private runtime directory is removed
 
 
@@ -133,9 +139,9 @@ def test_runtime_directory_is_private(models: Path) -> None:
             json={"model": "good", "prompt": "x", "max_tokens": 1},
             timeout=30,
         )
-        socket_path = Path(router.stderr_text().split("unix:")[1].split()[0])
-        assert socket_path.parent.stat().st_mode & 0o777 == 0o700
-        assert socket_path.stat().st_mode & 0o777 == 0o600
+        served_at = socket_path(router.base_url, "good")
+        assert served_at.parent.stat().st_mode & 0o777 == 0o700
+        assert served_at.stat().st_mode & 0o777 == 0o600
 
 
 def test_swapping_models_leaks_no_file_descriptors_or_processes(models: Path) -> None:
@@ -189,7 +195,8 @@ def test_a_load_goes_to_the_waiting_spare_child(models: Path) -> None:
 
         wait_until(lambda: len(spares()) == 1, "a spare waits")
         spare = spares()[0]
-        assert b"--spare" in Path(f"/proc/{spare}/cmdline").read_bytes()
+        title = Path(f"/proc/{spare}/cmdline")
+        wait_until(lambda: title.read_bytes().startswith(b"llama-router child: (spare)\0"), "ps")
         httpx.post(
             f"{router.base_url}/v1/completions",
             json={"model": "other", "prompt": "x", "max_tokens": 1},

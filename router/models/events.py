@@ -9,12 +9,33 @@ nothing else decides what happened. Consumers come in two kinds:
 * *subscribers* (``EventHub.subscribe``) are streams, one bounded buffer each, read at their own
   pace: an SSE client. A subscriber that falls ``backlog`` events behind is cut off rather than
   let the router's memory grow for a reader that has stopped; it reconnects and reads
-  ``GET /models`` again, as a llama.cpp router client does after any disconnect.
+  ``GET /models`` again, as a llama.cpp router client does after any disconnect. When the
+  router stops, ``close`` ends every stream (an SSE client must not hold the shutdown).
 
 The names and shapes are llama.cpp's router's (``server-models.cpp``, ``notify_sse``):
-``{"model": ID, "event": NAME, "data": {...}}``, with ``model_status`` when a load starts,
-``status_change`` for every later change (``exit_code`` on ``unloaded``), ``model_remove``,
-``models_reload`` (``model`` is ``"*"``), ``download_*``. Ours add fields, never rename them.
+``{"model": ID, "event": NAME, "data": {...}}``. Ours add fields, never rename them.
+
+The contract (other code and other programs read exactly these names):
+
+* ``model_status`` ``{"status": "loading"}``: a load starts; ``"restart": true`` when the
+  model's previous run failed or crashed (the load that follows a crash), or stopped for new
+  settings.
+* ``status_change`` for every later status:
+
+  - ``{"status": "loaded", "load_s": 1.23}``: seconds from loading to loaded;
+  - ``{"status": "unloading", "reason": R}``, R one of ``"requested"`` (``POST
+    /models/unload``), ``"idle"`` (its ttl ran out), ``"evicted"`` (with ``"for": OTHER_ID``,
+    the model it makes room for), ``"settings"`` (its settings changed: it restarts),
+    ``"shutdown"`` (the router stops), ``"removed"`` (its file or conf.d entry is gone);
+  - ``{"status": "unloaded", "exit_code": N}`` (None if it never started); when the child
+    failed or crashed also ``"failed": true``, ``"reason": "plain words"`` (``"killed by
+    signal 9 (SIGKILL)"``, the child's last error line...), ``"signal": N`` when a signal
+    killed it, and ``"was_loading": bool`` (it failed to load, rather than crashed).
+
+* ``model_add`` / ``model_remove`` (no data): a rescan listed a new model, or delisted one.
+* ``models_reload`` (``model`` is ``"*"``, no data): after each rescan of the model list.
+* ``log`` ``{"line": ..., "stream": "stderr"}`` (ours): one line a child printed, only to
+  subscribers that asked for log lines, and published only while one listens.
 """
 
 from __future__ import annotations
@@ -35,7 +56,16 @@ STATUS_CHANGE = "status_change"  # any later status: {"status": ..., ...}
 MODEL_ADD = "model_add"  # ours: a model was listed (a new file in --models-dir or conf.d)
 MODEL_REMOVE = "model_remove"  # a model was delisted
 MODELS_RELOAD = "models_reload"  # the list was read again; model is "*"
-LOG_LINE = "log"  # ours, only to subscribers that asked: {"line": ...} from a child's output
+LOG_LINE = "log"  # ours, only to subscribers that asked: {"line": ..., "stream": ...}
+ALL_MODELS = "*"  # the ``model`` of an event about every model (``models_reload``)
+
+# Why a model is unloading (``status_change`` to ``unloading``: ``"reason"``).
+UNLOAD_REQUESTED = "requested"
+UNLOAD_IDLE = "idle"
+UNLOAD_EVICTED = "evicted"  # with "for": the model it makes room for
+UNLOAD_SETTINGS = "settings"
+UNLOAD_SHUTDOWN = "shutdown"
+UNLOAD_REMOVED = "removed"
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,7 @@ class EventHub:
     backlog: int = 256
     _listeners: list[Callable[[Event], None]] = field(default_factory=list)
     _subscribers: list[_Subscriber] = field(default_factory=list)
+    is_closed: bool = False  # the router stops: every stream has ended, new ones end at once
 
     def listen(self, callback: Callable[[Event], None]) -> None:
         """Call ``callback(event)`` for every event but log lines, synchronously. It must be
@@ -86,7 +117,7 @@ class EventHub:
             if event.event == LOG_LINE and not subscriber.wants_logs:
                 continue
             models = subscriber.models
-            if models is not None and event.model not in models and event.model != "*":
+            if models is not None and event.model not in models and event.model != ALL_MODELS:
                 continue
             try:
                 subscriber.send.send_nowait(event)
@@ -107,15 +138,26 @@ class EventHub:
     ) -> Iterator[trio.MemoryReceiveChannel[Event]]:
         """A stream of the events from now on, for as long as the ``with`` block lasts.
 
-        The stream ends (``async for`` stops) if the reader falls ``backlog`` events behind.
+        The stream ends (``async for`` stops) if the reader falls ``backlog`` events behind,
+        and when the hub closes (at once if it already has).
         """
         send, receive = trio.open_memory_channel[Event](self.backlog)
         subscriber = _Subscriber(send, logs, models)
-        self._subscribers.append(subscriber)
+        if self.is_closed:
+            send.close()
+        else:
+            self._subscribers.append(subscriber)
         try:
             with receive:
                 yield receive
         finally:
+            self._drop(subscriber)
+
+    def close(self) -> None:
+        """End every stream, now and from now on (the router stops); listeners still hear
+        what follows (the models' unloading)."""
+        self.is_closed = True
+        for subscriber in list(self._subscribers):
             self._drop(subscriber)
 
     def _drop(self, subscriber: _Subscriber) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +31,27 @@ from router.errors import (
 from router.hooks.plugin_types import PluginContext
 from router.hooks.plugins import Plugins
 from router.models.confd import ConfigProblem
-from router.models.events import MODEL_STATUS, STATUS_CHANGE, Event, EventHub
+from router.models.event_log import LifecycleLog
+from router.models.events import (
+    ALL_MODELS,
+    LOG_LINE,
+    MODEL_ADD,
+    MODEL_REMOVE,
+    MODEL_STATUS,
+    MODELS_RELOAD,
+    STATUS_CHANGE,
+    UNLOAD_EVICTED,
+    UNLOAD_IDLE,
+    UNLOAD_REMOVED,
+    UNLOAD_REQUESTED,
+    UNLOAD_SETTINGS,
+    UNLOAD_SHUTDOWN,
+    Event,
+    EventHub,
+)
 from router.models.pool_hooks import PoolHooks
 from router.models.scheduler import (
+    ModelView,
     Status,
     Waiting,
     backoff_s,
@@ -80,6 +98,9 @@ class ModelPool:
         self._changed = trio.Event()  # wakes the idle timers after any change
         self.hooks = PoolHooks(plugins, self.models, child_defaults or {}, child_options or {})
         self.events = EventHub()  # every change below is published here (SSE, metrics, logs)
+        self.events.listen(LifecycleLog().on_event)
+        self._load_started: dict[str, float] = {}  # by model: when its load began (load_s)
+        self._restarting: set[str] = set()  # stopped for new settings, to be loaded again
 
     def attach(
         self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
@@ -89,13 +110,18 @@ class ModelPool:
         self._supervisor = supervisor
         self._nursery = nursery
         self.hooks.attach(nursery, context)
+        supervisor.on_output = self.child_output
 
-    def _set_status(self, state: ModelState, new: Status, detail: str = "") -> None:
+    def _set_status(
+        self, state: ModelState, new: Status, detail: str = "", **data: str | float | bool | None
+    ) -> None:
+        """Change ``state``'s status; tell the plugins and the hub, ``data`` added to the
+        event (its fields are the contract in ``events.py``)."""
         old, state.status = state.status, new
         if old is not new:
             self.hooks.report_status(state.spec.id, old, new, detail)
             name = MODEL_STATUS if new is Status.LOADING else STATUS_CHANGE
-            self.events.publish(Event(state.spec.id, name, {"status": new.value}))
+            self.events.publish(Event(state.spec.id, name, {"status": new.value, **data}))
 
     def apply_catalog(
         self, specs: Mapping[str, ModelSpec], problems: Mapping[str, ConfigProblem]
@@ -119,13 +145,16 @@ class ModelPool:
                 else:
                     state.is_retired, state.pending_spec = False, spec
                     self._apply_pending_spec(state)
+                self.events.publish(Event(model_id, MODEL_ADD))
                 continue
             state.config_error = ""
             if spec != state.spec:
                 state.pending_spec = spec
                 self._apply_pending_spec(state)
         for model_id in [m for m in self.models if m not in specs and m not in problems]:
-            self._retire(self.models[model_id])
+            if not self.models[model_id].is_retired:
+                self._retire(self.models[model_id])
+        self.events.publish(Event(ALL_MODELS, MODELS_RELOAD))
         self._reschedule()
 
     def _apply_pending_spec(self, state: ModelState) -> None:
@@ -135,19 +164,19 @@ class ModelPool:
             state.spec, state.pending_spec = state.pending_spec, None
             state.failures, state.retry_at = 0, -math.inf
         elif state.status is Status.LOADED and state.in_flight == 0:
-            log.info("model %s: new settings, restarting it", state.spec.id)
             state.restart_when_stopped = True
-            self._begin_unload(state)
+            self._begin_unload(state, UNLOAD_SETTINGS)
 
     def _retire(self, state: ModelState) -> None:
         state.is_retired = True
+        self.events.publish(Event(state.spec.id, MODEL_REMOVE))
         gone = ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
         for waiter in [w for w in self._queue if w.model == state.spec.id]:
             self._finish(waiter, gone)
         if state.status is Status.UNLOADED:
             del self.models[state.spec.id]
         elif state.status in (Status.LOADED, Status.LOADING):
-            self._begin_unload(state)
+            self._begin_unload(state, UNLOAD_REMOVED)
 
     async def run_idle_timers(self) -> None:
         """Unload each model once it has been idle for its ``ttl``; runs until cancelled.
@@ -159,8 +188,7 @@ class ModelPool:
                 [state.view() for state in self.models.values()], self._clock()
             )
             for model_id in expired:
-                log.info("model %s idle for its ttl: unloading", model_id)
-                self._begin_unload(self.models[model_id])
+                self._begin_unload(self.models[model_id], UNLOAD_IDLE)
             with trio.move_on_at(next_deadline):
                 await self._changed.wait()
             self._changed = trio.Event()
@@ -265,6 +293,8 @@ class ModelPool:
             try:
                 async with self.lease(state, autoload=True):
                     pass
+            except ModelLoadFailed:
+                pass  # the event log says why (event_log.py)
             except RouterError as exc:
                 log.warning("loading %s failed: %s", state.spec.id, exc.message)
             finally:
@@ -275,10 +305,28 @@ class ModelPool:
 
         nursery.start_soon(load_and_release)
 
+    def keep_alive(self, state: ModelState, seconds: float) -> None:
+        """Keep ``state``'s running child for ``seconds`` idle (Ollama's ``keep_alive``; inf:
+        for ever, 0: unload it once idle) instead of its ttl, until that child exits."""
+        state.keep_alive_s = seconds
+        self._changed.set()  # the idle timers take the new deadline now
+
     def request_unload(self, state: ModelState) -> None:
         """Stop ``state``'s child gracefully (``POST /models/unload``)."""
         if state.status in (Status.LOADED, Status.LOADING):
-            self._begin_unload(state)
+            self._begin_unload(state, UNLOAD_REQUESTED)
+
+    async def stop_all(self) -> None:
+        """Stop every model (the router stops): each running one is reported unloading for
+        ``"shutdown"``, then the supervisor stops every child and waits for them.
+
+        Cancellation: as ``Supervisor.stop_all``.
+        """
+        assert self._supervisor is not None
+        for state in self.models.values():
+            if state.status in (Status.LOADED, Status.LOADING):
+                self._set_status(state, Status.UNLOADING, reason=UNLOAD_SHUTDOWN)
+        await self._supervisor.stop_all()
 
     # ---- child events --------------------------------------------------------------------------
 
@@ -288,36 +336,48 @@ class ModelPool:
         if state.status is not Status.LOADING:
             return  # asked to unload while it was loading: it is being stopped
         state.client = _client_for(address)
-        self._set_status(state, Status.LOADED)
+        load_s = self._clock() - self._load_started.pop(model_id, self._clock())
+        self._set_status(state, Status.LOADED, load_s=round(load_s, 3))
         state.failures, state.is_failed, state.exit_code, state.last_error = 0, False, None, ""
         state.last_used = self._clock()
-        log.info("model %s loaded", model_id)
         self._reschedule()
+
+    def child_output(self, model_id: str, line: str, stream: str) -> None:
+        """One line ``model_id``'s child printed: kept (``GET /models/logs``), and published
+        to the streams that asked for log lines, if any does."""
+        state = self.models.get(model_id)
+        if state is not None:
+            state.recent_lines.append(line)
+        if self.events.wants_logs:
+            self.events.publish(Event(model_id, LOG_LINE, {"line": line, "stream": stream}))
 
     def child_exited(self, model_id: str, ended: ChildExit) -> None:
         state = self.models[model_id]
         was_loading = state.status is Status.LOADING
-        self._set_status(state, Status.UNLOADED, f"exit code {ended.exit_code}")
+        self._load_started.pop(model_id, None)
+        is_failure = not ended.was_stopped or (not ended.was_ready and ended.exit_code != 0)
+        failure: dict[str, str | float | bool | None] = {}
+        if is_failure:
+            failure = {"failed": True, "reason": ended.last_error, "was_loading": was_loading}
+            if ended.exit_code is not None and ended.exit_code < 0:
+                failure["signal"] = -ended.exit_code
+        self._set_status(
+            state, Status.UNLOADED, f"exit code {ended.exit_code}",
+            exit_code=ended.exit_code, **failure,
+        )  # fmt: skip
         state.pid = None
         state.running_extra_args = ()
+        state.keep_alive_s = None  # a client's keep_alive held for that child only
         if state.client is not None and self._nursery is not None:
             self._nursery.start_soon(state.client.aclose)
             state.client = None
         state.exit_code = ended.exit_code
-        is_failure = not ended.was_stopped or (not ended.was_ready and ended.exit_code != 0)
         if is_failure:
             state.is_failed = True
             state.last_error = ended.last_error
             state.failure_kind = ended.failure_kind or "internal"
             state.failures += 1
             state.retry_at = self._clock() + backoff_s(state.failures)
-            log.warning(
-                "model %s %s (exit code %s): %s",
-                model_id,
-                "failed to load" if was_loading else "crashed",
-                ended.exit_code,
-                ended.last_error,
-            )
         if was_loading:
             error = self._load_error(state)
             for waiter in [w for w in self._queue if w.model == model_id]:
@@ -328,6 +388,7 @@ class ModelPool:
             self._apply_pending_spec(state)
             if state.restart_when_stopped and self._nursery is not None:
                 state.restart_when_stopped = False
+                self._restarting.add(model_id)
                 self.request_load(state, self._nursery)
         self._reschedule()
 
@@ -335,12 +396,20 @@ class ModelPool:
 
     def _reschedule(self) -> None:
         self._changed.set()
+        evicted_for: dict[str, str] = {}  # victim: the model it makes room for
+
+        def choose_victim(candidates: Sequence[ModelView], incoming: str) -> str | None:
+            victim = self.hooks.choose_victim(candidates, incoming)
+            if victim is not None:
+                evicted_for[victim] = incoming
+            return victim
+
         decisions = plan(
             {model_id: state.view() for model_id, state in self.models.items()},
             [Waiting(w.ticket, w.model) for w in self._queue],
             models_max=self.models_max,
             now=self._clock(),
-            choose_victim=self.hooks.choose_victim,
+            choose_victim=choose_victim,
             fits=self.hooks.fits,
         )
         by_ticket = {w.ticket: w for w in self._queue}
@@ -352,7 +421,8 @@ class ModelPool:
             waiter = by_ticket[ticket]
             self._finish(waiter, self._backoff_error(self.models[waiter.model]))
         for model_id in decisions.unload:
-            self._begin_unload(self.models[model_id])
+            for_model = evicted_for.get(model_id)
+            self._begin_unload(self.models[model_id], UNLOAD_EVICTED, for_model=for_model)
         for model_id in decisions.load:
             self._begin_load(self.models[model_id])
 
@@ -363,15 +433,26 @@ class ModelPool:
 
     def _begin_load(self, state: ModelState) -> None:
         assert self._supervisor is not None
-        self._set_status(state, Status.LOADING)
-        log.info("loading model %s", state.spec.id)
+        self._load_started[state.spec.id] = self._clock()
+        # Its last run failed or crashed, or stopped for new settings: this load restarts it.
+        if state.is_failed or state.spec.id in self._restarting:
+            self._restarting.discard(state.spec.id)
+            self._set_status(state, Status.LOADING, restart=True)
+        else:
+            self._set_status(state, Status.LOADING)
         state.running_extra_args, state.extra_args = state.extra_args, ()
         state.args = self._supervisor.start(state.spec, extra_args=state.running_extra_args)
 
-    def _begin_unload(self, state: ModelState) -> None:
+    def _begin_unload(
+        self, state: ModelState, reason: str, *, for_model: str | None = None
+    ) -> None:
+        """Stop ``state``'s child gracefully; ``reason`` (and ``for_model``, the model an
+        eviction makes room for) is the event's (``events.UNLOAD_*``)."""
         assert self._supervisor is not None and self._nursery is not None
-        self._set_status(state, Status.UNLOADING)
-        log.info("unloading model %s", state.spec.id)
+        if for_model is None:
+            self._set_status(state, Status.UNLOADING, reason=reason)
+        else:
+            self._set_status(state, Status.UNLOADING, reason=reason, **{"for": for_model})
         client, supervisor = state.client, self._supervisor
         if client is None or state.in_flight > 0:
             supervisor.stop(state.spec.id)

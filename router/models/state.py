@@ -4,11 +4,16 @@ shows. The pool changes it; the scheduler sees it as a ``ModelView``; plugins as
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from router.models.scheduler import ModelView, Status
 from router.processes.wire import ChildConnections
 from router.spec import ModelSpec
+
+RECENT_LINES = 500  # a model's last lines of output kept for GET /models/logs
+
+AT_ONCE_S = 1e-9  # the ttl of "as soon as it is idle": a ttl of 0 means never
 
 
 @dataclass
@@ -37,6 +42,20 @@ class ModelState:
     pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
     restart_when_stopped: bool = False  # it was running when its settings changed
     is_retired: bool = False  # its file was deleted: delisted once it has stopped
+    # Its child's last lines (all its runs: a crash's lines outlive the process).
+    recent_lines: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_LINES))
+    # A client's idle ttl for the child running now (Ollama's keep_alive), forgotten when it
+    # exits: None: the spec's ttl; inf: never unloaded; 0: unloaded as soon as it is idle.
+    keep_alive_s: float | None = None
+
+    @property
+    def idle_ttl_s(self) -> float:
+        """Idle seconds before it is unloaded, in the scheduler's terms (0: never)."""
+        if self.keep_alive_s is None:
+            return self.spec.ttl_s
+        if math.isinf(self.keep_alive_s):
+            return 0.0
+        return max(self.keep_alive_s, AT_ONCE_S)
 
     def view(self) -> ModelView:
         return ModelView(
@@ -46,5 +65,5 @@ class ModelState:
             last_used=self.last_used,
             is_pinned=self.spec.is_pinned,
             retry_at=self.retry_at,
-            ttl_s=self.spec.ttl_s,
+            ttl_s=self.idle_ttl_s,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,10 @@ KILL_AFTER_TERM_S = 2.0
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" from a child is cut into pieces of this size
 
 OnReady = Callable[["Child", str, trio.Process], None]
+# A server's line that says where it listens ("Running on unix:...", our child's "serving
+# MODEL (...) at unix:..."): start-up noise, for the router logs the load ("loaded in 1.2 s").
+_ANNOUNCEMENT = re.compile(r"(Running on|^serving .* at) (unix:|https?://)")
+MAX_NOTED_LINES = 1000  # distinct start-up lines remembered, to log a repeated one only once
 
 
 @dataclass
@@ -54,20 +59,49 @@ class Child:
     # Its model freed, its server closed, the process waits as a spare again (a stop that
     # asked for it): for the model, this is its exit.
     went_back_to_spare: trio.Event = field(default_factory=trio.Event)
+    # Where each line it prints goes besides the log: (line, stream), the supervisor's.
+    report_line: Callable[[str, str], None] | None = None
+    _startup_lines: set[str] = field(default_factory=set)
 
     @property
     def is_command(self) -> bool:
         """An external server: no lifeline, no spare; SIGTERM is its stop."""
         return self.spec.command is not None
 
-    def note_line(self, line: str) -> None:
-        """Log one line it printed as ``[model] line``; remember the last error-like one."""
+    def note_line(self, line: str, stream: str = "stderr") -> None:
+        """Log one line it printed as ``[model] line``; remember the last error-like one.
+
+        Its start-up noise is logged at DEBUG only: where its server listens (the router
+        logs the load), and a line it already printed while loading (llama.cpp repeats its
+        warnings for each context it creates). Every line still reaches ``report_line``.
+        """
         if not line:
             return
-        log.info("[%s] %s", self.spec.id, line)
+        if self.report_line is not None:
+            self.report_line(line, stream)
+        is_noise = _ANNOUNCEMENT.search(line) is not None
+        if not self.was_ready and not is_noise:
+            is_noise = line in self._startup_lines
+            if len(self._startup_lines) < MAX_NOTED_LINES:
+                self._startup_lines.add(line)
+        log.log(logging.DEBUG if is_noise else logging.INFO, "[%s] %s", self.spec.id, line)
         self.last_line = line
         if "error" in line.lower():
             self.last_error = line.removeprefix("error: ")
+
+    def exit_reason(self, exit_code: int | None) -> str:
+        """Why it ended, in plain words: what it said for sure (hung, failed load), else the
+        signal that killed it, else its last error line, else its exit code and last line."""
+        if self.fatal_error:
+            return self.fatal_error
+        if exit_code is not None and exit_code < 0:
+            return f"killed by signal {-exit_code} ({signal_name(-exit_code)})"
+        if self.last_error:
+            return self.last_error
+        if exit_code is None:
+            return self.last_line
+        said = f": {self.last_line}" if self.last_line else ""
+        return f"exited with code {exit_code}{said}"
 
 
 async def each_line(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
@@ -89,11 +123,14 @@ async def each_line(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
         yield buffer.decode(errors="replace")
 
 
-async def log_lines(child: Child, stream: trio.abc.ReceiveStream, done: trio.Event) -> None:
-    """Log every line of ``stream`` as the child's; set ``done`` at its end."""
+async def log_lines(
+    child: Child, stream: trio.abc.ReceiveStream, done: trio.Event, name: str = "stderr"
+) -> None:
+    """Log every line of ``stream`` (``name``: stderr or stdout) as the child's; set ``done``
+    at its end."""
     try:
         async for line in each_line(stream):
-            child.note_line(line.rstrip())
+            child.note_line(line.rstrip(), name)
     finally:
         done.set()
 
@@ -180,6 +217,14 @@ def signal_group(process: trio.Process, signum: int) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9; the number itself for a signal Python does not name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def describe(exc: BaseException) -> str:

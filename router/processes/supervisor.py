@@ -61,10 +61,14 @@ class ChildExit:
     """How a child ended."""
 
     exit_code: int | None
-    last_error: str  # the last line it printed that looks like an error ("" if none)
+    last_error: str  # why it ended, in plain words (``Child.exit_reason``); "" if it said nothing
     was_stopped: bool  # we asked it to stop
     was_ready: bool  # it had announced readiness
     failure_kind: str = ""  # why it could not load, in a word, when it said so on its lifeline
+
+
+def _ignore_output(model_id: str, line: str, stream: str) -> None:
+    """No one reads the children's lines but the log (until the pool attaches)."""
 
 
 class ChildEvents(Protocol):
@@ -150,6 +154,9 @@ class Supervisor:
         self._children: dict[str, Child] = {}
         self._spares: list[_Holder] = []  # oldest first: the likeliest to be ready
         self._is_stopping = False
+        # Every line a model's child prints, as (model id, line, stream): the pool's once it
+        # attaches (its log view and ``/models/sse?logs=1``).
+        self.on_output: Callable[[str, str, str], None] = _ignore_output
 
     def socket_path(self, model_id: str) -> Path:
         """Where ``model_id``'s child listens: unique per id (a hash), readable (a prefix)."""
@@ -160,6 +167,7 @@ class Supervisor:
         if spec.id in self._children:
             raise RuntimeError(f"model {spec.id!r} already has a child")
         child = Child(spec=spec, argv=[], env={})
+        child.report_line = partial(self._report_line, spec.id)
         socket_path = self.socket_path(spec.id)
         if self._is_stopping:  # a request still queued as the router stops: never a new child
             child.launch_error = "the router is shutting down"
@@ -309,8 +317,8 @@ class Supervisor:
         settings = self._settings
         assert process.stderr is not None and process.stdout is not None
         stderr_done = trio.Event()
-        nursery.start_soon(log_lines, child, process.stderr, stderr_done)
-        nursery.start_soon(log_lines, child, process.stdout, trio.Event())
+        nursery.start_soon(log_lines, child, process.stderr, stderr_done, "stderr")
+        nursery.start_soon(log_lines, child, process.stdout, trio.Event(), "stdout")
         nursery.start_soon(
             partial(
                 command_children.await_healthy, child, process,
@@ -354,13 +362,16 @@ class Supervisor:
             exit_code = 0
         ended = ChildExit(
             exit_code=exit_code,
-            last_error=child.fatal_error or child.last_error or child.last_line,
+            last_error=child.exit_reason(exit_code),
             was_stopped=child.stop_requested.is_set(),
             was_ready=child.was_ready,
             failure_kind=child.failure_kind,
         )
-        log.info("[%s] exited with code %s", child.spec.id, exit_code)
+        log.debug("[%s] exited with code %s", child.spec.id, exit_code)  # the pool's event says
         self._events.child_exited(child.spec.id, ended)
+
+    def _report_line(self, model_id: str, line: str, stream: str) -> None:
+        self.on_output(model_id, line, stream)
 
     def _base_env(self) -> dict[str, str]:
         """The router's environment less its own variables (keys, the lifeline)."""
