@@ -26,8 +26,11 @@ from quart_trio import QuartTrio
 from router.default_plugins import default_plugins
 from router.edge import lean_http
 from router.edge.access import is_loopback
+from router.edge.access_log import log_request
 from router.edge.app import create_app
 from router.edge.fast_path import with_fast_path
+from router.edge.metrics import RouterMetrics
+from router.edge.observe import RequestRecord, observed
 from router.errors import CannotListen, ExposureRefused, PluginFailed, StartupError
 from router.hooks.plugin_types import PluginContext
 from router.hooks.plugins import (
@@ -36,6 +39,7 @@ from router.hooks.plugins import (
     call_each_now,
     load_plugins,
 )
+from router.logs import configure_logging
 from router.models.catalog import scan_models_dirs
 from router.models.confd import merge_catalog, scan_conf_dir
 from router.models.pool import ModelPool
@@ -49,10 +53,7 @@ log = logging.getLogger("router")
 
 def run_router(settings: RouterSettings) -> int:
     """The ``llama-router serve`` command."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logging.getLogger("router").addHandler(handler)
-    logging.getLogger("router").setLevel(logging.INFO)
+    configure_logging(settings.log_format, settings.log_file, settings.verbosity)
     try:
         trio.run(serve_router, settings)
     except (StartupError, ExceptionGroup) as exc:
@@ -161,13 +162,14 @@ async def serve_router(
                 app = create_app(
                     pool, settings, plugins, rescan=rescan, spares=supervisor.spare_report
                 )
-                await _serve_http(settings, sock, app, task_status)
+                # Event streams end as shutdown begins: they must not hold it for the grace.
+                await _serve_http(settings, sock, app, task_status, on_stop=pool.events.close)
                 if watcher is not None:
                     watcher.stop()
                 background.cancel_scope.cancel()
             await call_each(plugins, "shutdown", router=context)
             log.info("stopping every model")
-            await supervisor.stop_all()
+            await pool.stop_all()
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
     log.info("stopped")
@@ -221,6 +223,8 @@ async def _serve_http(
     sock: socket.socket,
     app: QuartTrio,
     task_status: trio.TaskStatus[str],
+    *,
+    on_stop: Callable[[], None],
 ) -> None:
     config = Config()
     config.graceful_timeout = settings.graceful_timeout_s
@@ -228,6 +232,12 @@ async def _serve_http(
     host, port = sock.getsockname()[:2]
     address = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     stop = trio.Event()
+    metrics: RouterMetrics = app.extensions["llama_router_metrics"]
+
+    def report(record: RequestRecord) -> None:
+        metrics.record_request(record)
+        log_request(record)
+
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signals() -> None:
@@ -235,13 +245,20 @@ async def _serve_http(
                 async for signum in signals:
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     stop.set()
+                    on_stop()
 
         nursery.start_soon(stop_on_signals)
 
         async def serve(task_status: trio.TaskStatus[None]) -> None:
             await lean_http.serve(
-                with_fast_path(
-                    app, autoload=settings.models_autoload, timeout_s=settings.timeout_s
+                observed(
+                    with_fast_path(
+                        app,
+                        autoload=settings.models_autoload,
+                        timeout_s=settings.timeout_s,
+                        load_progress=settings.stream_load_progress,
+                    ),
+                    report,
                 ),
                 config,
                 sock,

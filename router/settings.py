@@ -10,6 +10,7 @@ from typing import Any
 
 from router.errors import SettingsError
 from router.hosts import host_name
+from router.logs import LOG_FORMATS
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class RouterSettings:
     max_connections: int = 1024  # client connections open at once; more wait to be accepted
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides the bound address
     spares: int = 1  # child processes kept started, waiting for the next load; 0 = none
+    # A streaming request that waits for its model's load gets ": loading M (1.2 s)" comments.
+    stream_load_progress: bool = False
+    log_format: str = "text"  # LOG_FORMATS: how every log line looks (logs.py)
+    log_file: Path | None = None  # log lines also appended here (created mode 0600)
+    verbosity: int = 0  # -v: 1 adds the router's DEBUG lines, 2 its libraries' too
 
     def __post_init__(self) -> None:
         if self.models_max < 0:
@@ -60,6 +66,10 @@ class RouterSettings:
             raise SettingsError(f"--health-misses must be 1 or more, not {self.health_misses}")
         if self.max_connections < 1:
             raise SettingsError(f"--max-connections must be 1 or more, not {self.max_connections}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}"
+            )
         if not 0 <= self.spares <= 16:
             raise SettingsError(f"--spares must be between 0 and 16, not {self.spares}")
         for key in (*self.api_keys, *self.admin_api_keys):

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from router.edge import observe
 from router.edge.access import HostCheck
 from router.edge.jsonbody import is_blank, parse_json_object, top_level_field
 from router.errors import (
@@ -50,6 +51,7 @@ class Gate:
 
     async def resolve(self, requested: str, principal: Principal, info: RequestInfo) -> ModelState:
         """The model for ``requested`` (plugins may route it), if ``principal`` may use it."""
+        observe.note_requested(requested)
         model_id = await call_first(
             self.plugins,
             "resolve_model",
@@ -58,6 +60,7 @@ class Gate:
             catalog=self.pool.hooks.catalog(),
         )
         state = self.pool.resolve(model_id if isinstance(model_id, str) else requested)
+        observe.note_model(state.spec.id)
         denial = await call_first(
             self.plugins, "authorize", principal=principal, model=state.spec.id, request=info
         )

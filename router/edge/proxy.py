@@ -29,6 +29,8 @@ from typing import Any
 
 import trio
 
+from router.edge import observe
+from router.edge.load_progress import LoadProgress, wants_progress
 from router.edge.usage import UsageCounter
 from router.errors import (
     ChildTimeout,
@@ -38,7 +40,7 @@ from router.errors import (
     WireError,
     sse_error_event,
 )
-from router.hooks.plugin_types import Principal
+from router.hooks.plugin_types import Principal, Usage
 from router.hooks.plugins import Plugins, call_each, has_implementations
 from router.models.pool import ModelPool
 from router.models.state import ModelState
@@ -88,6 +90,7 @@ class ForwardRequest:
     headers: list[tuple[str, str]]
     body: RequestBody  # sent from this buffer as it is: a large body is never copied
     timeout_s: float = math.inf  # -to/--timeout: the longest silence from the child
+    load_progress: bool = False  # --stream-load-progress (served on the raw path only)
 
     @property
     def model(self) -> str:
@@ -127,47 +130,54 @@ async def _forward(
     request: ForwardRequest,
     task_status: trio.TaskStatus[ForwardedResponse],
 ) -> None:
-    async with _reported(plugins, request) as outcome:
+    async with _reported(plugins, request, pool) as outcome:
         outcome.status = await _forward_with_lease(pool, request, task_status, outcome.counter)
 
 
 @dataclass
 class _Outcome:
-    counter: UsageCounter | None  # None: no plugin reads the usage
+    counter: UsageCounter | None  # None: nothing reads the usage
     status: int = 0
 
 
 @asynccontextmanager
-async def _reported(plugins: Plugins, request: ForwardRequest) -> AsyncIterator[_Outcome]:
-    """The request's usage counter and status, given to ``request_finished`` hooks when the
-    block ends, however it ends (a RouterError's status is the status)."""
+async def _reported(
+    plugins: Plugins, request: ForwardRequest, pool: ModelPool
+) -> AsyncIterator[_Outcome]:
+    """The request's usage counter and status, given to ``request_finished`` hooks and to the
+    request's record (``observe.py``: the access log, the metrics) when the block ends,
+    however it ends (a RouterError's status is the status)."""
     started = time.monotonic()
-    # Only a request_finished hook reads the usage: without one, nothing is kept or parsed.
+    record = observe.forward_began(pool, request.state)
+    # Only a hook or the record reads the usage: without them, nothing is kept or parsed.
     has_readers = has_implementations(plugins, "request_finished")
-    outcome = _Outcome(UsageCounter() if has_readers else None)
+    outcome = _Outcome(UsageCounter() if has_readers or record is not None else None)
     try:
         yield outcome
     except RouterError as exc:
         outcome.status = exc.status
         raise
     finally:
-        if outcome.counter is not None:
+        usage = outcome.counter.usage() if outcome.counter is not None else None
+        if record is not None:
+            observe.forward_ended(record, usage)
+        if has_readers:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 duration_s = time.monotonic() - started
-                await _report(plugins, request, outcome.counter, duration_s, outcome.status)
+                await _report(plugins, request, usage, duration_s, outcome.status)
 
 
 async def _report(
     plugins: Plugins,
     request: ForwardRequest,
-    counter: UsageCounter,
+    usage: Usage | None,
     duration_s: float,
     status: int,
 ) -> None:
     try:
         await call_each(
             plugins, "request_finished",
-            model=request.model, principal=request.principal, usage=counter.usage(),
+            model=request.model, principal=request.principal, usage=usage,
             duration_s=duration_s, status=status,
         )  # fmt: skip
     except Exception:  # the answer is out; a failing report must not take the router down
@@ -206,6 +216,7 @@ async def _forward_with_lease(
     counter: UsageCounter | None,
 ) -> int:
     async with pool.lease(request.state, autoload=request.autoload) as child:
+        observe.forward_admitted()
         response = await _ask(child, request)
         if counter is not None:
             counter.begin(response.content_type)
@@ -257,7 +268,7 @@ async def _pump(
         return  # the client left; closing the response cancels the child's work
     except WireError as exc:
         reason = _broken_off(model, exc)
-        ending = sse_error_event(RouterError(f"{reason}; retry the request"))
+        ending = sse_error_event(RouterError(f"{reason}; retry the request"), request.path)
         try:
             await send.send(ending if is_event_stream else BrokenOff(reason))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -287,21 +298,41 @@ async def relay(
     Cancellation: gives up the request (and its place in the queue); an answer under way is
     cut, and closing the child's connection cancels its generation.
     """
-    async with (
-        _reported(plugins, request) as outcome,
-        pool.lease(request.state, autoload=request.autoload) as child,
-    ):
-        response = await _ask(child, request)
+    progress = None
+    if request.load_progress and wants_progress(request.state, request.body):
+        progress = LoadProgress(request.model, send)  # comments while the model loads
+        send = progress.send
+    async with _reported(plugins, request, pool) as outcome:
         try:
-            outcome.status = response.status_code
-            await _relay_answer(request.model, response, send, outcome.counter)
-        finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+            async with (
+                pool.lease(request.state, autoload=request.autoload)
+                if progress is None
+                else progress.leased(pool, request.state, autoload=request.autoload)
+            ) as child:
+                observe.forward_admitted()
+                response = await _ask(child, request)
+                try:
+                    outcome.status = response.status_code
+                    await _relay_answer(
+                        request.model, response, send, outcome.counter, path=request.path
+                    )
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await response.aclose()
+        except RouterError as error:
+            if progress is None or not progress.has_begun:
+                raise
+            outcome.status = error.status  # the stream had begun: it ends with the error
+            await progress.fail(error)
 
 
 async def _relay_answer(
-    model: str, response: WireResponse, send: AnswerSend, counter: UsageCounter | None
+    model: str,
+    response: WireResponse,
+    send: AnswerSend,
+    counter: UsageCounter | None,
+    *,
+    path: str = "",
 ) -> None:
     if counter is not None:
         counter.begin(response.content_type)
@@ -325,7 +356,7 @@ async def _relay_answer(
         reason = _broken_off(model, exc)
         if length is not None or not response.content_type.startswith("text/event-stream"):
             raise CutConnection(reason) from None
-        ending = sse_error_event(RouterError(f"{reason}; retry the request"))
+        ending = sse_error_event(RouterError(f"{reason}; retry the request"), path)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
         return
     if length is None:
