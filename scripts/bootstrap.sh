@@ -34,8 +34,7 @@ export CMAKE_ARGS
 installed=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))' 2>/dev/null || true)
 stamp=.venv/.llama-cpp-build-flags
 if [ "$installed" != "$LLAMA_CPP_PYTHON_VERSION" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$CMAKE_ARGS" ]; then
-  key=$(llama_cpp_cache_key "$CMAKE_ARGS")
-  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/llama-router/wheels/$key"
+  wheels=$(llama_cpp_wheel_dir "$CMAKE_ARGS")
   if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     say "compiling llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (llama.cpp; about 5-10 minutes on 2 cores)"
     say "CMAKE_ARGS=$CMAKE_ARGS"
@@ -57,4 +56,16 @@ say "installing llama-router${EXTRAS:+ [$EXTRAS]} into .venv"
 if [ "$EXTRAS" = test ]; then
   say "installing the plugin packages of plugins/ (their tests use their entry points)"
   .venv/bin/python -m pip install --quiet -e plugins/apikeys -e plugins/memory-fit -e plugins/usage-log
+  # tests/test_page.py drives Debian's chromium with Playwright (from the test extra); never
+  # `playwright install`, which downloads a browser build of its own.
+  if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's chromium for the browser tests (tests/test_page.py)"
+      as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      say "no apt-get: install chromium at /usr/bin/chromium yourself for tests/test_page.py"
+    fi
+  fi
 fi

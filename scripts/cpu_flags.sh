@@ -36,3 +36,9 @@ llama_cpp_cpu_cmake_args() {
 llama_cpp_cache_key() {
   printf '%s %s' "$LLAMA_CPP_PYTHON_VERSION" "$1" | sha256sum | cut -c1-16
 }
+
+# Print the folder that caches the wheel built with the CMake arguments "$1" (bootstrap.sh
+# fills it; tests/test_install.py and docs/deploy.md install from it).
+llama_cpp_wheel_dir() {
+  printf '%s/llama-router/wheels/%s' "${XDG_CACHE_HOME:-$HOME/.cache}" "$(llama_cpp_cache_key "$1")"
+}

@@ -175,10 +175,21 @@ def _children_of(parent: int) -> list[tuple[int, str | None]]:
             continue
         if int(fields[1]) != parent or fields[0] == "Z":
             continue
-        args = [arg.decode() for arg in cmdline]
-        model = args[args.index("--alias") + 1] if "--alias" in args else None
+        args = [arg.decode() for arg in cmdline if arg]
+        model = _model_in_title(args) if "--alias" not in args else args[args.index("--alias") + 1]
         found.append((int(stat.parent.name), model))
     return found
+
+
+def _model_in_title(args: list[str]) -> str | None:
+    """The model a child names in its process title (None for a spare, or before it has one)."""
+    from router.child.main import PROCESS_TITLE, SPARE_MODEL
+
+    prefix = PROCESS_TITLE.format(model="")
+    if len(args) != 1 or not args[0].startswith(prefix):
+        return None
+    model = args[0].removeprefix(prefix)
+    return None if model == SPARE_MODEL else model
 
 
 def pid_is_alive(pid: int) -> bool:
@@ -191,14 +202,18 @@ def pid_is_alive(pid: int) -> bool:
 
 @contextmanager
 def running_router(
-    models_dir: Path, *args: str, cwd: Path | None = None
+    models_dir: Path,
+    *args: str,
+    cwd: Path | None = None,
+    program: Sequence[str] = (sys.executable, "-m", "router"),
 ) -> Iterator[RouterProcess]:
     """Start ``llama-router serve`` on a free port; kill it and every child afterwards.
 
-    It runs in ``cwd`` (default: ``models_dir``), so the repository's own conf.d is not used.
+    It runs in ``cwd`` (default: ``models_dir``), so the repository's own conf.d is not used;
+    ``program`` is the command that runs ``llama-router`` (another installation's, say).
     """
     command = [
-        sys.executable, "-m", "router", "serve", "--models-dir", str(models_dir),
+        *program, "serve", "--models-dir", str(models_dir),
         "--port", "0", "--threads", "1", *args,
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -219,7 +234,8 @@ def running_router(
             line = raw.decode(errors="replace")
             stderr_lines.append(line)
             if "listening on " in line and not listening:
-                listening.append(line.rsplit("listening on ", 1)[1].strip())
+                address = line.rsplit("listening on ", 1)[1]
+                listening.append(address.split('"', 1)[0].strip())  # --log-format json too
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import setproctitle
 import trio
 from hypercorn.config import Config, Sockets
 from quart_trio import QuartTrio
@@ -44,6 +45,9 @@ GRACE_FOR_ERROR_BODIES_S = 1.0
 GRACE_FOR_LAST_BYTES_S = 0.2
 MAX_CONNECTIONS = 256  # only the router connects: its pool (128 in use, 32 idle), health checks
 SEND_TIMEOUT_S = 600.0  # the router reads what it asked for; this only bounds a broken one
+# What ``ps -ef``, ``top -c`` and htop show for a child: the model it serves, or that it waits.
+PROCESS_TITLE = "llama-router child: {model}"
+SPARE_MODEL = "(spare)"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -73,6 +77,7 @@ def run_child(
         log.setLevel(logging.INFO)
     if lifeline is None:
         lifeline = ChildLifeline.from_environment()
+    _show_in_ps(serve_options.alias or engine_options.model_path.stem)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         return trio.run(serve_model, engine_options, serve_options, lifeline)
@@ -102,6 +107,7 @@ def run_spare() -> int:
     gc.collect()
     gc.freeze()  # what the imports made lives as long as the process: later collections skip it
     while True:
+        _show_in_ps(SPARE_MODEL)
         lifeline.announce_spare()
         line = _read_line()
         if not line.startswith(b"assign "):
@@ -112,6 +118,18 @@ def run_spare() -> int:
         if status != 0 or not lifeline.is_back_to_spare_asked:
             return status
         _give_memory_back()
+
+
+def _show_in_ps(model: str) -> None:
+    """Name this process after its model: a command line that says ``python -m router child
+    --spare`` for every child tells an operator nothing about which one holds which model,
+    and a spare's stays that way after it is handed one.
+
+    ``SPT_NOENV``: the title takes only the command line's own bytes (a long model name is cut
+    there), never the environment's, so ``/proc/PID/environ`` still says what the child runs
+    with (an operator's check, and the router's tests of what reaches a child)."""
+    os.environ["SPT_NOENV"] = "1"
+    setproctitle.setproctitle(PROCESS_TITLE.format(model=model))
 
 
 def _give_memory_back() -> None:
