@@ -6,12 +6,14 @@ Measured on the 2-core dev machine (best of 3, other work running) on Gemma 3 27
 (262,144 tokens, 253 MB): ``GGUFReader(path)`` 11.4 s, :func:`scalar_metadata` 23 ms; on a
 tiny generated model (260 tokens) 9.2 ms and 0.1 ms. So this walk stays hand-written; the
 value types and the magic come from ``gguf``, and ``tests/test_gguf_header.py`` checks it
-against ``GGUFReader``. Used by ``extra_args.py`` and the memory-fit plugin.
+against ``GGUFReader``. Used by ``extra_args.py``, the memory-fit plugin and Ollama's
+``/api/tags``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 import struct
 from collections.abc import Mapping
@@ -62,13 +64,18 @@ def _cached_metadata(path: Path, _mtime_ns: int, _size: int) -> Mapping[str, Sca
 
 
 def _walk(data: mmap.mmap) -> dict[str, Scalar]:
+    return _walk_header(data)[0]
+
+
+def _walk_header(data: mmap.mmap) -> tuple[dict[str, Scalar], _Reader, int]:
+    """The metadata, a reader at the tensor infos that follow it, and how many there are."""
     (magic,) = struct.unpack_from("<I", data, 0)
     if magic != GGUF_MAGIC:
         raise ValueError("not a GGUF file")
     # A GGUF written on a big-endian machine reads as a version with its low 16 bits zero.
     (version,) = struct.unpack_from("<I", data, 4)
     order = ">" if version & 0xFFFF == 0 else "<"
-    _, n_kv = struct.unpack_from(order + "QQ", data, 8)
+    n_tensors, n_kv = struct.unpack_from(order + "QQ", data, 8)
     reader = _Reader(data, order, offset=24)
     metadata: dict[str, Scalar] = {}
     for _ in range(n_kv):
@@ -76,7 +83,38 @@ def _walk(data: mmap.mmap) -> dict[str, Scalar]:
         value = reader.value(reader.integer("I"))
         if value is not None:
             metadata[key] = value
-    return metadata
+    return metadata, reader, n_tensors
+
+
+def parameter_count(path: Path) -> int:
+    """How many weights the GGUF's tensors hold, from the shapes its header lists (no tensor
+    data is read): Ollama's ``parameter_size``. Raises as :func:`scalar_metadata` does."""
+    stat = path.stat()
+    return _cached_parameter_count(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_parameter_count(path: Path, _mtime_ns: int, _size: int) -> int:
+    with path.open("rb") as file:
+        try:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # an empty file
+            raise ValueError(f"{path} has no readable GGUF header (it is empty)") from exc
+        with data:
+            try:
+                return _tensor_weights(data)
+            except (ValueError, struct.error, RecursionError) as exc:
+                raise ValueError(f"{path} has no readable GGUF header ({exc})") from exc
+
+
+def _tensor_weights(data: mmap.mmap) -> int:
+    _, reader, n_tensors = _walk_header(data)
+    total = 0
+    for _ in range(n_tensors):
+        reader.string()  # its name
+        total += math.prod(reader.integer("Q") for _ in range(reader.integer("I")))
+        reader.offset += 4 + 8  # its type and its data's offset
+    return total
 
 
 class _Reader:
