@@ -10,7 +10,10 @@ The tree::
     ├── WireError                       a child's connection failed, or it spoke no HTTP/1.1
     │   ├── ClosedBeforeAnswer          it closed a reused connection before answering
     │   └── ChildTimeout                it was silent for the request's -to/--timeout
-    └── CutConnection                   an answer ends by closing the client's connection
+    ├── CutConnection                   an answer ends by closing the client's connection
+    └── ControlError                    a command for a running router (ps, load...) failed
+        ├── RouterRefused               the router answered with an error: its message, exit 1
+        └── RouterUnreachable           nothing answered at --url: exit 2
 
 A client's errors (HTTP status, OpenAI ``error.type``)::
 
@@ -20,6 +23,7 @@ A client's errors (HTTP status, OpenAI ``error.type``)::
     │   ├── InvalidField                400   one field has a wrong type or value; names the field
     │   ├── ContextLengthExceeded       400   the prompt does not fit the model's context
     │   │   └── PromptTooLarge          400     known from its size in bytes, before tokenizing
+    │   ├── NotSupported                400   not_supported_error: the server does not do it
     │   └── UnsupportedMediaType        415   a body that is not the JSON the route takes
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
@@ -27,7 +31,6 @@ A client's errors (HTTP status, OpenAI ``error.type``)::
     ├── Conflict                        409 conflict_error
     ├── PluginFailed                    500 server_error: names the plugin and its hook
     ├── QueueFull                       429 rate_limit_error (carries Retry-After)
-    ├── NotSupported                    501 not_supported_error
     └── Unavailable                     503 unavailable_error
         └── ModelLoadFailed             503   a child could not load its model
 
@@ -175,8 +178,11 @@ class QueueFull(RouterError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
-class NotSupported(RouterError):
-    status = 501
+class NotSupported(InvalidRequest):
+    """The server does not do what the request asks (several prompts in one, an image part,
+    a model's missing feature): a 400 with the reason, never a 501, which clients such as
+    openai's retry in vain. Its own ``error.type`` says which kind of 400 it is."""
+
     error_type = "not_supported_error"
 
 
@@ -280,11 +286,37 @@ class CutConnection(LlamaRouterError):
     lacks its last chunk, so the client knows it is incomplete (``http_server`` catches it)."""
 
 
+# ---- commands for a running router (router/control.py) ----------------------------------------
+
+
+class ControlError(LlamaRouterError):
+    """``llama-router ps``, ``load``... could not do what was asked; ``exit_code`` is the
+    command's exit status, ``message`` one line for a person."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RouterRefused(ControlError):
+    """The router answered with an error (its message), or a load or unload did not end as
+    asked."""
+
+
+class RouterUnreachable(ControlError):
+    """No router answered at the URL: not running, another address, or another program."""
+
+    exit_code = 2
+
+
 # ---- the body of a client's error ----------------------------------------------------------------
 
 
-def error_body(error: RouterError) -> dict[str, Any]:
-    """The OpenAI-style body for ``error``: ``{"error": {"message", "type", "code"}}``."""
+def error_body(error: RouterError, path: str = "") -> dict[str, Any]:
+    """The body for ``error`` on the route ``path``: OpenAI's shape, ``{"error": {"message",
+    "type", "code"}}``, but on Anthropic's routes (see :func:`shaped_for`)."""
     body: dict[str, Any] = {
         "message": error.message,
         "type": error.error_type,
@@ -292,9 +324,41 @@ def error_body(error: RouterError) -> dict[str, Any]:
     }
     if error.param is not None:
         body["param"] = error.param
-    return {"error": body}
+    return shaped_for(path, {"error": body})
 
 
-def sse_error_event(error: RouterError) -> bytes:
-    """``error`` as a Server-Sent Event, to end a stream that cannot go on."""
-    return b"data: " + json.dumps(error_body(error), separators=(",", ":")).encode() + b"\n\n"
+# The routes of Anthropic's Messages API. Its clients read an error's message and type from
+# Anthropic's shape, so errors on these routes take it, from the child and the router alike.
+ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+
+# Anthropic's error type for an HTTP status; another 4xx is an invalid_request_error, another
+# 5xx an api_error.
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def shaped_for(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-style error ``body`` as the route ``path`` answers it: on Anthropic's routes,
+    ``{"type": "error", "error": {"type", "message"}}``, the type from the HTTP status."""
+    if path not in ANTHROPIC_PATHS:
+        return body
+    error = body["error"]
+    status = error["code"]
+    default = "invalid_request_error" if status < 500 else "api_error"
+    kind = _ANTHROPIC_TYPES.get(status, default)
+    return {"type": "error", "error": {"type": kind, "message": error["message"]}}
+
+
+def sse_error_event(error: RouterError, path: str = "") -> bytes:
+    """``error`` as a Server-Sent Event, to end a stream that cannot go on; on Anthropic's
+    routes, the ``error`` event its clients raise on."""
+    data = json.dumps(error_body(error, path), separators=(",", ":")).encode()
+    event = b"event: error\n" if path in ANTHROPIC_PATHS else b""
+    return event + b"data: " + data + b"\n\n"

@@ -20,8 +20,9 @@ from tests.processes import RouterProcess, running_router
 
 ADMIN = "fuzz-admin-key"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-# Honest 5xx answers: "not supported" and "not available now", each with its own type.
-HONEST_5XX = {501: "not_supported_error", 503: "unavailable_error"}
+# The one honest 5xx answer: "not available now". What the server or a model does not do is
+# a 400 (not_supported_error), which clients do not retry.
+HONEST_5XX = {503: "unavailable_error"}
 
 scalars = (
     st.none()
@@ -43,6 +44,7 @@ FIELDS = (
     "stream", "stream_options", "n", "stop", "seed", "logit_bias", "grammar", "json_schema",
     "response_format", "input", "content", "tokens", "add_special", "with_pieces", "args",
     "ignore_eos", "presence_penalty", "frequency_penalty", "logprobs", "tools", "encoding_format",
+    "tool_choice", "parallel_tool_calls", "reasoning_format",
 )  # fmt: skip
 ROUTES = (
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize",

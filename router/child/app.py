@@ -15,11 +15,14 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from router.child import generations, metrics, responses
+from router.child import api_anthropic, api_responses, generations, metrics, responses
+from router.child.api_prompt import register_prompt_routes
 from router.child.engine import Engine, SamplingParams
+from router.child.infill import register_infill
 from router.child.parsing import (
     parse_embedding,
 )
+from router.child.rerank import register_rerank
 from router.child.service import ModelService
 from router.edge.jsonbody import parse_json_object
 from router.edge.web import PUBLIC_PATHS, check_api_key, json_response, new_app, request_body
@@ -216,6 +219,17 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         body = parse_json_object(await request_body())
         return _response(await generations.chat_completion(service, model_id, body, app.nursery))
 
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    async def create_response() -> Response:
+        body = parse_json_object(await request_body())
+        return _response(await api_responses.create_response(service, model_id, body, app.nursery))
+
+    @app.post(api_anthropic.MESSAGES_PATH)
+    async def create_message() -> Response:
+        body = parse_json_object(await request_body())
+        return _response(await api_anthropic.create_message(service, model_id, body, app.nursery))
+
     @app.post("/v1/embeddings")
     @app.post("/embeddings")
     async def embeddings() -> Response:
@@ -243,6 +257,11 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
             )
         )
 
+    register_prompt_routes(app, service)
+    api_responses.register_responses_routes(app, service)
+    api_anthropic.register_anthropic_routes(app, service)
+    register_rerank(app, service, model_id)
+    register_infill(app, service, model_id)
     return app
 
 

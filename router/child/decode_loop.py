@@ -418,6 +418,7 @@ class DecodeLoop:
             cached_tokens=job.n_reused,
             prompt_ms=(first - job.t_start) * 1000,
             predicted_ms=(now - first) * 1000 if job.t_first_token else 0.0,
+            stop_word=job.scanner.hit,
         )
         metrics = self.metrics
         metrics.prompt_seconds_total += finished.prompt_ms / 1000

@@ -11,12 +11,13 @@ one of these too. It is a ``Llama`` object built on the primary's model, so llam
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from router.errors import ModelLoadFailed
+from router.errors import InvalidField, ModelLoadFailed
 
 
 class EmbeddingContext:
@@ -60,6 +61,68 @@ class EmbeddingContext:
     @property
     def context(self) -> internals.LlamaContext:
         return self.llama._ctx
+
+    @property
+    def is_ranking(self) -> bool:
+        """Whether it pools with ``rank``: a reranker's classifier head, one score a text."""
+        return bool(self.context.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_RANK)
+
+    @property
+    def most_tokens_at_once(self) -> int:
+        """The longest text one decode takes: a model without causal attention must see a
+        text in one physical batch (llama.cpp aborts otherwise), a causal one in one batch;
+        the texts of a batch share the context's cache."""
+        ctx = self.context.ctx
+        batch = (
+            llama_cpp.llama_n_batch(ctx)
+            if llama_cpp.llama_get_causal_attn(ctx)
+            else llama_cpp.llama_n_ubatch(ctx)
+        )
+        return int(min(batch, llama_cpp.llama_n_ctx(ctx)))
+
+    def rank(self, prompts: Sequence[Sequence[int]], field: str) -> list[float]:
+        """The score of each prompt (``field[i]`` in errors): the first output of the
+        classifier head, as llama-server's ``send_rerank``. As many prompts a decode as fit
+        one batch and the context's sequences. Blocking.
+
+        Raises InvalidField, before any decoding, for a prompt longer than one decode takes.
+        """
+        most = self.most_tokens_at_once
+        for index, prompt in enumerate(prompts):
+            if len(prompt) > most:
+                raise InvalidField(
+                    f"{field}[{index}]",
+                    f"makes a prompt of {len(prompt)} tokens with the query, more than the "
+                    f"{most} this reranker scores at once: shorten it, or start the model "
+                    "with a larger --ubatch-size (and --batch-size, --ctx-size)",
+                )
+        n_seq_max = llama_cpp.llama_n_seq_max(self.context.ctx)
+        scores: list[float] = []
+        group: list[Sequence[int]] = []
+        for prompt in prompts:
+            if group and (sum(map(len, group)) + len(prompt) > most or len(group) >= n_seq_max):
+                scores += self._rank_together(group)
+                group = []
+            group.append(prompt)
+        if group:
+            scores += self._rank_together(group)
+        return scores
+
+    def _rank_together(self, prompts: Sequence[Sequence[int]]) -> list[float]:
+        batch = self.llama._batch
+        self.context.kv_cache_clear()
+        batch.reset()
+        for seq_id, prompt in enumerate(prompts):
+            batch.add_sequence(list(prompt), seq_id, True)  # pooling needs every output
+        try:
+            self.context.decode(batch)
+        finally:
+            batch.reset()
+        ctx = self.context.ctx
+        return [
+            float(llama_cpp.llama_get_embeddings_seq(ctx, seq_id)[0])
+            for seq_id in range(len(prompts))
+        ]
 
     def forget_prompt(self) -> None:
         """Drop what the last batch left in the KV cache."""

@@ -23,6 +23,12 @@ from typing import Any, Protocol
 
 import trio
 
+# Why /v1/rerank refuses a model: one sentence, for the route and the engine.
+RERANKER_NEEDED = (
+    "this model is not a reranker: start a reranker GGUF (one whose pooling is rank, with a "
+    "classifier head) with --reranking, or `reranking = true` in its config"
+)
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-generation token or a stop string
@@ -94,6 +100,7 @@ class Finished:
     cached_tokens: int = 0  # prompt tokens found in the slot's cache, not evaluated again
     prompt_ms: float = 0.0  # from the start to the first token (prompt evaluation)
     predicted_ms: float = 0.0  # from the first token to the last
+    stop_word: str | None = None  # the stop string that ended it (Anthropic's stop_sequence)
 
 
 class TextStream:
@@ -147,6 +154,29 @@ class ModelInfo:
     # whitespace around it). With it, a prompt of more than ``n_ctx * max_token_bytes`` bytes
     # is known not to fit before it is tokenized.
     max_token_bytes: int | None = None
+    reasoning_format: str = "auto"  # --reasoning-format: where <think> thoughts go
+    special_tokens: SpecialTokens = field(default_factory=lambda: SpecialTokens())
+    n_batch: int = 2048  # the logical batch asked for (--batch-size): /infill's budget
+    reranking: bool = False  # its embeddings context scores texts (pooling rank): /v1/rerank
+    rerank_template: str | None = None  # the GGUF's "rerank" template, {query} {document}
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special tokens that /v1/rerank and /infill build prompts with (None: the model
+    has none), and whether the tokenizer adds BOS, EOS and SEP around a text."""
+
+    bos: int | None = None
+    eos: int | None = None
+    sep: int | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+    add_sep: bool = False
+    fim_pre: int | None = None
+    fim_suf: int | None = None
+    fim_mid: int | None = None
+    fim_rep: int | None = None
+    fim_sep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +255,14 @@ class Engine(Protocol):
     async def embed(self, texts: list[str]) -> Embeddings:
         """One normalized vector per text.
 
+        Cancellation: waits for the running batch to finish, then raises.
+        """
+
+    async def rerank(self, prompts: list[list[int]]) -> list[float]:
+        """One relevance score per prompt (a query and a document, as ``rerank.py`` joins
+        them), from a reranker's classifier head; only when ``info.reranking``.
+
+        Raises InvalidField when a prompt is longer than the model scores at once.
         Cancellation: waits for the running batch to finish, then raises.
         """
 

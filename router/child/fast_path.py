@@ -2,10 +2,11 @@
 
 Quart costs about 0.3 ms of CPU per request on a small machine (its request and response
 objects, two tasks a request), which is most of what a one-token completion costs us and
-more than llama-server's whole answer. Health checks and completions whose small body came
-with a ``Content-Length`` are answered here, by the same functions the Quart routes call
-(``generations.py``); everything else, and every request while the model stops or when the
-child has an API key to check, goes to Quart untouched.
+more than llama-server's whole answer. Health checks and completions (chat, Responses and
+Anthropic messages included) whose small body came with a ``Content-Length`` are answered
+here, by the same functions the Quart routes call (``generations.py``, ``api_responses.py``,
+``api_anthropic.py``), errors in the shape of the route; everything else, and every request
+while the model stops or when the child has an API key to check, goes to Quart untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestTimeout
 
-from router.child import generations
+from router.child import api_anthropic, api_responses, generations
 from router.child.service import ModelService
 from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.jsonbody import parse_json_object
@@ -42,6 +43,9 @@ _HANDLERS: dict[str, Handler] = {
     "/completions": generations.text_completion,
     "/v1/chat/completions": generations.chat_completion,
     "/chat/completions": generations.chat_completion,
+    "/v1/responses": api_responses.create_response,
+    "/responses": api_responses.create_response,
+    api_anthropic.MESSAGES_PATH: api_anthropic.create_message,
 }
 _HEALTHY = json.dumps({"status": "ok"}).encode()
 _SSE_HEADERS = [
@@ -81,11 +85,11 @@ def with_fast_path(
             answer = await handler(service, model_id, parse_json_object(body), app.nursery)
         except RouterError as error:
             headers = error.headers()
-            await _send_json(send, error.status, _dumps(error_body(error)), headers=headers)
+            await _send_json(send, error.status, _dumps(error_body(error, path)), headers=headers)
             return
         except Exception as error:  # a bug: answered as Quart would
             wrapped = internal_error(error, method, path)
-            await _send_json(send, 500, _dumps(error_body(wrapped)))
+            await _send_json(send, 500, _dumps(error_body(wrapped, path)))
             return
         if isinstance(answer, dict):
             await _send_json(send, 200, _dumps(answer))

@@ -13,12 +13,19 @@ from typing import Any
 
 import trio
 
-from router.child import responses
+from router.child import responses, tools
 from router.child.engine import GenerationRequest, ModelInfo
-from router.child.parsing import GenerationSettings, parse_chat, parse_completion
+from router.child.parsing import (
+    ChatRequest,
+    GenerationSettings,
+    grammar_ends_generation,
+    parse_chat,
+    parse_completion,
+)
+from router.child.reasoning import ReasoningFormat
 from router.child.responses import StreamItem
 from router.child.service import ModelService
-from router.errors import ContextLengthExceeded, InvalidField
+from router.errors import ContextLengthExceeded, InvalidField, InvalidRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _SEEDS = 0xFFFFFFFF  # llama.cpp's seeds are 32 bits, and 0xFFFFFFFF means "random"
@@ -68,34 +75,81 @@ async def chat_completion(
     service: ModelService, model_id: str, body: dict[str, Any], nursery: trio.Nursery
 ) -> Answer:
     """``/v1/chat/completions``, as :func:`text_completion`."""
-    engine = service.engine
-    info = engine.info
     parsed = parse_chat(body)
-    check_choices(parsed.settings, info)
-    engine.check_sampling(parsed.settings.sampling)
-    prompt = await service.off_loop(
-        partial(engine.format_chat, parsed.messages, **parsed.template_args),
-        size=sum(len(message["content"]) for message in parsed.messages),
-    )
-    starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
-    tokens = await service.tokenize_prompt(
-        prompt, field="messages", add_special=not starts_with_bos
-    )
-    requests = generation_requests(tokens, parsed.settings, "messages", info)
+    plan, requests = await planned_chat(service, parsed)
     ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
     with_logprobs = parsed.settings.logprobs is not None
     if not parsed.settings.stream:
         outputs = await service.complete(requests)
         choices = [responses.Choice.of(pieces, finished) for pieces, finished in outputs]
-        return responses.chat_completion(ids, choices, with_logprobs=with_logprobs)
+        return responses.chat_completion(ids, choices, with_logprobs=with_logprobs, plan=plan)
     channel = await service.start_stream(nursery, requests)
     events = responses.sse_events(
         _drain(channel),
-        responses.chat_stream(ids, with_logprobs=with_logprobs),
+        responses.chat_stream(ids, with_logprobs=with_logprobs, plan=plan),
         n_choices=len(requests),
         include_usage=parsed.settings.include_usage,
     )
     return events
+
+
+async def planned_chat(
+    service: ModelService, parsed: ChatRequest
+) -> tuple[tools.ChatPlan, list[GenerationRequest]]:
+    """The generations a chat request runs, one per choice, and how their output is read
+    back (tool calls, thoughts); a required tool call constrains the sampling with its
+    grammar. The Responses and Anthropic routes (``api_responses.py``, ``api_anthropic.py``)
+    convert their requests to chat and run them through this too, so all three build their
+    prompts and read their outputs alike."""
+    engine = service.engine
+    check_choices(parsed.settings, engine.info)
+    engine.check_sampling(parsed.settings.sampling)
+    plan = await chat_plan(service, parsed)
+    settings = parsed.settings
+    if plan.grammar is not None:
+        sampling = replace(settings.sampling, grammar=plan.grammar, grammar_field="tools")
+        engine.check_sampling(sampling)
+        settings = replace(settings, sampling=sampling)
+    tokens = await chat_tokens(service, plan.prompt)
+    return plan, generation_requests(tokens, settings, "messages", engine.info)
+
+
+async def chat_prompt(service: ModelService, parsed: ChatRequest) -> str:
+    """A chat request's prompt: its messages through the model's chat template (what
+    ``/apply-template`` answers)."""
+    return (await chat_plan(service, parsed)).prompt
+
+
+async def chat_plan(service: ModelService, parsed: ChatRequest) -> tools.ChatPlan:
+    """The prompt of a chat request (tools included) and how to read its output."""
+    engine = service.engine
+    if parsed.tools.is_required and parsed.settings.sampling.grammar is not None:
+        raise InvalidRequest(
+            f"'{parsed.settings.sampling.grammar_field}' cannot be combined with a required "
+            "tool call ('tool_choice'), which constrains the output itself",
+            param="tool_choice",
+        )
+    if parsed.tools.is_required and parsed.settings.ignore_eos:
+        raise InvalidField("ignore_eos", grammar_ends_generation("tool_choice"))
+    reasoning = parsed.reasoning_format or ReasoningFormat(engine.info.reasoning_format)
+    return await service.off_loop(
+        partial(
+            tools.prepare_chat,
+            engine,
+            parsed.messages,
+            parsed.template_args,
+            parsed.tools,
+            reasoning,
+        ),
+        size=sum(len(message["content"]) for message in parsed.messages),
+    )
+
+
+async def chat_tokens(service: ModelService, prompt: str) -> list[int]:
+    """The tokens of a chat prompt, a BOS token first unless the template wrote one."""
+    info = service.engine.info
+    starts_with_bos = bool(info.bos_token) and prompt.startswith(info.bos_token)
+    return await service.tokenize_prompt(prompt, field="messages", add_special=not starts_with_bos)
 
 
 async def _drain(

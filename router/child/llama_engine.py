@@ -28,12 +28,14 @@ from router.child.chat_templates import ChatTemplate
 from router.child.decode_loop import DecodeLoop, Item, Job
 from router.child.embedding_context import EmbeddingContext, new_context
 from router.child.engine import (
+    RERANKER_NEEDED,
     Embeddings,
     EngineMetrics,
     GenerationRequest,
     ModelInfo,
     SamplingParams,
     SlotState,
+    SpecialTokens,
     TextStream,
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
@@ -53,6 +55,7 @@ _POOLING_TYPES = {
     Pooling.MEAN: llama_cpp.LLAMA_POOLING_TYPE_MEAN,
     Pooling.CLS: llama_cpp.LLAMA_POOLING_TYPE_CLS,
     Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
+    Pooling.RANK: llama_cpp.LLAMA_POOLING_TYPE_RANK,
 }
 
 
@@ -301,10 +304,23 @@ class LlamaCppEngine:
     async def embed(self, texts: list[str]) -> Embeddings:
         if self._embedding_context is None:
             raise NotSupported("this model serves no embeddings: start it with --embeddings")
+        if self._embedding_context.is_ranking:
+            raise NotSupported(
+                "this model is started as a reranker (pooling rank): it scores documents at "
+                "/v1/rerank and makes no embeddings; start it with another --pooling for those"
+            )
         async with self._embedding_lock:
             return await trio.to_thread.run_sync(
                 self._embed_blocking, self._embedding_context, texts
             )
+
+    async def rerank(self, prompts: list[list[int]]) -> list[float]:
+        """See ``engine.py``."""
+        context = self._embedding_context
+        if context is None or not context.is_ranking:
+            raise NotSupported(RERANKER_NEEDED)
+        async with self._embedding_lock:
+            return await trio.to_thread.run_sync(context.rank, prompts, "documents")
 
     def _embed_blocking(self, context: EmbeddingContext, texts: list[str]) -> Embeddings:
         context.forget_prompt()
@@ -359,7 +375,37 @@ class LlamaCppEngine:
             n_threads=self._options.effective_threads,
             embeddings=self._options.embeddings,
             max_token_bytes=_max_token_bytes(self._vocab),
+            reasoning_format=self._options.reasoning_format,
+            special_tokens=_special_tokens(self._vocab),
+            n_batch=self._options.batch_size,
+            reranking=self._embedding_context is not None and self._embedding_context.is_ranking,
+            rerank_template=_named_template(model, "rerank"),
         )
+
+
+def _special_tokens(vocab: Any) -> SpecialTokens:
+    def token(token_id: int) -> int | None:
+        return None if token_id == llama_cpp.LLAMA_TOKEN_NULL else token_id
+
+    return SpecialTokens(
+        bos=token(llama_cpp.llama_vocab_bos(vocab)),
+        eos=token(llama_cpp.llama_vocab_eos(vocab)),
+        sep=token(llama_cpp.llama_vocab_sep(vocab)),
+        add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        add_eos=bool(llama_cpp.llama_vocab_get_add_eos(vocab)),
+        add_sep=bool(llama_cpp.llama_vocab_get_add_sep(vocab)),
+        fim_pre=token(llama_cpp.llama_vocab_fim_pre(vocab)),
+        fim_suf=token(llama_cpp.llama_vocab_fim_suf(vocab)),
+        fim_mid=token(llama_cpp.llama_vocab_fim_mid(vocab)),
+        fim_rep=token(llama_cpp.llama_vocab_fim_rep(vocab)),
+        fim_sep=token(llama_cpp.llama_vocab_fim_sep(vocab)),
+    )
+
+
+def _named_template(model: internals.LlamaModel, name: str) -> str | None:
+    """The GGUF's ``tokenizer.chat_template.NAME``, if it has one."""
+    template = llama_cpp.llama_model_chat_template(model.model, name.encode())
+    return template.decode("utf-8", errors="replace") if template else None
 
 
 # Tokenizers that map each byte of the text to exactly one token's bytes; the others normalize

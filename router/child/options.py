@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.child.cpu import physical_core_count
+from router.child.reasoning import ReasoningFormat
 
 
 class FlashAttention(enum.StrEnum):
@@ -25,6 +26,7 @@ class Pooling(enum.StrEnum):
     MEAN = "mean"
     CLS = "cls"
     LAST = "last"
+    RANK = "rank"  # a reranker's classifier head: one score per text (--reranking)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,10 @@ class EngineOptions:
     parallel: int = 1
     slot_prompt_similarity: float = 0.1
     chat_template: str | None = None  # a built-in name or a Jinja template; None: the GGUF's
+    reasoning_format: str = "auto"  # llama-server's --reasoning-format (reasoning.py)
     embeddings: bool = False
     pooling: Pooling = Pooling.MODEL
+    mmproj: Path | None = None  # a multimodal projector (not used yet: images are refused)
     flash_attn: FlashAttention = FlashAttention.AUTO
     use_mmap: bool = True
     use_mlock: bool = False
@@ -154,6 +158,13 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
         "template (default: the GGUF's, else chatml)",
     )
     model.add_argument(
+        "--reasoning-format",
+        choices=[f.value for f in ReasoningFormat],
+        default="auto",
+        help="where <think> thoughts go: none leaves them in the content; deepseek and auto "
+        "move them to reasoning_content; deepseek-legacy copies them there (default: auto)",
+    )
+    model.add_argument(
         "--embeddings", action="store_true", help="serve /v1/embeddings (for embedding models)"
     )
     model.add_argument(
@@ -161,6 +172,18 @@ def add_child_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[p.value for p in Pooling],
         default="model",
         help="pooling for embeddings (default: what the model says)",
+    )
+    model.add_argument(
+        "--rerank",
+        "--reranking",
+        dest="reranking",
+        action="store_true",
+        help="serve /v1/rerank (for reranker models): --embeddings --pooling rank",
+    )
+    model.add_argument(
+        "--mmproj",
+        type=Path,
+        help="the model's multimodal projector (the router passes its folder's mmproj*.gguf)",
     )
     model.add_argument(
         "-fa",
@@ -214,8 +237,10 @@ def options_from_arguments(args: argparse.Namespace) -> tuple[EngineOptions, Ser
         parallel=args.parallel,
         slot_prompt_similarity=args.slot_prompt_similarity,
         chat_template=args.chat_template,
-        embeddings=args.embeddings,
-        pooling=Pooling(args.pooling),
+        reasoning_format=args.reasoning_format,
+        embeddings=args.embeddings or args.reranking,
+        pooling=Pooling.RANK if args.reranking else Pooling(args.pooling),
+        mmproj=args.mmproj,
         flash_attn=FlashAttention(args.flash_attn),
         use_mmap=not args.no_mmap,
         use_mlock=args.mlock,

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.child.engine import SamplingParams
+from router.child.multimodal import is_media_part, media_refused
+from router.child.reasoning import ReasoningFormat
+from router.child.tools import NO_TOOLS, ToolRequest, parse_reasoning_format, parse_tool_request
 from router.edge.jsonbody import kind_of
 from router.errors import InvalidField, InvalidRequest, NotSupported
 
@@ -55,6 +58,8 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     template_args: dict[str, Any]  # tools, tool_choice, chat_template_kwargs
     settings: GenerationSettings
+    tools: ToolRequest = NO_TOOLS
+    reasoning_format: ReasoningFormat | None = None  # None: the model's --reasoning-format
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
             max_tokens_names=("max_completion_tokens", "max_tokens", "n_predict"),
             logprobs=_chat_logprobs(body),
         ),
+        tools=parse_tool_request(body),
+        reasoning_format=parse_reasoning_format(body),
     )
 
 
@@ -155,11 +162,11 @@ def _message(index: int, message: Any) -> dict[str, Any]:
         texts = []
         for part_index, part in enumerate(content):
             part_where = f"{where}.content[{part_index}]"
+            if is_media_part(part):
+                raise media_refused(part_where, part)
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else kind_of(part)
-                raise NotSupported(
-                    f"'{part_where}' is of type {kind!r}; this model takes text parts only"
-                )
+                raise InvalidField(part_where, f"is of type {kind!r}; only 'text' parts are read")
             if not isinstance(part.get("text"), str):
                 raise InvalidField(f"{part_where}.text", "must be a string")
             texts.append(part["text"])
@@ -246,17 +253,31 @@ def _generation_settings(
         grammar=_grammar(body),
         grammar_field=_grammar_field(body),
     )
+    ignore_eos = _bool(body, "ignore_eos", False)
+    if ignore_eos and sampling.grammar is not None and sampling.grammar_field != "grammar":
+        # A JSON value always ends; a GBNF grammar may go on forever ("[a-z]+"), so it may.
+        raise InvalidField("ignore_eos", grammar_ends_generation(sampling.grammar_field))
     return GenerationSettings(
         max_tokens=max_tokens,
         stop=stops,
         sampling=sampling,
-        ignore_eos=_bool(body, "ignore_eos", False),
+        ignore_eos=ignore_eos,
         stream=stream,
         include_usage=include_usage,
         cache_prompt=_bool(body, "cache_prompt", True),
         n=n,
         n_field=n_field,
         logprobs=logprobs,
+    )
+
+
+def grammar_ends_generation(field: str) -> str:
+    """Why ``ignore_eos`` is refused beside a grammar: once the grammar's text is complete,
+    llama.cpp's grammar sampler lets only an end-of-generation token out, and with those
+    banned no token is left, which aborts the process."""
+    return (
+        f"cannot be combined with '{field}': once the grammar's text is complete, only the "
+        "end of the generation may follow"
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.child.engine import Finished, FinishReason, Piece, TokenLogprob
+from router.child.tools import ChatOutput, ChatPlan, assistant_message
 from router.errors import RouterError, sse_error_event
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -25,6 +26,11 @@ def sse_event(payload: dict[str, Any]) -> bytes:
         + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         + (b"\n\n")
     )
+
+
+def sse_named_event(name: str, payload: dict[str, Any]) -> bytes:
+    """An event with an ``event:`` line, as the Responses and Anthropic streams send them."""
+    return b"event: " + name.encode() + b"\n" + sse_event(payload)
 
 
 def sse_error(error: RouterError) -> bytes:
@@ -176,22 +182,33 @@ class ResponseIds:
 
 
 def chat_completion(
-    ids: ResponseIds, choices: Sequence[Choice], *, with_logprobs: bool
+    ids: ResponseIds,
+    choices: Sequence[Choice],
+    *,
+    with_logprobs: bool,
+    plan: ChatPlan | None = None,
 ) -> dict[str, Any]:
+    """The answer; with ``plan``, each message read for tool calls and thoughts."""
+    shaped = []
+    for index, choice in enumerate(choices):
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+        has_calls = False
+        if plan is not None and plan.reads_output:
+            message, has_calls = assistant_message(plan, choice.text)
+        shaped.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": chat_logprobs(choice.logprobs) if with_logprobs else None,
+                "finish_reason": "tool_calls" if has_calls else _finish_reason(choice.finished),
+            }
+        )
     return {
         "id": ids.id,
         "object": "chat.completion",
         "created": ids.created,
         "model": ids.model,
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": choice.text},
-                "logprobs": chat_logprobs(choice.logprobs) if with_logprobs else None,
-                "finish_reason": _finish_reason(choice.finished),
-            }
-            for index, choice in enumerate(choices)
-        ],
+        "choices": shaped,
         "usage": usage([choice.finished for choice in choices]),
     }
 
@@ -307,8 +324,13 @@ class StreamFormat:
     ids: ResponseIds
     object_name: str
     opening: Callable[[int], dict[str, Any] | None]
-    piece: Callable[[int, Piece], dict[str, Any]]
-    final: Callable[[int, Finished], dict[str, Any]]
+    # A chunk, or several (a tool call's name, then its arguments); none while text is held.
+    piece: Callable[[int, Piece], dict[str, Any] | list[dict[str, Any]]]
+    final: Callable[[int, Finished], dict[str, Any] | list[dict[str, Any]]]
+
+
+def _chunks(shaped: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return shaped if isinstance(shaped, list) else [shaped]
 
 
 def text_stream(ids: ResponseIds, echo: str = "", *, with_logprobs: bool = False) -> StreamFormat:
@@ -331,7 +353,12 @@ def text_stream(ids: ResponseIds, echo: str = "", *, with_logprobs: bool = False
     )
 
 
-def chat_stream(ids: ResponseIds, *, with_logprobs: bool = False) -> StreamFormat:
+def chat_stream(
+    ids: ResponseIds, *, with_logprobs: bool = False, plan: ChatPlan | None = None
+) -> StreamFormat:
+    """Chat chunks; with ``plan``, each choice's text read for tool calls and thoughts."""
+    if plan is not None and plan.reads_output:
+        return _planned_chat_stream(ids, with_logprobs, plan)
     return StreamFormat(
         ids=ids,
         object_name="chat.completion.chunk",
@@ -343,6 +370,52 @@ def chat_stream(ids: ResponseIds, *, with_logprobs: bool = False) -> StreamForma
             logprobs=chat_logprobs(piece.logprobs) if with_logprobs else None,
         ),
         final=lambda index, finished: chat_chunk(ids, index, {}, _finish_reason(finished)),
+    )
+
+
+def _planned_chat_stream(ids: ResponseIds, with_logprobs: bool, plan: ChatPlan) -> StreamFormat:
+    """Chat chunks of text read as it comes (``tools.ChatOutput``): ``reasoning_content``
+    and ``content`` deltas, tool calls at the end, ``finish_reason`` "tool_calls" if any.
+    Log-probabilities of held text go out with the next chunk that is sent."""
+    outputs: dict[int, ChatOutput] = {}
+    pending: dict[int, list[TokenLogprob]] = {}
+
+    def chunks(
+        index: int, deltas: list[dict[str, Any]], entries: Sequence[TokenLogprob]
+    ) -> list[dict[str, Any]]:
+        waiting = pending.setdefault(index, [])
+        waiting.extend(entries)
+        shaped = []
+        for delta in deltas:
+            logprobs = None
+            if with_logprobs and waiting:
+                logprobs = chat_logprobs(waiting)
+                waiting.clear()
+            shaped.append(chat_chunk(ids, index, delta, logprobs=logprobs))
+        return shaped
+
+    def output_of(index: int) -> ChatOutput:
+        if index not in outputs:
+            outputs[index] = plan.output()
+        return outputs[index]
+
+    def piece(index: int, piece: Piece) -> list[dict[str, Any]]:
+        return chunks(index, output_of(index).feed(piece.text), piece.logprobs)
+
+    def final(index: int, finished: Finished) -> list[dict[str, Any]]:
+        deltas, has_calls = output_of(index).finish()
+        reason = "tool_calls" if has_calls else _finish_reason(finished)
+        shaped = chunks(index, deltas, ())
+        waiting = pending.pop(index, [])
+        last_logprobs = chat_logprobs(waiting) if with_logprobs and waiting else None
+        return [*shaped, chat_chunk(ids, index, {}, reason, logprobs=last_logprobs)]
+
+    return StreamFormat(
+        ids=ids,
+        object_name="chat.completion.chunk",
+        opening=lambda index: chat_chunk(ids, index, {"role": "assistant", "content": ""}),
+        piece=piece,
+        final=final,
     )
 
 
@@ -372,16 +445,18 @@ async def sse_events(
             return
         index, value = item
         if isinstance(value, Piece):
-            yield sse_event(shape.piece(index, value))
+            for chunk in _chunks(shape.piece(index, value)):
+                yield sse_event(chunk)
         else:
             finished[index] = value
     indexes = sorted(finished)
     ordered = [finished[index] for index in indexes]
     for index in indexes:
-        final = shape.final(index, finished[index])
+        finals = _chunks(shape.final(index, finished[index]))
         if index == indexes[-1]:
-            final["timings"] = timings(ordered)
-        yield sse_event(final)
+            finals[-1]["timings"] = timings(ordered)
+        for final in finals:
+            yield sse_event(final)
     if include_usage and finished:
         yield sse_event(usage_chunk(shape.ids, ordered, shape.object_name))
     yield SSE_DONE

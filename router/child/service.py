@@ -210,6 +210,12 @@ class ModelService:
         async with self.admission.slot():
             return await self.engine.embed(texts)
 
+    async def rerank(self, prompts: list[list[int]]) -> list[float]:
+        """Score ``prompts`` (a query with each document) in one slot. Cancellation: as
+        ``complete``."""
+        async with self.admission.slot():
+            return await self.engine.rerank(prompts)
+
 
 async def _each_at_once(
     requests: Sequence[GenerationRequest],

@@ -15,6 +15,7 @@ class StopScanner:
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = [stop for stop in stops if stop]
         self._held = ""
+        self.hit: str | None = None  # the stop string found, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add ``text``; return what may be sent now, and whether a stop string was hit.
@@ -28,10 +29,11 @@ class StopScanner:
         # Any stop that ends in the new text starts within the held part (which is the
         # longest end of the old text that begins a stop), so only new end positions matter.
         for end in range(len(self._held) + 1, len(held) + 1):
-            lengths = [len(stop) for stop in self._stops if held.endswith(stop, 0, end)]
-            if lengths:
+            found = [stop for stop in self._stops if held.endswith(stop, 0, end)]
+            if found:
                 self._held = ""
-                return held[: end - max(lengths)], True
+                self.hit = max(found, key=len)
+                return held[: end - len(self.hit)], True
         keep = self._longest_stop_prefix_suffix(held)
         self._held = held[len(held) - keep :]
         return held[: len(held) - keep], False

@@ -43,11 +43,15 @@ FAST_PATHS = frozenset(
         "/v1/embeddings",
         "/embeddings",
         "/v1/responses",
+        "/responses",
+        "/v1/messages",
         "/infill",
         "/tokenize",
         "/detokenize",
         "/v1/rerank",
         "/rerank",
+        "/v1/reranking",
+        "/reranking",
     }
 )
 FAST_BODY_BYTES = 1024 * 1024
@@ -63,10 +67,16 @@ _OWN_HOOKS = frozenset(
 
 
 def with_fast_path(
-    app: QuartTrio, *, autoload: bool, timeout_s: float, body_timeout_s: float = BODY_TIMEOUT_S
+    app: QuartTrio,
+    *,
+    autoload: bool,
+    timeout_s: float,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    load_progress: bool = False,
 ) -> ASGIApp:
     """``app``, with the forwarded OpenAI routes served before it (when nothing of a plugin's
-    would be skipped). ``autoload`` and ``timeout_s`` are the router's settings."""
+    would be skipped). ``autoload``, ``timeout_s`` and ``load_progress`` (comments to a
+    stream while its model loads) are the router's settings."""
     quart = cast(ASGIApp, app)
     gate: Gate = app.extensions["llama_router_gate"]
     paths = _forwarded_paths(app)
@@ -88,8 +98,9 @@ def with_fast_path(
 
         try:
             await _forward(
-                gate, scope, receive, send_noting_the_start, autoload, timeout_s, body_timeout_s
-            )
+                gate, scope, receive, send_noting_the_start, autoload, timeout_s, body_timeout_s,
+                load_progress=load_progress,
+            )  # fmt: skip
         except Exception as error:
             if is_started:
                 raise  # the server ends the answer (CutConnection, a client gone, a bug)
@@ -101,12 +112,12 @@ def with_fast_path(
 async def _answer_failure(send: Send, path: str, error: Exception) -> None:
     """Answer ``error`` (raised before the answer's head) as Quart's error handlers would."""
     if isinstance(error, RouterError):
-        await _send_json(send, error.status, error_body(error), error.headers())
+        await _send_json(send, error.status, error_body(error, path), error.headers())
     elif isinstance(error, RequestTimeout):
         status = error.code or 408
         await _send_json(send, status, http_error_body("POST", path, status, error.description))
     else:  # a bug
-        await _send_json(send, 500, error_body(internal_error(error, "POST", path)))
+        await _send_json(send, 500, error_body(internal_error(error, "POST", path), path))
 
 
 async def _forward(
@@ -117,6 +128,8 @@ async def _forward(
     autoload: bool,
     timeout_s: float,
     body_timeout_s: float,
+    *,
+    load_progress: bool = False,
 ) -> None:
     """What Quart's ``authenticate`` and ``forward`` do, in that order, with the same code.
 
@@ -152,6 +165,7 @@ async def _forward(
         headers=headers,
         body=body,
         timeout_s=timeout_s,
+        load_progress=load_progress,
     )
     failure: RouterError | None = None
     async with trio.open_nursery() as nursery:

@@ -191,8 +191,12 @@ def _usage_in(payload: dict[str, Any]) -> Usage | None:
 def _usage_object(found: object) -> Usage | None:
     if not isinstance(found, dict):
         return None
-    prompt = _count(found.get("prompt_tokens"))
-    completion = _count(found.get("completion_tokens"))
+    # OpenAI chat's names, else those of the Responses and Anthropic APIs; Anthropic's
+    # input_tokens leave out the prompt tokens read from its cache.
+    prompt = _count(found.get("prompt_tokens", found.get("input_tokens")))
+    if prompt is not None and "prompt_tokens" not in found:
+        prompt += _count(found.get("cache_read_input_tokens")) or 0
+    completion = _count(found.get("completion_tokens", found.get("output_tokens")))
     total = _count(found.get("total_tokens"))
     if prompt is None and completion is None and total is None:
         return None

@@ -26,6 +26,7 @@ from router.errors import (
     InvalidRequest,
     RouterError,
     error_body,
+    shaped_for,
 )
 
 log = logging.getLogger("router.edge.web")
@@ -78,7 +79,7 @@ def new_app(name: str) -> QuartTrio:
 
     @app.errorhandler(RouterError)
     async def router_error(error: RouterError) -> Response:
-        return json_response(error_body(error), error.status, error.headers())
+        return json_response(error_body(error, request.path), error.status, error.headers())
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -88,18 +89,19 @@ def new_app(name: str) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        return json_response(error_body(internal_error(error, request.method, request.path)), 500)
+        wrapped = internal_error(error, request.method, request.path)
+        return json_response(error_body(wrapped, request.path), 500)
 
     return app
 
 
 def http_error_body(method: str, path: str, status: int, description: str) -> dict[str, Any]:
-    """The OpenAI-style body of an HTTP-level error (404, 405, 408, 413...)."""
+    """The body of an HTTP-level error (404, 405, 408, 413...), shaped for ``path``."""
     kind = "not_found_error" if status == 404 else "invalid_request_error"
     if status >= 500:
         kind = "server_error"
     message = f"{method} {path}: {description}"
-    return {"error": {"message": message, "type": kind, "code": status}}
+    return shaped_for(path, {"error": {"message": message, "type": kind, "code": status}})
 
 
 def internal_error(error: Exception, method: str, path: str) -> RouterError:

@@ -123,12 +123,45 @@ def test_image_content_is_refused_clearly(shared_child: ChildProcess) -> None:
         f"{shared_child.base_url}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
     )
-    error = _error(response, 501)
+    error = _error(response, 400)
     assert "image_url" in str(error["message"])
 
 
+def test_a_feature_the_model_lacks_is_a_400_the_openai_client_does_not_retry(
+    shared_child: ChildProcess,
+) -> None:
+    """A 5xx (501 included) is retried by the openai client, in vain; a 400 is not."""
+    client = openai.OpenAI(base_url=shared_child.openai_base_url, api_key="x", max_retries=2)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="tiny", input="x")
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "not_supported_error"
+    assert "--embeddings" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [{"json_schema": {"type": "integer"}}, {"response_format": {"type": "json_object"}}],
+)
+def test_ignore_eos_with_a_json_schema_is_a_400_not_a_crash(
+    shared_child: ChildProcess, constraint: dict[str, object]
+) -> None:
+    """A complete JSON value lets only end-of-generation out; banned, nothing is left, and
+    llama.cpp aborted the process."""
+    response = httpx.post(
+        f"{shared_child.base_url}/v1/completions",
+        json={"prompt": "x", "ignore_eos": True, "max_tokens": 5, **constraint},
+        timeout=60,
+    )
+    error = _error(response, 400)
+    assert error["param"] == "ignore_eos"
+    assert next(iter(constraint)) in str(error["message"])
+    assert httpx.get(f"{shared_child.base_url}/health").status_code == 200
+
+
 def test_embeddings_without_the_flag_say_how_to_enable_them(shared_child: ChildProcess) -> None:
-    error = _error(httpx.post(f"{shared_child.base_url}/v1/embeddings", json={"input": "x"}), 501)
+    error = _error(httpx.post(f"{shared_child.base_url}/v1/embeddings", json={"input": "x"}), 400)
     assert "--embeddings" in str(error["message"])
 
 

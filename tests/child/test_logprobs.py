@@ -243,7 +243,7 @@ def test_prompt_logprobs_are_refused_not_left_out(shared_child: ChildProcess) ->
         json={"prompt": "x", "echo": True, "logprobs": 1, "max_tokens": 0},
         timeout=60,
     )
-    assert response.status_code == 501
+    assert response.status_code == 400
     assert "echo" in json.loads(response.text)["error"]["message"]
 
 
