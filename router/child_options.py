@@ -24,7 +24,8 @@ CHILD_OPTIONS: dict[str, tuple[str, Any]] = {
     "parallel": ("--parallel", int),
     "chat_template": ("--chat-template", str),
     "embeddings": ("--embeddings", bool),
-    "pooling": ("--pooling", ("model", "none", "mean", "cls", "last")),
+    "pooling": ("--pooling", ("model", "none", "mean", "cls", "last", "rank")),
+    "reranking": ("--reranking", bool),  # /v1/rerank: --embeddings --pooling rank
     "flash_attn": ("--flash-attn", ("on", "off", "auto")),
     "mmap": ("--no-mmap", "negated"),
     "mlock": ("--mlock", bool),

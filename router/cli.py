@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from router.child_options import CHILD_OPTIONS, FLAG_SPELLINGS
+from router.control import COMMANDS as CONTROL_COMMANDS
+from router.control import add_control_commands, run_control
 from router.errors import RouterFileError, SettingsError, StartupError
+from router.logs import LOG_FORMATS
 from router.version import __version__
 
 ENV_PREFIX = "LLAMA_ROUTER_"
-COMMANDS = ("serve", "child", "plugins")
+COMMANDS = ("serve", "child", "plugins", *CONTROL_COMMANDS)
 
 # Child flags the router accepts and passes on to every model: (flags, conf.d [args] key).
 CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
@@ -147,6 +150,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "-np, -fa; default: off)",
     )
     add(
+        "--stream-load-progress",
+        action="store_true",
+        default=_env_flag("stream-load-progress", False),
+        help="while a streaming request waits for its model to load, send it an SSE comment "
+        "(': loading MODEL (1.2 s)') about once a second instead of silence (default: off)",
+    )
+    add(
         "--allow-config-writes",
         action="store_true",
         default=_env_flag("allow-config-writes", False),
@@ -220,6 +230,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Host header name to accept besides the bound address, localhost and "
         "127.0.0.1 (repeatable; protects against DNS rebinding)",
     )
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("log-format") or "text",
+        help="log lines (one access line per request among them) as text, or as one JSON "
+        "object a line (default: text)",
+    )
+    add(
+        "--log-file",
+        type=Path,
+        default=_env("log-file"),
+        help="also append log lines to this file (created mode 0600)",
+    )
+    add(
+        "-v",
+        "--verbose",
+        action="count",
+        default=_env_int("verbose", 0),
+        help="more log lines: -v the router's debug lines, -vv its libraries' too",
+    )
     children = parser.add_argument_group(
         "defaults passed to every model",
         description="the child's flags, as 'llama-router child --help' describes them; "
@@ -274,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one GGUF model over the OpenAI API, as llama-server -m does.",
     )
     add_child_arguments(child)
+    add_control_commands(commands)
     return parser
 
 
@@ -296,6 +327,8 @@ def _main(argv: Sequence[str] | None) -> int:
         arguments.insert(0, "serve")
     parser = build_parser()
     args = parser.parse_args(arguments)
+    if args.command in CONTROL_COMMANDS:
+        return run_control(args)
     return _serve(parser, args, arguments)
 
 
@@ -354,7 +387,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             slot_timeout_s=args.slot_timeout,
             max_connections=args.max_connections,
             spares=args.spares,
+            stream_load_progress=args.stream_load_progress,
             allowed_hosts=tuple(args.allowed_host),
+            log_format=args.log_format,
+            log_file=Path(args.log_file) if args.log_file else None,
+            verbosity=args.verbose,
             plugins=(*file_plugins, *args.plugin),
             load_installed_plugins=not args.no_plugins,
         )

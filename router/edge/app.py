@@ -22,9 +22,13 @@ from werkzeug.datastructures import Headers
 from router.child_options import effective_child_options
 from router.edge.access import HostCheck, require_json
 from router.edge.config_api import config_path_for, delete_config, read_config, write_config
+from router.edge.events_api import register_events_api
 from router.edge.extra_args import ExtraArgLimits, checked_extra_args
 from router.edge.gate import Gate, is_autoload
 from router.edge.jsonbody import parse_json_object
+from router.edge.metrics import register_metrics
+from router.edge.ollama_api import register_ollama_api
+from router.edge.page import PAGE_ENDPOINTS, register_page
 from router.edge.proxy import CORS_PREFIX, BrokenOff, ForwardRequest, start_forward
 from router.edge.web import PUBLIC_PATHS, json_response, new_app, request_body
 from router.errors import (
@@ -69,6 +73,9 @@ def create_app(
     async def authenticate() -> None:
         """The Host check, the caller's key, then JSON only where state changes."""
         if request.path in PUBLIC_PATHS:
+            return
+        if request.endpoint in PAGE_ENDPOINTS:  # no data, so no key; a rebinding page gets none
+            gate.hosts.check(request.headers.get("Host"))
             return
         g.principal = await gate.authenticate(request.headers.get("Host"), _request_info())
         if request.endpoint in STATE_CHANGING_ENDPOINTS:
@@ -243,6 +250,10 @@ def create_app(
 
         return Response(chunks(), status=forwarded.status, headers=Headers(forwarded.headers))
 
+    register_page(app)
+    register_ollama_api(app, settings, _request_info)
+    register_metrics(app, pool)
+    register_events_api(app, pool, resolve)
     call_each_now(plugins, "register_routes", app=app)
     return app
 

@@ -39,6 +39,7 @@ def own_child_argv(
         "--model", str(spec.path),
         "--alias", spec.id,
         "--unix-socket", str(socket_path),
+        *(["--mmproj", str(spec.mmproj)] if spec.mmproj is not None else []),
         *child_argv(options),
         *extra_args,
     ]  # fmt: skip
