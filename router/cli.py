@@ -20,6 +20,7 @@ from router.control import COMMANDS as CONTROL_COMMANDS
 from router.control import add_control_commands, run_control
 from router.errors import RouterFileError, SettingsError, StartupError
 from router.logs import LOG_FORMATS
+from router.spec import Peer
 from router.version import __version__
 
 ENV_PREFIX = "LLAMA_ROUTER_"
@@ -231,6 +232,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1 (repeatable; protects against DNS rebinding)",
     )
     add(
+        "--peer",
+        action="append",
+        default=[p for p in os.environ.get(ENV_PREFIX + "PEERS", "").replace(",", " ").split()],
+        metavar="[NAME=]URL",
+        help="another llama-router (or llama.cpp router) whose models are listed here as "
+        "NAME/model and forwarded there (repeatable; LLAMA_ROUTER_PEERS: several, separated "
+        "by commas; one that needs a key: router.toml [[peers]] with api_key_env)",
+    )
+    add(
+        "--remote-interval",
+        type=float,
+        default=_env_float("remote-interval", 30),
+        help="seconds between listing the peers' models and checking the servers of 'url' "
+        "models (default: 30)",
+    )
+    add(
         "--log-format",
         choices=LOG_FORMATS,
         default=_env("log-format") or "text",
@@ -352,6 +369,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
         config_path = conf_dir.parent / "router.toml"
     defaults: dict[str, Any] = {}
     file_plugins: list[str] = []
+    peers: list[Peer] = []
     if config_path is not None:
         try:
             router_file = read_router_file(config_path)
@@ -359,12 +377,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             parser.error(str(exc))
         defaults = router_file.defaults
         file_plugins = router_file.plugins
+        peers = router_file.peers
         args = _with_router_file(parser, args, router_file.router, config_path, argv)
     keys = [*args.api_key, *_keys_from_file(parser, "--api-key-file", args.api_key_file)]
     admin_keys = [
         *args.admin_api_key,
         *_keys_from_file(parser, "--admin-api-key-file", args.admin_api_key_file),
     ]
+    peers = [*peers, *(_peer(parser, text) for text in args.peer)]
     try:
         settings = RouterSettings(
             host=args.host,
@@ -394,12 +414,27 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             verbosity=args.verbose,
             plugins=(*file_plugins, *args.plugin),
             load_installed_plugins=not args.no_plugins,
+            peers=tuple(peers),
+            remote_interval_s=args.remote_interval,
         )
     except SettingsError as exc:
         parser.error(exc.message)
     if args.command == "plugins":
         return _list_plugins(settings)
     return run_router(settings)
+
+
+def _peer(parser: argparse.ArgumentParser, text: str) -> Peer:
+    """``--peer [NAME=]URL`` as a peer (named after its host when NAME is left out)."""
+    from router.errors import ConfigInvalid
+    from router.models.confd import peer_from
+
+    name, is_named, url = text.partition("=")
+    table = {"name": name, "url": url} if is_named and "://" not in name else {"url": text}
+    try:
+        return peer_from(table, Path.cwd())
+    except ConfigInvalid as exc:
+        parser.error(f"--peer {text}: {exc.message}")
 
 
 def _keys_from_file(parser: argparse.ArgumentParser, flag: str, path: Any) -> list[str]:

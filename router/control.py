@@ -1,6 +1,7 @@
-"""``llama-router ps``, ``load``, ``unload``, ``logs`` and ``reload``: a person's commands for a
-router that is running, over the same HTTP API every other client uses (Ollama's ``ollama ps``
-and ``ollama stop`` are the model). Nothing here runs a model or reads the router's files.
+"""``llama-router ps``, ``load``, ``unload``, ``pin``, ``unpin``, ``logs`` and ``reload``: a
+person's commands for a router that is running, over the same HTTP API every other client uses
+(Ollama's ``ollama ps`` and ``ollama stop`` are the model). Nothing here runs a model or reads
+the router's files.
 
 Where: ``--url``, else ``LLAMA_ROUTER_URL``, else the address ``serve`` binds by the same
 ``LLAMA_ROUTER_HOST`` and ``LLAMA_ROUTER_PORT`` (an "any address" bind is reached on loopback).
@@ -31,7 +32,7 @@ from router.errors import ControlError, RouterRefused, RouterUnreachable
 if TYPE_CHECKING:
     import httpx
 
-COMMANDS = ("ps", "load", "unload", "logs", "reload")
+COMMANDS = ("ps", "load", "unload", "pin", "unpin", "logs", "reload")
 REQUEST_TIMEOUT_S = 30.0  # one request's answer (not a wait for a load: see --timeout)
 POLL_INTERVAL_S = 0.1  # how often a waiting load or unload reads GET /models
 # A load asked of a model that failed before may be refused at once (the router backs off
@@ -72,6 +73,13 @@ def add_control_commands(commands: Any) -> None:
             help="seconds to wait (default: %(default)g, the router's own --load-timeout)",
         )
         waiting.add_argument("--json", action="store_true", help="print the model's entry")
+    for name, what in (
+        ("pin", "pin a model: never evicted nor unloaded when idle, until the router restarts"),
+        ("unpin", "unpin a model: evicted and unloaded when idle as its settings say"),
+    ):
+        pinning = command(name, what)
+        pinning.add_argument("model", help="the model's id or one of its aliases")
+        pinning.add_argument("--json", action="store_true", help="print the router's answer")
     logs = command("logs", "print a model's recent log lines; -f follows them")
     logs.add_argument("model", help="the model's id or one of its aliases")
     logs.add_argument(
@@ -289,6 +297,8 @@ def _model_row(entry: dict[str, Any], now: float) -> list[str]:
     value = status.get("value", "?")
     if status.get("failed") and value == "unloaded":
         value = "failed"
+    if entry.get("pinned"):
+        value += ",pinned"
     reason = status.get("error") or status.get("config_error") or ""
     last_used = entry.get("last_used", status.get("last_used"))
     memory = entry.get("memory", status.get("memory"))
@@ -438,6 +448,20 @@ def _print_event(data: str, *, is_terminal: bool) -> None:
     print(f"\033[2m{note}\033[0m" if is_terminal else note, flush=True)
 
 
+def _pin(api: RouterAPI, args: argparse.Namespace) -> int:
+    """``POST /models/pin``: kept by the router until it restarts (or the model's conf.d file
+    changes its ``pinned``), never written to a file."""
+    answer = api.call(
+        "POST", "/models/pin", json={"model": args.model, "pinned": args.command == "pin"}
+    )
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+    else:
+        how = "pinned" if answer.get("pinned") else "not pinned"
+        print(f"{answer.get('model', args.model)}: {how}")
+    return 0
+
+
 def _reload(api: RouterAPI, args: argparse.Namespace) -> int:
     api.call("POST", "/models/reload", json={})
     models = api.models()
@@ -449,6 +473,8 @@ _COMMANDS: dict[str, Callable[[RouterAPI, argparse.Namespace], int]] = {
     "ps": _ps,
     "load": _load_or_unload,
     "unload": _load_or_unload,
+    "pin": _pin,
+    "unpin": _pin,
     "logs": _logs,
     "reload": _reload,
 }

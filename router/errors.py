@@ -359,6 +359,12 @@ def shaped_for(path: str, body: dict[str, Any]) -> dict[str, Any]:
 def sse_error_event(error: RouterError, path: str = "") -> bytes:
     """``error`` as a Server-Sent Event, to end a stream that cannot go on; on Anthropic's
     routes, the ``error`` event its clients raise on."""
-    data = json.dumps(error_body(error, path), separators=(",", ":")).encode()
+    return sse_error_body_event(error_body(error, path), path)
+
+
+def sse_error_body_event(body: dict[str, Any], path: str = "") -> bytes:
+    """An error ``body`` already in ``path``'s shape (:func:`shaped_for`) as the Server-Sent
+    Event that ends a stream (a child's own refusal, passed on)."""
+    data = json.dumps(body, separators=(",", ":")).encode()
     event = b"event: error\n" if path in ANTHROPIC_PATHS else b""
     return event + b"data: " + data + b"\n\n"

@@ -43,6 +43,7 @@ from router.logs import configure_logging
 from router.models.catalog import scan_models_dirs
 from router.models.confd import merge_catalog, scan_conf_dir
 from router.models.pool import ModelPool
+from router.models.remote import RemoteUpstreams
 from router.models.watch import ConfDirWatcher
 from router.processes.supervisor import Supervisor, SupervisorSettings
 from router.settings import RouterSettings
@@ -118,13 +119,20 @@ async def serve_router(
             child_options=settings.child_options,
         )
 
-        def rescan() -> None:
+        remotes = RemoteUpstreams(settings.peers, settings.remote_interval_s)
+
+        def relist() -> None:
             specs, problems = merge_catalog(
                 scan_models_dirs(settings.models_dirs), scan_conf_dir(settings.conf_dir)
             )
             for problem in problems.values():
                 log.warning("config: %s", problem)
+            specs |= remotes.specs(taken=specs.keys() | problems.keys())
             pool.apply_catalog(specs, problems)
+
+        def rescan() -> None:
+            relist()
+            remotes.refresh_soon()  # peers listed again, remote servers checked
 
         rescan()
         log.info("models: %s", ", ".join(sorted(pool.models)) or "none")
@@ -154,6 +162,7 @@ async def serve_router(
                     pool.request_load(state, chores)
             async with trio.open_nursery() as background:
                 background.start_soon(pool.run_idle_timers)
+                background.start_soon(remotes.run, lambda: pool.models, relist)
                 background.start_soon(_rescan_on_sighup, rescan)
                 watcher = None
                 if settings.conf_dir is not None:

@@ -11,6 +11,7 @@ from typing import Any
 from router.errors import SettingsError
 from router.hosts import host_name
 from router.logs import LOG_FORMATS
+from router.spec import Peer
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class RouterSettings:
     log_format: str = "text"  # LOG_FORMATS: how every log line looks (logs.py)
     log_file: Path | None = None  # log lines also appended here (created mode 0600)
     verbosity: int = 0  # -v: 1 adds the router's DEBUG lines, 2 its libraries' too
+    peers: tuple[Peer, ...] = ()  # --peer, router.toml [[peers]]: their models listed as NAME/m
+    # How often peers are listed again and remote models' servers checked (models/remote.py).
+    remote_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.models_max < 0:
@@ -57,11 +61,17 @@ class RouterSettings:
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"--port must be between 0 and 65535, not {self.port}")
         for name in ("stop_timeout_s", "load_timeout_s", "timeout_s", "health_interval_s",
-                     "slot_timeout_s", "graceful_timeout_s"):  # fmt: skip
+                     "slot_timeout_s", "graceful_timeout_s", "remote_interval_s"):  # fmt: skip
             value = getattr(self, name)
             if not 0 < value < 10**7:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise SettingsError(f"{flag} must be a number of seconds above 0, not {value}")
+        names = [peer.name for peer in self.peers]
+        for name in sorted({name for name in names if names.count(name) > 1}):
+            raise SettingsError(
+                f"two peers are named {name!r}: name them apart (--peer NAME=URL, or 'name' "
+                "in [[peers]])"
+            )
         if self.health_misses < 1:
             raise SettingsError(f"--health-misses must be 1 or more, not {self.health_misses}")
         if self.max_connections < 1:

@@ -276,3 +276,23 @@ def test_the_table_reads_memory_last_use_failures_and_spares() -> None:
     assert lines[3].split() == ["b", "failed", "-", "0", "-", "-", "not", "a", "GGUF", "file:",
                                 "bad", "magic"]  # fmt: skip
     assert lines[4].split() == ["(spare)", "ready", "42", "-", "-", "61", "MiB"]
+
+
+def test_pin_and_unpin_keep_a_model_and_ps_shows_it(
+    router: RouterProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code, out, _ = run(capsys, "pin", "alpha", "--url", router.base_url)
+        assert (code, out) == (0, "alpha: pinned\n")
+        code, out, _ = run(capsys, "ps", "--url", router.base_url)
+        row = next(line.split() for line in out.splitlines() if line.startswith("alpha "))
+        assert row[1].endswith(",pinned")
+        code, out, _ = run(capsys, "ps", "--json", "--url", router.base_url)
+        assert next(e for e in json.loads(out)["data"] if e["id"] == "alpha")["pinned"] is True
+    finally:
+        code, out, _ = run(capsys, "unpin", "alpha", "--url", router.base_url)
+    assert (code, out) == (0, "alpha: not pinned\n")
+    code, out, _ = run(capsys, "ps", "--url", router.base_url)
+    assert ",pinned" not in out
+    code, _, err = run(capsys, "pin", "nope", "--url", router.base_url)
+    assert code == 1 and "'nope' not found" in err

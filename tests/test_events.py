@@ -3,6 +3,7 @@ log lines, without processes (a stand-in supervisor plays the children's part)."
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
@@ -283,6 +284,41 @@ async def test_a_begun_stream_ends_with_the_error_or_the_childs_refusal_as_one_e
     await progress.fail(Unavailable("model 'm' failed to load: bad file"))
     assert sent[0]["more_body"] is False
     assert b"failed to load: bad file" in sent[0]["body"]  # type: ignore[operator]
+
+
+async def test_a_begun_stream_on_anthropics_route_ends_with_anthropics_error_event() -> None:
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message["body"])  # type: ignore[arg-type]
+
+    async def refused(body: bytes) -> dict[str, Any]:
+        progress = LoadProgress("m", send, "/v1/messages")
+        progress.has_begun = True
+        await progress.send({"type": "http.response.start", "status": 503, "headers": []})
+        await progress.send({"type": "http.response.body", "body": body, "more_body": False})
+        event, data = sent.pop().decode().split("\n")[:2]
+        assert event == "event: error"
+        parsed: dict[str, Any] = json.loads(data.removeprefix("data: "))
+        return parsed
+
+    # The router's own error, the child's in OpenAI's shape, the child's in Anthropic's.
+    progress = LoadProgress("m", send, "/v1/messages")
+    progress.has_begun = True
+    await progress.fail(Unavailable("model 'm' failed to load: bad file"))
+    event, data = sent.pop().decode().split("\n")[:2]
+    assert event == "event: error"
+    assert json.loads(data.removeprefix("data: ")) == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "model 'm' failed to load: bad file"},
+    }
+    assert await refused(b'{"error": {"message": "busy", "type": "unavailable_error"}}') == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "busy"},
+    }
+    anthropic = {"type": "error", "error": {"type": "overloaded_error", "message": "full"}}
+    assert await refused(json.dumps(anthropic).encode()) == anthropic
+    assert (await refused(b"not json"))["type"] == "error"
 
 
 # ---- through the router's HTTP server ---------------------------------------------------------

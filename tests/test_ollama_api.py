@@ -19,8 +19,9 @@ import ollama
 import openai
 import pytest
 
-from router.edge.ollama_answers import Answer, Durations, SseEvents
+from router.edge.ollama_answers import Answer, Durations
 from router.edge.ollama_requests import chat_call, generate_call, keep_alive_seconds
+from router.edge.sse import EventStream, json_payloads
 from router.errors import InvalidField
 from tests.processes import RouterProcess, running_router
 from tests.test_router_e2e import wait_until
@@ -179,11 +180,11 @@ def test_an_sse_stream_cut_anywhere_gives_the_same_objects() -> None:
     wire = b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks)
     wire += b"data: [DONE]\n\n"
     for size in (1, 7, len(wire)):
-        events, answer = SseEvents(), Answer("m", "message")
+        events, answer = EventStream(), Answer("m", "message")
         pieces = [
             made["message"]["content"]
             for start in range(0, len(wire), size)
-            for payload in events.feed(wire[start : start + size])
+            for payload in json_payloads(events.feed(wire[start : start + size]))
             for made in answer.take(payload)
         ]
         assert pieces == ["Hel", "lo"]

@@ -381,3 +381,84 @@ def test_the_log_view_follows_a_model_and_filters_it(
         assert lines.count() > 1  # the others are hidden, not gone
         page.page.fill("#logs-filter", "")
         expect(page.page.locator("#logs > div:visible")).to_have_count(lines.count())
+
+
+def test_pin_button_pins_a_model_and_a_pin_made_elsewhere_shows_live(
+    two_models: Path, open_page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    with running_router(two_models, "--spares", "0") as router:
+        page = open_page(router)
+        expect(page.page.locator("#live")).to_have_attribute("data-state", "live")
+        page.page.evaluate("window.sameDocument = true")
+        pinned_tag = page.row("tiny").locator(".tag.pinned")
+        expect(pinned_tag).to_have_count(0)
+        page.row("tiny").locator("button.pin").click()
+        expect(pinned_tag).to_have_text("pinned")
+        expect(page.row("tiny").locator("button.pin")).to_have_text("Unpin")
+        entry = next(
+            e for e in httpx.get(router.base_url + "/models", timeout=10).json()["data"]
+            if e["id"] == "tiny"
+        )  # fmt: skip
+        assert entry["pinned"] is True
+        # Loaded, it shows its memory in words a person reads, and when it was last used.
+        page.row("tiny").locator("button.load").click()
+        expect(page.status("tiny")).to_have_text("loaded")
+        expect(page.row("tiny").locator("td.memory")).to_have_text(re.compile(r"^\d+(\.\d)? MiB$"))
+        expect(page.row("tiny").locator("td.last-used")).to_have_text(re.compile(r" ago$"))
+        _shot(page, tmp_path, "pinned")
+
+        # Someone else unpins it: only the model_pin event can tell the page (it does not
+        # poll while its event stream is open).
+        unpinned = httpx.post(
+            router.base_url + "/models/pin", json={"model": "tiny", "pinned": False}, timeout=10
+        )
+        assert unpinned.status_code == 200
+        expect(pinned_tag).to_have_count(0)
+        expect(page.row("tiny").locator("button.pin")).to_have_text("Pin")
+        assert page.page.evaluate("window.sameDocument") is True
+
+
+def test_the_log_view_loses_and_repeats_no_line_at_the_seam(
+    two_models: Path, open_page: Any, tmp_path: Path
+) -> None:
+    """Lines printed while the view subscribes (before its stream is subscribed: only in the
+    recent lines) and while it reads the recent lines (in both the recent lines and the live
+    stream) are each shown once. The router's answers are held back while they are printed."""
+    from playwright.sync_api import Route, expect
+
+    with running_router(two_models, "--spares", "0") as router:
+
+        def status() -> str:
+            models = httpx.get(router.base_url + "/models", timeout=10).json()["data"]
+            value: str = next(e for e in models if e["id"] == "tiny")["status"]["value"]
+            return value
+
+        def change(action: str, goal: str) -> None:
+            sent = httpx.post(f"{router.base_url}/models/{action}", json={"model": "tiny"})
+            assert sent.status_code == 200
+            for _ in range(WAIT_MS // 50):
+                if status() == goal:
+                    return
+                page.page.wait_for_timeout(50)
+            raise AssertionError(f"tiny is still {status()}, not {goal}")
+
+        def while_subscribing(route: Route) -> None:
+            change("load", "loaded")  # prints "serving tiny ..." before the stream exists
+            route.continue_()
+
+        def while_reading_recent(route: Route) -> None:
+            change("unload", "unloaded")  # prints "stopping: ..." to the stream and the recent
+            route.continue_()
+
+        page = open_page(router)
+        expect(page.status("tiny")).to_have_text("unloaded")
+        page.page.route(re.compile(r"/models/sse\?logs=1"), while_subscribing, times=1)
+        page.page.route(re.compile(r"/models/logs\?"), while_reading_recent, times=1)
+        page.row("tiny").locator("button.logs").click()
+        expect(page.page.locator("#logs-status")).to_have_text("following")
+        lines = page.page.locator("#logs > div.line")
+        assert lines.filter(has_text="serving tiny").count() == 1
+        assert lines.filter(has_text="stopping:").count() == 1
+        _shot(page, tmp_path, "logs-seam")

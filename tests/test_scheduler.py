@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import math
 
-from router.models.scheduler import ModelView, Plan, Status, Waiting, backoff_s, plan
+from router.models.scheduler import (
+    ModelView,
+    Plan,
+    Status,
+    Waiting,
+    backoff_s,
+    idle_expired,
+    plan,
+)
 
 LOADED, UNLOADED = Status.LOADED, Status.UNLOADED
 
@@ -50,6 +58,15 @@ def test_busy_model_is_never_evicted() -> None:
 def test_pinned_model_is_never_evicted() -> None:
     state = models(ModelView("pinned", LOADED, is_pinned=True), ModelView("want", UNLOADED))
     assert plan(state, [Waiting(1, "want")], models_max=1, now=0) == Plan()
+
+
+def test_a_pinned_model_is_never_unloaded_when_idle() -> None:
+    idle = [
+        ModelView("pinned", LOADED, last_used=0.0, ttl_s=5.0, is_pinned=True),
+        ModelView("plain", LOADED, last_used=0.0, ttl_s=5.0),
+        ModelView("later", LOADED, last_used=8.0, ttl_s=5.0, is_pinned=True),
+    ]
+    assert idle_expired(idle, now=10.0) == (["plain"], math.inf)
 
 
 def test_waiters_that_need_the_same_slot_cause_one_eviction() -> None:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from router.child import responses
 from router.child.engine import Finished, FinishReason, Piece
-from router.edge.usage import EVENT_BYTES, HEAD_BYTES, TAIL_BYTES, UsageCounter
+from router.edge.sse import EVENT_BYTES
+from router.edge.usage import HEAD_BYTES, TAIL_BYTES, UsageCounter
 from router.hooks.plugin_types import Usage
 from tests.processes import running_router
 from tests.tiny_models import write_tiny_llama

@@ -11,6 +11,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,13 @@ from router.edge.jsonbody import parse_json_object
 from router.edge.metrics import register_metrics
 from router.edge.ollama_api import register_ollama_api
 from router.edge.page import PAGE_ENDPOINTS, register_page
-from router.edge.proxy import CORS_PREFIX, BrokenOff, ForwardRequest, start_forward
+from router.edge.proxy import (
+    CORS_PREFIX,
+    BrokenOff,
+    ForwardRequest,
+    owning_forwards,
+    start_forward,
+)
 from router.edge.web import PUBLIC_PATHS, json_response, new_app, request_body
 from router.errors import (
     Conflict,
@@ -41,7 +48,9 @@ from router.errors import (
 from router.hooks.plugin_types import RequestInfo
 from router.hooks.plugins import Plugins, call_each_now
 from router.models.pool import ModelPool
+from router.models.remote import remote_status
 from router.models.state import ModelState
+from router.processes.resident import resident_tree_bytes
 from router.settings import RouterSettings
 from router.version import __version__
 
@@ -51,7 +60,7 @@ FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # The routes that change the router's state (by endpoint: the view's name). They take only
 # JSON bodies, which no web page can send to another origin unasked (router/edge/access.py).
 STATE_CHANGING_ENDPOINTS = frozenset(
-    {"reload", "load", "unload", "put_config", "delete_model_config"}
+    {"reload", "load", "unload", "pin", "put_config", "delete_model_config"}
 )
 
 
@@ -65,6 +74,8 @@ def create_app(
 ) -> QuartTrio:
     """The router's app. ``spares`` reports the waiting spare children (``GET /models``)."""
     app = new_app("router")
+    # A forward ends with its request, read or not (proxy.start_forward).
+    app.asgi_app = owning_forwards(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
     started = int(time.time())
     gate = Gate(pool, plugins, HostCheck.for_address(settings.host, settings.allowed_hosts))
     app.extensions["llama_router_gate"] = gate  # the raw path in front checks the same way
@@ -106,10 +117,16 @@ def create_app(
     async def models() -> Response:
         if request.args.get("reload") in ("1", "true"):
             rescan()
+        pids = [state.pid for state in pool.models.values() if state.pid is not None]
+        memory = await trio.to_thread.run_sync(resident_tree_bytes, pids)  # reads /proc
+        clocks = _Clocks(unix=time.time(), pool=trio.current_time())
         data = [
-            _model_entry(state, started, settings, waiting=pool.waiting(model_id))
+            _model_entry(
+                state, started, settings, waiting=pool.waiting(model_id), clocks=clocks,
+                memory=memory.get(state.pid) if state.pid is not None else None,
+            )
             for model_id, state in pool.models.items()
-        ]
+        ]  # fmt: skip
         data += [
             _invalid_entry(model_id, str(problem), started)
             for model_id, problem in pool.problems.items()
@@ -150,6 +167,17 @@ def create_app(
         model = _model_field(parse_json_object(await request_body()))
         pool.request_unload(await resolve(model))
         return json_response({"success": True})
+
+    @app.post("/models/pin")
+    async def pin() -> Response:
+        body = parse_json_object(await request_body())
+        model = _model_field(body)
+        pinned = body.get("pinned")
+        if not isinstance(pinned, bool):
+            raise InvalidField("pinned", "is required: true to pin the model, false to unpin it")
+        state = await resolve(model)
+        pool.set_pinned(state, pinned)
+        return json_response({"success": True, "model": state.spec.id, "pinned": state.is_pinned})
 
     def require_admin(action: str) -> None:
         if not g.principal.is_admin:
@@ -225,7 +253,7 @@ def create_app(
         body = await gate.transformed(state.spec.id, received, g.principal)
         autoload = is_autoload(settings.models_autoload, request.args.get("autoload"))
         forwarded = await start_forward(
-            app.nursery,
+            request.scope,
             pool,
             plugins,
             ForwardRequest(
@@ -284,9 +312,33 @@ def _model_field(body: dict[str, Any]) -> str:
     return model
 
 
+@dataclass(frozen=True)
+class _Clocks:
+    """The time now on the wall (Unix seconds) and on the pool's clock (trio's), read once per
+    ``GET /models``: the pool keeps its times on trio's clock, which means nothing outside
+    this process, so they leave it converted."""
+
+    unix: float
+    pool: float
+
+    def unix_time(self, pool_time: float) -> float | None:
+        """``pool_time`` as Unix seconds; None for never (the pool's 0.0)."""
+        if pool_time <= 0:
+            return None
+        return round(self.unix - (self.pool - pool_time), 3)
+
+
 def _model_entry(
-    state: ModelState, created: int, settings: RouterSettings, *, waiting: int
+    state: ModelState,
+    created: int,
+    settings: RouterSettings,
+    *,
+    waiting: int,
+    clocks: _Clocks,
+    memory: int | None,
 ) -> dict[str, Any]:
+    """One model in ``GET /models``: llama-server's fields, then ours. ``memory``: its child's
+    resident bytes with its descendants' (None while no child of it runs)."""
     spec = state.spec
     status: dict[str, Any] = {"value": state.status.value}
     if state.args is not None:
@@ -299,6 +351,8 @@ def _model_entry(
         status["error"] = state.last_error
     if state.config_error:
         status["config_error"] = state.config_error
+    if spec.upstream is not None:
+        status |= remote_status(state)  # available or why not, its last check; never its key
     if state.pending_spec is not None:
         status["settings_pending"] = True  # new settings wait for its requests to finish
     entry: dict[str, Any] = {
@@ -310,6 +364,9 @@ def _model_entry(
         "aliases": list(spec.aliases),
         "source": spec.source,
         "in_flight": state.in_flight,
+        "last_used": clocks.unix_time(state.last_used),  # Unix seconds; None: never
+        "memory": memory,  # bytes, resident (RSS), its child's and their children's
+        "pinned": state.is_pinned,  # now, by its file's ``pinned`` or POST /models/pin
         "waiting": waiting,  # requests queued for it (for a slot, or for its load)
         "status": status,
         "settings": {

@@ -5,8 +5,9 @@ A comment is what every SSE client skips, so the stream that follows is the chil
 price is that the answer's head (200, ``text/event-stream``) leaves before the model has
 answered: what fails after it (the load, the queue, the child's own refusal of the request)
 ends the stream with one ``data: {"error": ...}`` event, as an error in the middle of a stream
-does. So the head is sent only once the request has waited ``FIRST_COMMENT_S`` (the pool
-refuses at once what it refuses without waiting: those keep their own status), and only for
+does (on Anthropic's routes, its ``event: error`` in its shape: ``errors.shaped_for``). So
+the head is sent only once the request has waited ``FIRST_COMMENT_S`` (the pool refuses at
+once what it refuses without waiting: those keep their own status), and only for
 a ``"stream": true`` request whose model was not loaded when it came.
 """
 
@@ -21,9 +22,15 @@ import trio
 
 from router.edge.asgi_lifespan import Message
 from router.edge.raw_asgi import Send
-from router.errors import RouterError, sse_error_event
+from router.errors import (
+    ANTHROPIC_PATHS,
+    RouterError,
+    shaped_for,
+    sse_error_body_event,
+    sse_error_event,
+)
 from router.models.pool import ModelPool
-from router.models.scheduler import Status
+from router.models.scheduler import NEEDS_NO_LOAD
 from router.models.state import ModelState
 from router.processes.wire import ChildConnections, RequestBody
 
@@ -48,13 +55,16 @@ def is_streaming_request(body: bytes | bytearray) -> bool:
 
 class LoadProgress:
     """One streaming request's answer while its model loads: the comments, then the child's
-    stream sent through ``send`` as the rest of the stream already begun."""
+    stream sent through ``send`` as the rest of the stream already begun. ``path`` is the
+    route asked (its errors take that route's shape)."""
 
-    def __init__(self, model: str, send: Send) -> None:
+    def __init__(self, model: str, send: Send, path: str = "") -> None:
         self._model = model
         self._send = send
+        self._path = path
         self.has_begun = False  # the head went out: what follows is part of one stream
         self._refusal: bytearray | None = None  # the child refused: its body, to one event
+        self._refusal_status = 500
 
     @asynccontextmanager
     async def leased(
@@ -105,17 +115,21 @@ class LoadProgress:
             content_type = headers.get(b"content-type", b"")
             if message["status"] != 200 or not content_type.startswith(b"text/event-stream"):
                 self._refusal = bytearray()
+                self._refusal_status = int(message["status"])
         elif self._refusal is None:
             await self._send(message)
         else:
             if len(self._refusal) < MAX_ERROR_BODY_BYTES:
                 self._refusal += message.get("body", b"")[:MAX_ERROR_BODY_BYTES]
             if not message.get("more_body", False):
-                await self._end_with(_refusal_event(self._model, bytes(self._refusal)))
+                refusal = bytes(self._refusal)
+                await self._end_with(
+                    _refusal_event(self._model, self._refusal_status, refusal, self._path)
+                )
 
     async def fail(self, error: RouterError) -> None:
         """End the stream begun with ``error`` (raised after the head went out)."""
-        await self._end_with(sse_error_event(error))
+        await self._end_with(sse_error_event(error, self._path))
 
     async def _end_with(self, event: bytes) -> None:
         await self._send({"type": "http.response.body", "body": event, "more_body": False})
@@ -124,18 +138,23 @@ class LoadProgress:
 def wants_progress(state: ModelState, body: RequestBody) -> bool:
     """Whether a request is one to keep posted: its model not loaded yet, and it streams (the
     body is parsed only then)."""
-    if state.status is Status.LOADED:
+    if state.status in NEEDS_NO_LOAD:
         return False
     return is_streaming_request(body if not isinstance(body, memoryview) else bytes(body))
 
 
-def _refusal_event(model: str, body: bytes) -> bytes:
-    """A child's answer that is not a stream, as the one error event that ends the stream."""
+def _refusal_event(model: str, status: int, body: bytes, path: str) -> bytes:
+    """A child's answer that is not a stream (``status``, ``body``), as the one error event
+    that ends the stream, in the shape of the route ``path``."""
     try:
         parsed: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return b"data: " + json.dumps(parsed, separators=(",", ":")).encode() + b"\n\n"
+        error = parsed["error"]
+        if path in ANTHROPIC_PATHS and parsed.get("type") != "error":  # OpenAI's shape
+            message = str(error.get("message", ""))
+            parsed = shaped_for(path, {"error": {"message": message, "code": status}})
+        return sse_error_body_event(parsed, path)
     text = body.decode(errors="replace").strip()[:500]
-    return sse_error_event(RouterError(f"model {model!r} refused the request: {text}"))
+    return sse_error_event(RouterError(f"model {model!r} refused the request: {text}"), path)

@@ -24,38 +24,6 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-class SseEvents:
-    """The JSON payloads of a Server-Sent Events stream, as its bytes arrive in any pieces."""
-
-    def __init__(self) -> None:
-        self._pending = bytearray()
-
-    def feed(self, chunk: bytes) -> Iterator[Any]:
-        """The payloads of the events ``chunk`` completes (``[DONE]`` and comments skipped)."""
-        self._pending += chunk
-        while True:
-            end = _event_end(self._pending)
-            if end is None:
-                return
-            event, self._pending = bytes(self._pending[: end[0]]), self._pending[end[1] :]
-            data = b"\n".join(
-                line[5:].removeprefix(b" ")
-                for line in event.replace(b"\r\n", b"\n").split(b"\n")
-                if line.startswith(b"data:")
-            )
-            if data and data != b"[DONE]":
-                try:
-                    yield json.loads(data)
-                except ValueError:
-                    continue  # not JSON: nothing an Ollama client could be given
-
-
-def _event_end(pending: bytearray) -> tuple[int, int] | None:
-    """Where the first complete event ends, and where the next one starts."""
-    found = [(i, i + len(s)) for s in (b"\n\n", b"\r\n\r\n") if (i := pending.find(s)) >= 0]
-    return min(found) if found else None
-
-
 @dataclass
 class Durations:
     """The request's times in nanoseconds, as Ollama's last object reports them."""

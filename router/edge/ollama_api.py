@@ -31,13 +31,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from router.child_options import effective_child_options
 from router.edge.gate import Gate, is_autoload
 from router.edge.jsonbody import parse_json_object
-from router.edge.ollama_answers import (
-    Answer,
-    Durations,
-    SseEvents,
-    embeddings_answer,
-    error_message,
-)
+from router.edge.ollama_answers import Answer, Durations, embeddings_answer, error_message
 from router.edge.ollama_models import idle_time_left, listed, read_model_file, running, shown
 from router.edge.ollama_requests import (
     ChildCall,
@@ -47,6 +41,7 @@ from router.edge.ollama_requests import (
     keep_alive_seconds,
 )
 from router.edge.proxy import BrokenOff, ForwardedResponse, ForwardRequest, start_forward
+from router.edge.sse import EventStream, json_payloads
 from router.edge.web import internal_error, json_response, request_body
 from router.errors import (
     AuthenticationFailed,
@@ -129,7 +124,7 @@ def register_ollama_api(
         return effective_child_options(state.spec, settings.child_defaults, settings.child_options)
 
     def keep(state: ModelState, keep_alive_s: float | None) -> None:
-        if keep_alive_s is not None and not state.spec.is_pinned:  # the operator's pin wins
+        if keep_alive_s is not None and not state.is_pinned:  # the operator's pin wins
             pool.keep_alive(state, keep_alive_s)
 
     async def forward(state: ModelState, call: ChildCall) -> ForwardedResponse:
@@ -138,7 +133,7 @@ def register_ollama_api(
             state.spec.id, bytearray(json.dumps(call.body).encode()), g.principal
         )
         forwarded = await start_forward(
-            app.nursery,
+            request.scope,
             pool,
             gate.plugins,
             ForwardRequest(
@@ -218,7 +213,7 @@ def register_ollama_api(
         """Ollama's answer to nothing to generate: ``keep_alive: 0`` unloads the model once
         idle; anything else loads it (and waits for the load) and keeps it as asked."""
         if keep_alive_s == 0:
-            if state.spec.is_pinned:
+            if state.is_pinned:
                 raise Conflict(f"model {state.spec.id!r} is pinned by the operator: not unloaded")
             if state.status is not Status.UNLOADED:
                 keep(state, 0)
@@ -246,7 +241,7 @@ def register_ollama_api(
         forwarded = await forward(state, call)
         load_ns = 0 if was_loaded else time.perf_counter_ns() - started
         keep(state, keep_alive_s)
-        events = SseEvents()
+        events = EventStream()
 
         def durations() -> Durations:
             return Durations(total_ns=time.perf_counter_ns() - started, load_ns=load_ns)
@@ -254,7 +249,8 @@ def register_ollama_api(
         def translated(chunk: bytes | BrokenOff) -> list[dict[str, Any]]:
             if isinstance(chunk, BrokenOff):
                 raise CutConnection(chunk.reason)
-            return [made for payload in events.feed(chunk) for made in answer.take(payload)]
+            payloads = json_payloads(events.feed(chunk))
+            return [made for payload in payloads for made in answer.take(payload)]
 
         if not _is_event_stream(forwarded):  # a backend that answered whole, unasked
             answer.take_whole(await _whole_json(forwarded, state.spec.id))

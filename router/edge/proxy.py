@@ -1,12 +1,16 @@
 """Forward one request to a child and stream its answer back as bytes, untouched.
 
-The forwarding runs as a task in a nursery the app owns (not inside the response generator,
-which a framework may abandon): it holds the model's lease for as long as the answer flows,
-and hands the bytes over a small channel, so a slow client slows the child (back-pressure) and
-a client that leaves closes the channel, which closes the child's response and so cancels its
-generation. A child that dies or stays silent (``timeout_s``, the router's ``-to/--timeout``)
-before its answer's head makes a 503; after, it ends an SSE answer with an error event, and any
-other answer with ``BrokenOff``, on which the app cuts the client's connection, so that a part
+The forwarding runs as a task in a nursery that the HTTP request owns (``owning_forwards``),
+not inside the response generator, which Quart runs only once the route has returned: it holds
+the model's lease for as long as the answer flows, and hands the bytes over a small channel, so
+a slow client slows the child (back-pressure) and a client that leaves closes the channel. The
+request's end cancels what is left of it, however the request ended, even when nothing ever
+read the answer (the client left before Quart began to send it): the lease is given back, and
+closing the child's response cancels its generation.
+
+A child that dies or stays silent (``timeout_s``, the router's ``-to/--timeout``) before its
+answer's head makes a 503; after, it ends an SSE answer with an error event, and any other
+answer with ``BrokenOff``, on which the app cuts the client's connection, so that a part
 is never taken for the whole.
 
 A server that runs the app in the connection's own task until the answer is out (the router's)
@@ -30,7 +34,9 @@ from typing import Any
 import trio
 
 from router.edge import observe
+from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.load_progress import LoadProgress, wants_progress
+from router.edge.raw_asgi import Receive, Send
 from router.edge.usage import UsageCounter
 from router.errors import (
     ChildTimeout,
@@ -43,6 +49,7 @@ from router.errors import (
 from router.hooks.plugin_types import Principal, Usage
 from router.hooks.plugins import Plugins, call_each, has_implementations
 from router.models.pool import ModelPool
+from router.models.remote import upstream_request
 from router.models.state import ModelState
 from router.processes.wire import ChildConnections, RequestBody, WireResponse
 
@@ -77,6 +84,8 @@ CHANNEL_CHUNKS = 16
 CORS_PREFIX = "access-control-"
 
 AnswerSend = Callable[[dict[str, Any]], Awaitable[None]]
+# Where a request's ASGI scope holds the nursery its forwards run in (``owning_forwards``).
+FORWARDS_SCOPE_KEY = "llama_router.forwards"
 
 
 @dataclass(frozen=True)
@@ -111,15 +120,50 @@ class ForwardedResponse:
     body: trio.MemoryReceiveChannel[bytes | BrokenOff]
 
 
+def owning_forwards(app: ASGIApp) -> ASGIApp:
+    """``app`` (a Quart app's ``asgi_app``), with a nursery for each HTTP request, in which the
+    forwards started for it run (``start_forward``), cancelled once ``app`` is done with it.
+
+    Quart sends an answer's body after the route has returned, and never begins to if the
+    client left in between (or a request hook after the route failed): a body iterator that
+    owned the forward would never run, and the forward, blocked on a channel nobody reads, would
+    keep the model's lease until ``timeout_s``. Owned by the request, it ends with it.
+    Cancellation: as the request's (the forwards under way are cancelled too).
+    """
+
+    async def serve(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        failure: Exception | None = None
+        async with trio.open_nursery() as forwards:
+            try:
+                await app({**scope, FORWARDS_SCOPE_KEY: forwards}, receive, send)
+            except Exception as error:  # raised as itself, not in the nursery's group
+                failure = error
+            finally:
+                forwards.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    return serve
+
+
 async def start_forward(
-    nursery: trio.Nursery, pool: ModelPool, plugins: Plugins, request: ForwardRequest
+    scope: Mapping[str, Any], pool: ModelPool, plugins: Plugins, request: ForwardRequest
 ) -> ForwardedResponse:
     """Wait for the model, send it the request, and return once its headers are in.
 
-    Raises what the pool raises (unknown model, failed load...) or Unavailable if the child
-    does not answer; the body then streams from the returned channel.
+    The forward runs in the nursery of the HTTP request whose ASGI ``scope`` is given (Quart's
+    ``request.scope``, of an app wrapped by ``owning_forwards``): it ends with that request,
+    whether or not its body was read. Raises what the pool raises (unknown model, failed
+    load...) or Unavailable if the child does not answer; the body then streams from the
+    returned channel.
     Cancellation: before the headers, gives up the request (and its place in the queue).
     """
+    nursery: trio.Nursery | None = scope.get(FORWARDS_SCOPE_KEY)
+    if nursery is None:
+        raise RuntimeError("start_forward needs an app whose asgi_app owning_forwards wraps")
     response: ForwardedResponse = await nursery.start(_forward, pool, plugins, request)
     return response
 
@@ -131,7 +175,7 @@ async def _forward(
     task_status: trio.TaskStatus[ForwardedResponse],
 ) -> None:
     async with _reported(plugins, request, pool) as outcome:
-        outcome.status = await _forward_with_lease(pool, request, task_status, outcome.counter)
+        await _forward_with_lease(pool, request, task_status, outcome)
 
 
 @dataclass
@@ -186,26 +230,27 @@ async def _report(
 
 async def _ask(child: ChildConnections, request: ForwardRequest) -> WireResponse:
     """Send ``request`` to ``child``; its answer once the head is in (else Unavailable)."""
+    body, query, timeout_s = request.body, request.query, request.timeout_s
+    upstream = request.state.spec.upstream
+    if upstream is not None:  # served elsewhere: named by its id there, with its own deadline
+        body, query = upstream_request(upstream, body, query)
+        timeout_s = upstream.timeout_s or timeout_s
     target = request.path
-    if request.query:
-        target += "?" + request.query.decode("latin-1")
+    if query:
+        target += "?" + query.decode("latin-1")
     try:
         return await child.request(
-            request.method,
-            target,
-            _forwardable(request.headers),
-            request.body,
-            timeout_s=request.timeout_s,
+            request.method, target, _forwardable(request.headers), body, timeout_s=timeout_s
         )
     except ChildTimeout as exc:
         raise Unavailable(
-            f"model {request.model!r} did not answer within {request.timeout_s:g} s (the "
-            "router's -to/--timeout): it may be hung or overloaded"
+            f"model {request.model!r} did not answer within {timeout_s:g} s (the "
+            "router's -to/--timeout, or its conf.d 'timeout'): it may be hung or overloaded"
         ) from exc
     except WireError as exc:
+        gone = "its process may have exited" if upstream is None else "its server may be away"
         raise Unavailable(
-            f"model {request.model!r} did not answer ({exc}); its process may have "
-            "exited: see GET /models"
+            f"model {request.model!r} did not answer ({exc}); {gone}: see GET /models"
         ) from exc
 
 
@@ -213,11 +258,15 @@ async def _forward_with_lease(
     pool: ModelPool,
     request: ForwardRequest,
     task_status: trio.TaskStatus[ForwardedResponse],
-    counter: UsageCounter | None,
-) -> int:
+    outcome: _Outcome,
+) -> None:
+    """Cancellation: after the headers (the request that owns the forward has ended), as a
+    client that left: the status reported is the child's."""
     async with pool.lease(request.state, autoload=request.autoload) as child:
         observe.forward_admitted()
         response = await _ask(child, request)
+        outcome.status = response.status_code
+        counter = outcome.counter
         if counter is not None:
             counter.begin(response.content_type)
         send, receive = trio.open_memory_channel[bytes | BrokenOff](CHANNEL_CHUNKS)
@@ -235,7 +284,6 @@ async def _forward_with_lease(
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
-        return response.status_code
 
 
 async def _pump(
@@ -300,7 +348,7 @@ async def relay(
     """
     progress = None
     if request.load_progress and wants_progress(request.state, request.body):
-        progress = LoadProgress(request.model, send)  # comments while the model loads
+        progress = LoadProgress(request.model, send, request.path)  # comments while it loads
         send = progress.send
     async with _reported(plugins, request, pool) as outcome:
         try:

@@ -23,11 +23,11 @@ import json
 import re
 from typing import Any
 
+from router.edge.sse import EventStream, json_payloads
 from router.hooks.plugin_types import Usage
 
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
-EVENT_BYTES = 256 * 1024  # an SSE line or event longer than this is skipped, not kept
 
 _USAGE_KEY = re.compile(r'"usage"\s*:\s*(?=\{)')
 _CONTENT_FIELDS = ("content", "reasoning_content", "tool_calls", "function_call", "refusal")
@@ -88,13 +88,10 @@ class _JsonBody:
 
 
 class _EventStream:
-    """Server-sent events, parsed one event at a time as their lines complete."""
+    """Server-sent events (``sse.py``), read one event at a time as they complete."""
 
     def __init__(self) -> None:
-        self._line = bytearray()  # the line being received
-        self._data = bytearray()  # the data lines of the event being received
-        self._is_line_dropped = False  # the line went past EVENT_BYTES: drop it to its end
-        self._is_event_dropped = False  # the event lost a line: drop it to its blank line
+        self._events = EventStream()
         self._is_ended = False
         self._saw_choices = False
         self._usage: Usage | None = None
@@ -102,30 +99,12 @@ class _EventStream:
         self._pieces = 0
 
     def feed(self, chunk: bytes) -> None:
-        start = 0
-        while (end := chunk.find(b"\n", start)) >= 0:
-            if self._is_line_dropped:
-                self._is_line_dropped = False
-            else:
-                line = chunk[start:end]
-                if self._line:
-                    line = bytes(self._line) + line
-                    self._line.clear()
-                self._take_line(line.removesuffix(b"\r"))
-            start = end + 1
-        if not self._is_line_dropped:
-            self._line += chunk[start:]
-            if len(self._line) > EVENT_BYTES:
-                self._line.clear()
-                self._is_line_dropped = True
-                self._drop_event()
+        self._take(self._events.feed(chunk))
 
     def usage(self) -> Usage | None:
         if not self._is_ended:  # a stream cut short: what it sent still counts
             self._is_ended = True
-            if not self._is_line_dropped:
-                self._take_line(bytes(self._line).removesuffix(b"\r"))
-            self._take_line(b"")
+            self._take(self._events.end())
         if self._usage is not None:
             return self._usage
         if self._timings is not None:
@@ -134,32 +113,12 @@ class _EventStream:
             return Usage(prompt_tokens=0, completion_tokens=self._pieces, total_tokens=self._pieces)
         return None
 
-    def _take_line(self, line: bytes) -> None:
-        if not line:
-            if self._data and not self._is_event_dropped:
-                self._take_event(bytes(self._data))
-            self._data.clear()
-            self._is_event_dropped = False
-        elif self._is_event_dropped:
-            return
-        elif line.startswith(b"data:"):
-            value = line[6:] if line.startswith(b"data: ") else line[5:]
-            if self._data:
-                self._data += b"\n"
-            self._data += value
-            if len(self._data) > EVENT_BYTES:
-                self._drop_event()
+    def _take(self, events: list[bytes]) -> None:
+        for payload in json_payloads(events):
+            if isinstance(payload, dict):
+                self._take_event(payload)
 
-    def _drop_event(self) -> None:
-        self._data.clear()
-        self._is_event_dropped = True
-
-    def _take_event(self, data: bytes) -> None:
-        if data == b"[DONE]":
-            return
-        payload = _json_or_none(data)
-        if not isinstance(payload, dict):
-            return
+    def _take_event(self, payload: dict[str, Any]) -> None:
         usage = _usage_object(payload.get("usage"))
         if usage is not None:
             self._usage = usage

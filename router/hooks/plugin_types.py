@@ -103,7 +103,7 @@ class ModelInfo:
     """Its effective child options by name (``ctx_size``, ``n_gpu_layers``...): router.toml
     ``[defaults]``, then its conf.d ``[args]``, then the router's command-line flags."""
     is_pinned: bool
-    """Whether it is never evicted (conf.d ``pinned = true``)."""
+    """Whether it is never evicted (conf.d ``pinned = true``, or ``POST /models/pin``)."""
 
 
 class PluginContext:

@@ -19,6 +19,16 @@ A model file (``conf.d/NAME.toml``)::
     [env]                         # environment for its process
     CUDA_VISIBLE_DEVICES = "0"
 
+A model served elsewhere, by any OpenAI-compatible server (no 'model', 'command', [args]...)::
+
+    url = "https://host:port"     # its root (or a base path): a request's path is appended
+    remote_model = "its-id"       # the id it knows the model by (default: this model's name)
+    api_key_env = "UPSTREAM_KEY"  # the variable holding its key, sent as Authorization: Bearer
+    tls_verify = true             # https: true (the system's CAs), false, or "ca.pem"
+    connect_timeout = 5           # seconds; also bounds each health check
+    timeout = 600                 # seconds of silence before a request fails (default: -to)
+    health = "/health"            # checked every --remote-interval seconds
+
 Nothing here raises for a bad file: every problem becomes a ``ConfigProblem`` with the file,
 the line where it can be found, and a message that says how to fix it.
 """
@@ -26,8 +36,10 @@ the line where it can be found, and a message that says how to fix it.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +47,7 @@ from typing import Any
 
 from router.child_options import CHILD_OPTIONS
 from router.errors import ConfigInvalid, RouterFileError
-from router.spec import ModelSpec
+from router.spec import ModelSpec, Peer, Upstream
 
 # Sizes past which a value is a mistake, not a configuration. Linux refuses any single argv or
 # environment string over 128 KiB (MAX_ARG_STRLEN), and all of them together over ARG_MAX.
@@ -49,6 +61,17 @@ MAX_QUEUE = 10**6
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEALTH_PATH = re.compile(r"/[\x21-\x7e]*")  # an HTTP path: printable ASCII, no spaces
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+# A server elsewhere: a conf.d 'url' model's keys, and a router.toml [[peers]] table's.
+UPSTREAM_KEYS: dict[str, type | tuple[type, ...]] = {
+    "url": str,
+    "name": str,
+    "api_key_env": str,
+    "tls_verify": (bool, str),
+    "connect_timeout": (int, float),
+    "timeout": (int, float),
+}
+_PEER_NAME = re.compile(r"[\w.:-]{1,64}")
 
 MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -64,7 +87,12 @@ MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_queue": int,
     "args": dict,
     "env": dict,
+    **{key: kind for key, kind in UPSTREAM_KEYS.items() if key != "name"},
+    "remote_model": str,
 }
+# Not for a 'url' model, which runs elsewhere: nothing here starts, stops or queues for it.
+LOCAL_ONLY_KEYS = ("model", "command", "args", "env", "ttl", "load_on_startup", "pinned",
+                   "stop_timeout", "max_queue")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,10 +180,7 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         expected = MODEL_KEYS.get(key)
         if expected is None:
             raise ConfigInvalid(f"unknown key {key!r}{_suggestion(key, MODEL_KEYS)}", key)
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise ConfigInvalid(
-                f"{key!r} must be {_type_name(expected)}, not {_toml_type(value)}", key
-            )
+        _check_type(key, value, expected)
     model_id = data.get("name", path.stem)
     if not _is_model_id(model_id):
         raise ConfigInvalid(
@@ -163,6 +188,11 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
             f"{MAX_ID_BYTES} bytes at most",
             "name",
         )
+    if "url" in data:
+        return _remote_spec_from(data, path, model_id)
+    for key in ("remote_model", *UPSTREAM_KEYS):
+        if key in data and key != "name":
+            raise ConfigInvalid(f"{key!r} is for a model served elsewhere: set 'url' too", key)
     has_model, has_command = "model" in data, "command" in data
     model_path = None  # neither: it configures the --models-dir model of the same id
     if has_model:
@@ -231,6 +261,142 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         args=checked_child_options(data.get("args", {})),
         env=env,
     )
+
+
+def _check_type(key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    allows_bool = expected is bool or (isinstance(expected, tuple) and bool in expected)
+    if not isinstance(value, expected) or (not allows_bool and isinstance(value, bool)):
+        raise ConfigInvalid(f"{key!r} must be {_type_name(expected)}, not {_toml_type(value)}", key)
+
+
+def _remote_spec_from(data: Mapping[str, Any], path: Path, model_id: str) -> ModelSpec:
+    """A 'url' model: served elsewhere, so none of the keys that start or queue it apply."""
+    for key in LOCAL_ONLY_KEYS:
+        if key in data:
+            raise ConfigInvalid(
+                f"{key!r} does not apply to a 'url' model, which runs on its own server: "
+                "remove one of them",
+                key,
+            )
+    remote_model = data.get("remote_model", model_id)
+    if not remote_model or len(remote_model) > MAX_ID_BYTES or not remote_model.isprintable():
+        raise ConfigInvalid("'remote_model' must be the id the server knows it by", "remote_model")
+    health = data.get("health", "/health")
+    if not _HEALTH_PATH.fullmatch(health) or len(health) > 2048:
+        raise ConfigInvalid(
+            f"'health' {_shown(health)} must be an HTTP path: it starts with / and holds no "
+            "spaces or control characters",
+            "health",
+        )
+    if len(data.get("description", "")) > MAX_DESCRIPTION_CHARS:
+        raise ConfigInvalid(
+            f"'description' may be {MAX_DESCRIPTION_CHARS} characters long at most", "description"
+        )
+    aliases = tuple(data.get("aliases", ()))
+    if not all(isinstance(alias, str) and _is_model_id(alias) for alias in aliases):
+        raise ConfigInvalid("'aliases' must be a list of model names", "aliases")
+    return ModelSpec(
+        id=model_id,
+        path=None,
+        aliases=aliases,
+        source="file",
+        source_file=path,
+        description=data.get("description", ""),
+        health=health,
+        upstream=upstream_from(data, path.parent, model=remote_model),
+    )
+
+
+def upstream_from(data: Mapping[str, Any], folder: Path, *, model: str = "") -> Upstream:
+    """A server elsewhere (a 'url' model, a [[peers]] table), checked; raise ConfigInvalid
+    naming the key at fault. A relative ``tls_verify`` CA file is found in ``folder``."""
+    for key, expected in UPSTREAM_KEYS.items():
+        if key in data:
+            _check_type(key, data[key], expected)
+    url = checked_url(data.get("url"))
+    key_env = data.get("api_key_env")
+    if key_env is not None:
+        if not _ENV_NAME.fullmatch(key_env):
+            raise ConfigInvalid(
+                f"'api_key_env' {_shown(key_env)} must name an environment variable (letters, "
+                "digits and _): the key itself never goes in a file",
+                "api_key_env",
+            )
+        if not os.environ.get(key_env):
+            raise ConfigInvalid(
+                f"'api_key_env' names {key_env}, which is not set (or empty) in the router's "
+                "environment: set it before starting the router",
+                "api_key_env",
+            )
+    given = data.get("tls_verify", True)
+    tls_verify: bool | Path = given
+    if isinstance(given, str):
+        tls_verify = (folder / given).resolve()
+        if not tls_verify.is_file():
+            raise ConfigInvalid(
+                f"'tls_verify' {data['tls_verify']!r}: no such CA file ({tls_verify}); give "
+                "true, false or the path of a PEM file",
+                "tls_verify",
+            )
+    seconds: dict[str, float] = {}
+    for key in ("connect_timeout", "timeout"):
+        if key in data:
+            if not 0 < data[key] <= MAX_SECONDS:
+                raise ConfigInvalid(f"{key!r} must be a number of seconds above 0", key)
+            seconds[key] = float(data[key])
+    return Upstream(
+        url=url,
+        model=model,
+        api_key_env=key_env,
+        tls_verify=tls_verify,
+        connect_timeout_s=seconds.get("connect_timeout", Upstream.connect_timeout_s),
+        timeout_s=seconds.get("timeout"),
+    )
+
+
+def checked_url(url: Any) -> str:
+    """``url`` if it is ``http(s)://host[:port][/base]``; else ConfigInvalid saying why."""
+    if not isinstance(url, str) or not url:
+        raise ConfigInvalid("'url' must be a string: http://host:port or https://host:port", "url")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise ConfigInvalid(f"'url' {_shown(url)} is not a URL: {exc}", "url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigInvalid(
+            f"'url' {_shown(url)} must start with http:// or https:// and name a host", "url"
+        )
+    if parsed.username is not None or parsed.password is not None:
+        raise ConfigInvalid(
+            "'url' must not hold a user or password: put the key in the variable that "
+            "'api_key_env' names",
+            "url",
+        )
+    if parsed.query or parsed.fragment or not _HEALTH_PATH.fullmatch(parsed.path or "/"):
+        raise ConfigInvalid(
+            f"'url' {_shown(url)} may have a base path, but no query, fragment or spaces", "url"
+        )
+    del port  # read only to check it
+    return url.rstrip("/")
+
+
+def peer_from(data: Mapping[str, Any], folder: Path) -> Peer:
+    """One ``[[peers]]`` table (or ``--peer [NAME=]URL``); raise ConfigInvalid."""
+    unknown = set(data) - set(UPSTREAM_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        hint = _suggestion(key, UPSTREAM_KEYS)
+        raise ConfigInvalid(f"unknown key {key!r} in [[peers]]{hint}", key)
+    upstream = upstream_from(data, folder)
+    name = data.get("name") or urllib.parse.urlsplit(upstream.url).hostname or ""
+    if not _PEER_NAME.fullmatch(name):
+        raise ConfigInvalid(
+            f"peer name {_shown(name)} may hold only letters, digits and . _ - : (its models "
+            "are listed as NAME/model)",
+            "name",
+        )
+    return Peer(name=name, upstream=upstream)
 
 
 def checked_environment(env: Mapping[str, Any]) -> dict[str, str]:
@@ -311,6 +477,7 @@ class RouterFile:
     router: dict[str, Any]
     defaults: dict[str, Any]
     plugins: list[str] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)  # [[peers]]: routers whose models we list
 
 
 def read_router_file(path: Path) -> RouterFile:
@@ -320,7 +487,7 @@ def read_router_file(path: Path) -> RouterFile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RouterFileError(f"{path}: {exc}") from exc
-    unknown = set(data) - {"router", "defaults", "plugins"}
+    unknown = set(data) - {"router", "defaults", "plugins", "peers"}
     if unknown:
         raise RouterFileError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}")
     try:
@@ -331,7 +498,16 @@ def read_router_file(path: Path) -> RouterFile:
     plugins = data.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise RouterFileError(f"{path}: 'plugins' must be a list of module names or .py paths")
-    return RouterFile(router=router, defaults=defaults, plugins=plugins)
+    tables = data.get("peers", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RouterFileError(f"{path}: 'peers' must be tables: [[peers]] with url = \"...\"")
+    peers = []
+    for number, table in enumerate(tables, start=1):
+        try:
+            peers.append(peer_from(table, path.parent))
+        except ConfigInvalid as exc:
+            raise RouterFileError(f"{path}: [[peers]] number {number}: {exc.message}") from exc
+    return RouterFile(router=router, defaults=defaults, plugins=plugins, peers=peers)
 
 
 def _suggestion(key: str, known: Iterable[str]) -> str:
@@ -346,7 +522,7 @@ def _type_name(expected: Any) -> str:
     names = {str: "a string", list: "a list", bool: "true or false", dict: "a table",
              int: "an integer", float: "a number"}  # fmt: skip
     if isinstance(expected, tuple):
-        return "a number"
+        return "true, false or a string" if bool in expected else "a number"
     return names.get(expected, str(expected))
 
 
@@ -393,7 +569,7 @@ def merge_catalog(
     specs = dict(dir_specs)
     problems = dict(scan.problems)
     for model_id, spec in scan.specs.items():
-        if spec.path is None and spec.command is None:
+        if spec.path is None and spec.command is None and spec.upstream is None:
             found = dir_specs.get(model_id)
             if found is None:
                 problems[model_id] = ConfigProblem(

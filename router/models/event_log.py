@@ -15,6 +15,7 @@ from typing import Any
 
 from router.models.events import (
     MODEL_ADD,
+    MODEL_PIN,
     MODEL_REMOVE,
     MODEL_STATUS,
     MODELS_RELOAD,
@@ -56,6 +57,9 @@ class LifecycleLog:
         elif event.event in (MODEL_ADD, MODEL_REMOVE):
             if self.has_listed:
                 log.info("model %s %s", model, "added" if event.event == MODEL_ADD else "removed")
+        elif event.event == MODEL_PIN:
+            how = "pinned" if data.get("pinned") else "unpinned"
+            log.info("model %s %s until the router restarts", model, how)
         elif event.event == MODEL_STATUS:
             log.info("loading model %s%s", model, " (a restart)" if data.get("restart") else "")
         elif event.event == STATUS_CHANGE:

@@ -32,6 +32,8 @@ The contract (other code and other programs read exactly these names):
     signal 9 (SIGKILL)"``, the child's last error line...), ``"signal": N`` when a signal
     killed it, and ``"was_loading": bool`` (it failed to load, rather than crashed).
 
+* ``model_pin`` ``{"pinned": bool}`` (ours): the model was pinned or unpinned at run time
+  (``POST /models/pin``); a pinned model is never evicted nor unloaded when idle.
 * ``model_add`` / ``model_remove`` (no data): a rescan listed a new model, or delisted one.
 * ``models_reload`` (``model`` is ``"*"``, no data): after each rescan of the model list.
 * ``log`` ``{"line": ..., "stream": "stderr"}`` (ours): one line a child printed, only to
@@ -53,6 +55,7 @@ log = logging.getLogger("router.models.events")
 # Event names, llama.cpp's where it has one.
 MODEL_STATUS = "model_status"  # a load starts: {"status": "loading"}
 STATUS_CHANGE = "status_change"  # any later status: {"status": ..., ...}
+MODEL_PIN = "model_pin"  # ours: pinned or unpinned at run time: {"pinned": bool}
 MODEL_ADD = "model_add"  # ours: a model was listed (a new file in --models-dir or conf.d)
 MODEL_REMOVE = "model_remove"  # a model was delisted
 MODELS_RELOAD = "models_reload"  # the list was read again; model is "*"

@@ -36,6 +36,7 @@ from router.models.events import (
     ALL_MODELS,
     LOG_LINE,
     MODEL_ADD,
+    MODEL_PIN,
     MODEL_REMOVE,
     MODEL_STATUS,
     MODELS_RELOAD,
@@ -50,6 +51,7 @@ from router.models.events import (
     EventHub,
 )
 from router.models.pool_hooks import PoolHooks
+from router.models.remote import refuse_remote, remote_lease
 from router.models.scheduler import (
     ModelView,
     Status,
@@ -148,6 +150,13 @@ class ModelPool:
                 self.events.publish(Event(model_id, MODEL_ADD))
                 continue
             state.config_error = ""
+            if state.status is Status.REMOTE or (spec.upstream and state.status is Status.UNLOADED):
+                if spec != state.spec:  # nothing runs here: new settings apply at once
+                    self._close_remote(state)
+                    self.models[model_id] = ModelState(spec)
+                continue
+            if spec.is_pinned != (state.pending_spec or state.spec).is_pinned:
+                state.pinned_at_run_time = None  # the file's new word on it wins
             if spec != state.spec:
                 state.pending_spec = spec
                 self._apply_pending_spec(state)
@@ -169,14 +178,23 @@ class ModelPool:
 
     def _retire(self, state: ModelState) -> None:
         state.is_retired = True
+        state.pinned_at_run_time = None  # listed again, it starts from its file's settings
         self.events.publish(Event(state.spec.id, MODEL_REMOVE))
         gone = ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
         for waiter in [w for w in self._queue if w.model == state.spec.id]:
             self._finish(waiter, gone)
-        if state.status is Status.UNLOADED:
+        if state.status in (Status.UNLOADED, Status.REMOTE):
+            self._close_remote(state)
             del self.models[state.spec.id]
         elif state.status in (Status.LOADED, Status.LOADING):
             self._begin_unload(state, UNLOAD_REMOVED)
+
+    def _close_remote(self, state: ModelState) -> None:
+        """Close a remote model's idle connections (ones in use close when their answer is
+        done): its settings changed, or it is gone."""
+        if state.status is Status.REMOTE and state.client is not None and self._nursery:
+            self._nursery.start_soon(state.client.aclose)
+            state.client = None
 
     async def run_idle_timers(self) -> None:
         """Unload each model once it has been idle for its ``ttl``; runs until cancelled.
@@ -225,6 +243,10 @@ class ModelPool:
         """
         if state.is_retired or self.models.get(state.spec.id) is not state:
             raise ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
+        if state.status is Status.REMOTE:  # served elsewhere: no queue, no slot, no load
+            async with remote_lease(state, self._clock) as connections:
+                yield connections
+            return
         if state.status is not Status.LOADED and not autoload:
             raise Unavailable(
                 f"model {state.spec.id!r} is {state.status.value} and autoload is off: "
@@ -279,8 +301,10 @@ class ModelPool:
         """Start loading ``state``'s model in the background (``POST /models/load``).
 
         ``extra_args`` (already checked against the allowlist) apply from this start on;
-        a model that runs with other arguments must be unloaded first (Conflict).
+        a model that runs with other arguments must be unloaded first (Conflict); a remote
+        model is not the router's to load (InvalidRequest).
         """
+        refuse_remote(state, "load")
         if state.status is Status.UNLOADED:
             state.extra_args = extra_args
         elif extra_args and extra_args != state.running_extra_args:
@@ -311,8 +335,19 @@ class ModelPool:
         state.keep_alive_s = seconds
         self._changed.set()  # the idle timers take the new deadline now
 
+    def set_pinned(self, state: ModelState, pinned: bool) -> None:
+        """Pin ``state``'s model (never evicted nor unloaded when idle) or unpin it, at run
+        time (``POST /models/pin``): kept in memory until the router restarts or the model's
+        file changes its ``pinned``. Unpinning may free the slot a queued request waits for."""
+        was_pinned = state.is_pinned
+        state.pinned_at_run_time = None if pinned == state.spec.is_pinned else pinned
+        if state.is_pinned != was_pinned:
+            self.events.publish(Event(state.spec.id, MODEL_PIN, {"pinned": state.is_pinned}))
+        self._reschedule()
+
     def request_unload(self, state: ModelState) -> None:
         """Stop ``state``'s child gracefully (``POST /models/unload``)."""
+        refuse_remote(state, "unload")
         if state.status in (Status.LOADED, Status.LOADING):
             self._begin_unload(state, UNLOAD_REQUESTED)
 

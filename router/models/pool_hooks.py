@@ -57,7 +57,7 @@ class PoolHooks:
             in_flight=state.in_flight,
             last_used=state.last_used,
             args=effective_child_options(state.spec, self._child_defaults, self._child_options),
-            is_pinned=state.spec.is_pinned,
+            is_pinned=state.is_pinned,
         )
 
     def catalog(self) -> Mapping[str, ModelInfo]:

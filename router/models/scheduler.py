@@ -9,6 +9,7 @@ The rules:
   taken; else a slot already being freed (a model unloading) is waited for; else one idle model is
   evicted (least recently used by default; a model with requests in flight or pinned is never
   evicted). Several requests that free the same slot cause one eviction, not several.
+* An idle model is unloaded once its ttl runs out, unless it is pinned.
 * The queue is first in, first out: a request that needs a slot and cannot have one (every
   model busy or pinned) makes the requests behind it that need slots wait too (requests for
   loaded models still pass).
@@ -30,9 +31,11 @@ class Status(enum.StrEnum):
     LOADING = "loading"
     LOADED = "loaded"
     UNLOADING = "unloading"
+    REMOTE = "remote"  # served elsewhere (models/remote.py): never loaded, never holds a slot
 
 
 HOLDS_A_SLOT = frozenset({Status.LOADING, Status.LOADED, Status.UNLOADING})
+NEEDS_NO_LOAD = frozenset({Status.LOADED, Status.REMOTE})  # a request for it waits for no load
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,13 @@ def plan(
 def idle_expired(models: Sequence[ModelView], now: float) -> tuple[list[str], float]:
     """The idle models whose ttl has run out, and when the next one will (inf: none).
 
-    Idle time counts from the end of the last request, never from its start.
+    Idle time counts from the end of the last request, never from its start. A pinned model
+    never expires (it may have a ttl from its file and a pin from ``POST /models/pin``).
     """
     expired: list[str] = []
     next_deadline = math.inf
     for model in models:
-        if model.ttl_s <= 0 or not model.is_idle:
+        if model.ttl_s <= 0 or model.is_pinned or not model.is_idle:
             continue
         deadline = model.last_used + model.ttl_s
         if deadline <= now:

@@ -16,6 +16,15 @@ RECENT_LINES = 500  # a model's last lines of output kept for GET /models/logs
 AT_ONCE_S = 1e-9  # the ttl of "as soon as it is idle": a ttl of 0 means never
 
 
+@dataclass(frozen=True)
+class UpstreamHealth:
+    """The last check of a remote model's server (or of the peer that lists it)."""
+
+    checked_at: float  # wall-clock seconds (time.time())
+    is_ok: bool
+    error: str = ""  # why not, in words; never the key
+
+
 @dataclass
 class ModelState:
     """One model as the router knows it: what ``GET /models`` shows."""
@@ -47,6 +56,24 @@ class ModelState:
     # A client's idle ttl for the child running now (Ollama's keep_alive), forgotten when it
     # exits: None: the spec's ttl; inf: never unloaded; 0: unloaded as soon as it is idle.
     keep_alive_s: float | None = None
+    # Pinned or unpinned at run time (POST /models/pin), when that differs from its conf.d
+    # ``pinned``; None: as the file says. Kept in memory only: the router's restart forgets
+    # it, and so does a change of ``pinned`` in the model's file (the pool's apply_catalog).
+    pinned_at_run_time: bool | None = None
+    # A remote model's last health check (models/remote.py); None: not checked yet.
+    health: UpstreamHealth | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec.upstream is not None:
+            self.status = Status.REMOTE
+
+    @property
+    def is_pinned(self) -> bool:
+        """Whether it is never evicted nor unloaded when idle: the run-time pin, else the
+        file's ``pinned``."""
+        if self.pinned_at_run_time is not None:
+            return self.pinned_at_run_time
+        return self.spec.is_pinned
 
     @property
     def idle_ttl_s(self) -> float:
@@ -63,7 +90,7 @@ class ModelState:
             status=self.status,
             in_flight=self.in_flight,
             last_used=self.last_used,
-            is_pinned=self.spec.is_pinned,
+            is_pinned=self.is_pinned,
             retry_at=self.retry_at,
             ttl_s=self.idle_ttl_s,
         )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import trio
 
 from router.child_options import child_argv
-from router.processes import lifeline
+from router.processes import lifeline, resident
 from router.processes.child_process import Child, each_line
 from router.spec import ModelSpec
 
@@ -126,11 +126,5 @@ async def assign_to_spare(process: trio.Process, child: Child) -> bool:
 
 def resident_mib(pid: int) -> int | None:
     """The resident memory of process ``pid`` in MiB (Linux), or None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        return None
-    return None
+    rss = resident.resident_bytes(pid)
+    return None if rss is None else rss // 2**20

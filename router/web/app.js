@@ -11,6 +11,8 @@
   const POLL_MS = 2000; // when the router has no event stream
   const POLLS_BEFORE_RETRY = 15; // then ask for the event stream again
   const MAX_LOG_LINES = 5000;
+  const AGE_REDRAW_MS = 5000; // how often "last used ... ago" is redrawn
+  const SEAM_MS = 500; // how long live log lines wait for the recent ones they may repeat
   const SOURCES = { dir: "models folder", file: "conf.d" };
   const SIGNALS = { 1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM" };
 
@@ -97,10 +99,11 @@
   }
 
   /**
-   * Calls onData(text) for each server-sent event's data, until the stream ends.
-   * Accepts \n and \r\n line ends; ignores comments, ids and event names.
+   * Calls onData(text) for each server-sent event's data, until the stream ends, and
+   * onComment(text) for each comment (": subscribed" says no event from then on is lost).
+   * Accepts \n and \r\n line ends; ignores ids and event names.
    */
-  async function readEvents(response, onData) {
+  async function readEvents(response, onData, onComment = () => {}) {
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let data = [];
@@ -117,6 +120,8 @@
           data = [];
         } else if (line.startsWith("data:")) {
           data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+        } else if (line.startsWith(":")) {
+          onComment(line.slice(1).trim());
         }
       }
     }
@@ -217,11 +222,17 @@
     return bytes(memory);
   }
 
+  /** Whether a model is pinned now (by its file, or at run time: POST /models/pin). */
+  function isPinned(entry) {
+    return Boolean(entry.pinned ?? entry.settings?.pinned);
+  }
+
   function modelCell(entry) {
-    const settings = entry.settings || {};
+    const fromFile = Boolean(entry.settings?.pinned);
+    const title = `never evicted nor unloaded when idle (${fromFile ? "its conf.d file says pinned" : "pinned here, until the router restarts"})`;
     const cell = el("td", {},
       el("div", { class: "model-id", text: entry.id },
-        settings.pinned ? el("span", { class: "tag", text: "pinned", title: "kept loaded (conf.d: pinned)" }) : null),
+        isPinned(entry) ? el("span", { class: "tag pinned", text: "pinned", title }) : null),
     );
     if (entry.aliases && entry.aliases.length) {
       cell.append(el("div", { class: "detail", text: `aliases: ${entry.aliases.join(", ")}` }));
@@ -261,6 +272,15 @@
     const unload = el("button", { type: "button", class: "unload", text: "Unload" });
     unload.disabled = name === "unloaded" || name === "unloading";
     unload.addEventListener("click", () => act(entry.id, "unload", unload));
+    const pinned = isPinned(entry);
+    const pin = el("button", {
+      type: "button",
+      class: "pin",
+      text: pinned ? "Unpin" : "Pin",
+      title: pinned ? "let it be evicted and unloaded when idle again" : "never evict it nor unload it when idle (until the router restarts)",
+    });
+    pin.setAttribute("aria-pressed", String(pinned));
+    pin.addEventListener("click", () => act(entry.id, "pin", pin, { pinned: !pinned }));
     const logs = el("button", { type: "button", class: "logs", text: "Logs" });
     logs.addEventListener("click", () => followLogs(entry.id));
     const chat = el("button", { type: "button", class: "chat", text: "Chat" });
@@ -268,7 +288,7 @@
       $("chat-model").value = entry.id;
       $("chat-input").focus();
     });
-    cell.append(load, " ", unload, " ", logs, " ", chat, el("div", { class: "reason action-error" }));
+    cell.append(load, " ", unload, " ", pin, " ", logs, " ", chat, el("div", { class: "reason action-error" }));
     return cell;
   }
 
@@ -279,7 +299,7 @@
       modelCell(entry),
       statusCell(entry),
       el("td", { class: "requests", text: requests }),
-      el("td", { class: "last-used", text: lastUsed(entry) }),
+      el("td", { class: "last-used", text: lastUsed(entry), "data-last-used": String(entry.last_used ?? "") }),
       el("td", { class: "memory", text: memoryOf(entry) }),
       actionsCell(entry),
     );
@@ -314,9 +334,16 @@
     const table = $("models");
     table.classList.toggle("has-last-used", entries.some((entry) => typeof entry.last_used === "number"));
     table.classList.toggle("has-memory", entries.some((entry) => (entry.memory ?? entry.status?.memory) != null));
-    $("spares").textContent = spares.length ? `${spares.length} spare process${spares.length > 1 ? "es" : ""} waiting` : "";
+    $("spares").textContent = spares.length ? sparesText(spares) : "";
     fillChoices($("chat-model"), entries, false);
     fillChoices($("logs-model"), entries, true);
+  }
+
+  /** The waiting spare children, and the memory they hold while they wait. */
+  function sparesText(spares) {
+    const held = spares.map((spare) => spare.rss_mib).filter((mib) => typeof mib === "number");
+    const memory = held.length ? ` (${bytes(held.reduce((sum, mib) => sum + mib, 0) * 2 ** 20)})` : "";
+    return `${spares.length} spare process${spares.length > 1 ? "es" : ""} waiting${memory}`;
   }
 
   function fillChoices(select, entries, withNone) {
@@ -328,13 +355,13 @@
     if (ids.includes(chosen) || (withNone && chosen === "")) select.value = chosen;
   }
 
-  async function act(model, action, button) {
+  async function act(model, action, button, fields = {}) {
     button.disabled = true;
     const row = rows.get(model);
     const problem = row?.querySelector(".action-error");
     if (problem) problem.textContent = "";
     try {
-      const response = await postJson(`/models/${action}`, { model });
+      const response = await postJson(`/models/${action}`, { model, ...fields });
       if (!response.ok) throw new Error(await problemOf(response));
     } catch (error) {
       const current = rows.get(model)?.querySelector(".action-error");
@@ -415,6 +442,43 @@
     return items.map((item) => (typeof item === "string" ? item : String(item?.line ?? item?.text ?? "")));
   }
 
+  /** The log lines the view shows now (its model's own lines, not the router's events). */
+  function shownLines() {
+    return Array.from($("logs").querySelectorAll("div.line"), (line) => line.textContent);
+  }
+
+  /**
+   * The part of `incoming` that is not already at the end of `shown`: where the two overlap
+   * (the end of `shown` is a stretch of `incoming`), what comes after the last such stretch.
+   */
+  function unseen(shown, incoming) {
+    for (let end = incoming.length; end > 0; end -= 1) {
+      const overlap = Math.min(end, shown.length);
+      if (overlap === 0) break;
+      let isSame = true;
+      for (let i = 1; i <= overlap && isSame; i += 1) isSame = shown[shown.length - i] === incoming[end - i];
+      if (isSame) return incoming.slice(end);
+    }
+    return incoming;
+  }
+
+  async function readRecent(model, signal) {
+    const recent = await api(`/models/logs?model=${encodeURIComponent(model)}`, { signal });
+    if (!recent.ok) {
+      await recent.body?.cancel();
+      return [];
+    }
+    const type = recent.headers.get("Content-Type") || "";
+    return type.includes("json") ? recentLines(await recent.json()) : (await recent.text()).split("\n").filter(Boolean);
+  }
+
+  /**
+   * Follow a model's log: subscribe to its live lines first, and only once the stream says it
+   * is subscribed read its recent lines, so that no line printed in between is lost. Such a
+   * line is in both: the live ones are held until the recent ones are shown and SEAM_MS more
+   * (a live line sent before the recent ones may reach the page after them), then shown but
+   * for those that repeat the end of what is shown. Reconnects the same way.
+   */
   async function followLogs(model) {
     logsFollowing?.abort();
     $("logs").replaceChildren();
@@ -425,28 +489,51 @@
     logsFollowing = following;
     const { signal } = following;
     try {
-      const recent = await api(`/models/logs?model=${encodeURIComponent(model)}`, { signal });
-      if (recent.ok) {
-        const type = recent.headers.get("Content-Type") || "";
-        const lines = type.includes("json") ? recentLines(await recent.json()) : (await recent.text()).split("\n").filter(Boolean);
-        for (const line of lines) appendLog(line, "line");
-      } else {
-        await recent.body?.cancel();
-      }
       while (!signal.aborted) {
         const stream = await api(`/models/sse?logs=1&model=${encodeURIComponent(model)}`, { signal, headers: { Accept: "text/event-stream" } });
         if (!isEventStream(stream)) {
           await stream.body?.cancel();
+          for (const line of unseen(shownLines(), await readRecent(model, signal))) appendLog(line, "line");
           $("logs-status").textContent = "this router sends no live log lines";
           return;
         }
-        $("logs-status").textContent = "following";
-        await readEvents(stream, (data) => {
-          const event = JSON.parse(data);
-          if (event.model !== model && event.model !== "*") return;
-          if (event.event === "log") appendLog(String(event.data?.line ?? ""), "line");
-          else appendLog(`[${event.event}] ${event.data?.status ?? ""} ${eventDetail(event.data)}`.trim(), "event");
-        }).catch(() => {});
+        let held = []; // what came live before the seam was closed; null after
+        let joining = null;
+        const join = async () => {
+          for (const line of unseen(shownLines(), await readRecent(model, signal))) appendLog(line, "line");
+          await sleep(SEAM_MS);
+          if (signal.aborted) return;
+          const live = held.filter((item) => item.kind === "line").map((item) => item.text);
+          let repeats = live.length - unseen(shownLines(), live).length;
+          for (const item of held) {
+            if (item.kind === "line" && repeats > 0) repeats -= 1;
+            else appendLog(item.text, item.kind);
+          }
+          held = null;
+          $("logs-status").textContent = "following";
+        };
+        const startJoining = () => {
+          joining = joining || join().catch((error) => {
+            if (!signal.aborted) $("logs-status").textContent = `cannot read the recent lines: ${error.message}`;
+          });
+        };
+        await readEvents(
+          stream,
+          (data) => {
+            startJoining(); // a router that does not say it is subscribed: it is, by now
+            const event = JSON.parse(data);
+            if (event.model !== model && event.model !== "*") return;
+            const item = event.event === "log"
+              ? { text: String(event.data?.line ?? ""), kind: "line" }
+              : { text: `[${event.event}] ${event.data?.status ?? ""} ${eventDetail(event.data)}`.trim(), kind: "event" };
+            if (held) held.push(item);
+            else appendLog(item.text, item.kind);
+          },
+          (comment) => {
+            if (comment === "subscribed") startJoining();
+          },
+        ).catch(() => {});
+        await joining;
         if (!signal.aborted) {
           $("logs-status").textContent = "reconnecting";
           await sleep(POLL_MS);
@@ -460,6 +547,7 @@
   function eventDetail(data) {
     if (!data) return "";
     if (data.failed) return failureReason(data);
+    if (typeof data.pinned === "boolean") return data.pinned ? "pinned" : "unpinned";
     if (typeof data.load_s === "number") return `(${data.load_s.toFixed(2)} s)`;
     return data.reason ? String(data.reason) : "";
   }
@@ -579,5 +667,10 @@
     $("logs-clear").addEventListener("click", () => $("logs").replaceChildren());
     refreshModels().then(showVersion);
     followModelEvents();
+    setInterval(() => { // "5 s ago" grows older without any event to redraw it
+      for (const cell of document.querySelectorAll("td.last-used[data-last-used]")) {
+        cell.textContent = lastUsed({ last_used: Number(cell.dataset.lastUsed) || null });
+      }
+    }, AGE_REDRAW_MS);
   });
 })();

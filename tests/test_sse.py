@@ -1,0 +1,54 @@
+"""The edge's one Server-Sent Events parser (router/edge/sse.py)."""
+
+from __future__ import annotations
+
+from router.edge.sse import EVENT_BYTES, EventStream, json_payloads
+
+WIRE = (
+    b": a comment\n\n"
+    b'data: {"a": 1}\r\n\r\n'
+    b"event: named\ndata: first\ndata:second\n\n"
+    b"id: 7\n\n"  # no data: no event
+    b"data: [DONE]\n\n"
+)
+
+
+def test_events_are_the_same_whatever_the_pieces() -> None:
+    for size in (1, 2, 5, len(WIRE)):
+        events = EventStream()
+        data = [
+            event
+            for start in range(0, len(WIRE), size)
+            for event in events.feed(WIRE[start : start + size])
+        ]
+        assert data == [b'{"a": 1}', b"first\nsecond", b"[DONE]"]
+        assert events.end() == []
+
+
+def test_a_stream_cut_short_gives_its_unfinished_event_at_the_end() -> None:
+    events = EventStream()
+    assert events.feed(b'data: {"a": 1}\n\ndata: {"b"') == [b'{"a": 1}']
+    assert events.feed(b": 2}") == []
+    assert events.end() == [b'{"b": 2}']
+
+
+def test_payloads_skip_done_and_what_is_not_json() -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000  # deeper than the parser goes: skipped, not raised
+    assert list(json_payloads([b'{"a": 1}', b"[DONE]", b"not json", nested, b"2"])) == [
+        {"a": 1},
+        2,
+    ]
+
+
+def test_a_huge_event_is_dropped_and_the_next_one_kept() -> None:
+    events = EventStream()
+    huge = b"data: " + b"x" * (2 * EVENT_BYTES)
+    kept = [
+        event
+        for start in range(0, len(huge), 4096)
+        for event in events.feed(huge[start : start + 4096])
+    ]
+    kept += events.feed(b"\n\ndata: still here\n\n")  # its own event: after a blank line
+    assert kept == [b"still here"]
+    events.feed(b"data: " + b"y" * (EVENT_BYTES // 2) + b"\n")
+    assert events.feed(b"data: " + b"z" * (EVENT_BYTES // 2) + b"\n\ndata: next\n\n") == [b"next"]
