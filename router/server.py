@@ -162,7 +162,7 @@ async def serve_router(
                     pool.request_load(state, chores)
             async with trio.open_nursery() as background:
                 background.start_soon(pool.run_idle_timers)
-                background.start_soon(remotes.run, lambda: pool.models, relist)
+                background.start_soon(remotes.run, lambda: pool.models, relist, pool.events)
                 background.start_soon(_rescan_on_sighup, rescan)
                 watcher = None
                 if settings.conf_dir is not None:

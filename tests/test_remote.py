@@ -34,6 +34,7 @@ from router.models.scheduler import Status
 from router.models.state import ModelState, UpstreamHealth
 from router.spec import ModelSpec, Peer, Upstream
 from tests.processes import RouterProcess, running_child, running_router
+from tests.test_events_e2e import EventReader
 from tests.test_router_e2e import wait_until
 
 BACK_KEY = "back-secret-key-0123"
@@ -215,6 +216,8 @@ def test_front_survives_the_back_router_killed_and_restarted(
     ) as front:  # fmt: skip
         wait_until(lambda: "back/tiny" in entries(front, FRONT_KEY), "back/tiny is listed")
         assert chat(front, "back/tiny", FRONT_KEY).choices
+        auth = {"Authorization": f"Bearer {FRONT_KEY}"}
+        events = EventReader(f"{front.base_url}/models/sse", auth).start()
 
         os.killpg(back.process.pid, signal.SIGKILL)
         back.process.wait(timeout=BOUNDED_S)
@@ -232,6 +235,8 @@ def test_front_survives_the_back_router_killed_and_restarted(
             chat(front, "back/tiny", FRONT_KEY)
         assert refused.value.status_code == 503
         assert "unavailable" in refused.value.message
+        gone = events.find("back/tiny", status="remote", available=False)  # live, for the page
+        assert gone is not None and "did not answer" in gone["data"]["reason"], events.events
 
         with running_router(tiny_model.parent, *back_args):
 
@@ -240,6 +245,8 @@ def test_front_survives_the_back_router_killed_and_restarted(
 
             wait_until(is_available, "back/tiny is available again", timeout_s=BOUNDED_S)
             assert chat(front, "back/tiny", FRONT_KEY).choices
+            back_again = events.seen("back/tiny", status="remote", available=True)
+            wait_until(back_again, "the event saying it is back", timeout_s=BOUNDED_S)
 
 
 def test_reload_lists_a_peer_at_once_and_ps_shows_its_models(
@@ -498,8 +505,6 @@ def test_peer_models_are_named_after_the_peer_and_a_local_model_wins() -> None:
 
 def write_tls_files(folder: Path) -> tuple[Path, Path, Path]:
     """A CA (ca.pem) and a certificate it signed for 127.0.0.1 (cert.pem, key.pem)."""
-    crypto = pytest.importorskip("cryptography")
-    del crypto
     import datetime
     import ipaddress
 

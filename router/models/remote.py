@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from router.errors import InvalidRequest, Unavailable, WireError
+from router.models.events import STATUS_CHANGE, Event, EventHub
 from router.models.state import ModelState, UpstreamHealth
 from router.processes.wire import ChildConnections, RequestBody
 from router.spec import ModelSpec, Peer, Upstream
@@ -211,16 +212,33 @@ class RemoteUpstreams:
         self._wanted.set()
 
     async def run(
-        self, models: Callable[[], Mapping[str, ModelState]], relist: Callable[[], None]
+        self,
+        models: Callable[[], Mapping[str, ModelState]],
+        relist: Callable[[], None],
+        events: EventHub | None = None,
     ) -> None:
         """Check and list every ``interval_s`` (or when asked) until cancelled.
 
         ``models`` are the pool's; ``relist`` is called when a peer's list of models changed
-        (it rescans, so that ``specs`` reach the pool). Every check is bounded by its
+        (it rescans, so that ``specs`` reach the pool). A model that became available or
+        unavailable is published on ``events`` (``status_change``, status ``remote``), so the
+        page and ``/models/sse`` readers see it without polling. Every check is bounded by its
         upstream's ``connect_timeout``. Cancellation: returns; checks under way are dropped.
         """
         while True:
+            before = {model_id: unavailable_reason(state) for model_id, state in models().items()}
             await self.refresh(models, relist)
+            if events is not None:
+                for model_id, state in models().items():
+                    if state.spec.upstream is None:
+                        continue
+                    reason = unavailable_reason(state)
+                    if model_id in before and (before[model_id] is None) == (reason is None):
+                        continue
+                    data: dict[str, Any] = {"status": "remote", "available": reason is None}
+                    if reason is not None:
+                        data["reason"] = reason
+                    events.publish(Event(model_id, STATUS_CHANGE, data))
             with trio.move_on_after(self.interval_s):
                 await self._wanted.wait()
             self._wanted = trio.Event()

@@ -266,6 +266,15 @@
     const name = statusName(entry.status || {});
     const cell = el("td", { class: "actions" });
     if (name === "invalid") return cell;
+    const chat = el("button", { type: "button", class: "chat", text: "Chat" });
+    chat.addEventListener("click", () => {
+      $("chat-model").value = entry.id;
+      $("chat-input").focus();
+    });
+    if (name === "remote") {  // served elsewhere: nothing here loads, unloads or pins it
+      cell.append(chat);
+      return cell;
+    }
     const load = el("button", { type: "button", class: "load", text: "Load" });
     load.disabled = name === "loaded" || name === "loading";
     load.addEventListener("click", () => act(entry.id, "load", load));
@@ -283,11 +292,6 @@
     pin.addEventListener("click", () => act(entry.id, "pin", pin, { pinned: !pinned }));
     const logs = el("button", { type: "button", class: "logs", text: "Logs" });
     logs.addEventListener("click", () => followLogs(entry.id));
-    const chat = el("button", { type: "button", class: "chat", text: "Chat" });
-    chat.addEventListener("click", () => {
-      $("chat-model").value = entry.id;
-      $("chat-input").focus();
-    });
     cell.append(load, " ", unload, " ", pin, " ", logs, " ", chat, el("div", { class: "reason action-error" }));
     return cell;
   }
