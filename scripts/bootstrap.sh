@@ -56,6 +56,8 @@ say "installing llama-router${EXTRAS:+ [$EXTRAS]} into .venv"
 if [ "$EXTRAS" = test ]; then
   say "installing the plugin packages of plugins/ (their tests use their entry points)"
   .venv/bin/python -m pip install --quiet -e plugins/apikeys -e plugins/memory-fit -e plugins/usage-log
+  # Ray Serve for plugins/ray-serve's test (a local Ray cluster): ~80 MB wheel, ~15 s.
+  .venv/bin/python -m pip install --quiet -e "plugins/ray-serve[ray]"
   # tests/test_page.py drives Debian's chromium with Playwright (from the test extra); never
   # `playwright install`, which downloads a browser build of its own.
   if [ ! -x /usr/bin/chromium ]; then
