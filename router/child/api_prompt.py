@@ -41,4 +41,7 @@ async def input_tokens(service: ModelService, parsed: ChatRequest) -> int:
     Cancellation: as ``ModelService.off_loop``.
     """
     prompt = await generations.chat_prompt(service, parsed)
+    if parsed.images:
+        tokens, _ = await generations.media_tokens(service, prompt, parsed.images)
+        return len(tokens)
     return len(await generations.chat_tokens(service, prompt))

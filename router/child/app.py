@@ -131,7 +131,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "chat_template_caps": {},
                 "bos_token": info.bos_token,
                 "eos_token": info.eos_token,
-                "modalities": {"vision": False, "audio": False},
+                "modalities": {"vision": info.vision, "audio": False},
                 "build_info": f"llama-router {__version__}",
                 "is_sleeping": False,
                 "queue": {

@@ -232,7 +232,9 @@ class DecodeLoop:
         job.budget = slot.n_ctx - len(prompt)
         if job.request.max_tokens is not None:
             job.budget = min(job.budget, job.request.max_tokens)
-        reuse = self._reusable(slot, prompt) if job.request.cache_prompt else 0
+        # A prompt with images reuses nothing: its image positions match any other image's.
+        with_cache = job.request.cache_prompt and job.request.media is None
+        reuse = self._reusable(slot, prompt) if with_cache else 0
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.id, reuse, -1):
             reuse = 0  # this memory cannot drop a tail (recurrent models): start afresh
             llama_cpp.llama_memory_seq_rm(self._memory, slot.id, -1, -1)
@@ -246,11 +248,26 @@ class DecodeLoop:
             self._finish(job, FinishReason.LENGTH)
             return
         job.sampler = self._make_sampler(job.request)
+        if job.request.media is not None:
+            self._prefill_media(job)
+            return
         leader = self._leader_for(job)
         if leader is not None:
             job.leader = leader
             leader.followers.append(job)
             job.to_evaluate = []
+
+    def _prefill_media(self, job: Job) -> None:
+        """Evaluate ``job``'s images, and its text up to them, in its slot's sequence, at
+        once and outside the batch (``multimodal.py``); the text after them goes on as any
+        prompt's. The other jobs wait for it: one prefill, one step."""
+        media = job.request.media
+        assert media is not None and job.slot is not None
+        media.prefill(self._ctx.ctx, job.slot.id, self._n_batch)
+        job.slot.cached.extend(job.to_evaluate[: media.n_prefill])
+        del job.to_evaluate[: media.n_prefill]
+        job.slot.n_prompt_tokens_processed += media.n_prefill
+        self.metrics.prompt_tokens_total += media.n_prefill
 
     def _leader_for(self, job: Job) -> Job | None:
         """A running job still evaluating the same prompt, from further back than ``job``

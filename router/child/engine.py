@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import trio
 
+from router.child.multimodal import ImageInput
+
 # Why /v1/rerank refuses a model: one sentence, for the route and the engine.
 RERANKER_NEEDED = (
     "this model is not a reranker: start a reranker GGUF (one whose pooling is rank, with a "
@@ -70,6 +72,18 @@ class GenerationRequest:
     # False: the caller reads the text only at the end, so the engine may hand it over in one
     # piece then, rather than a piece per token.
     incremental: bool = True
+    # The prompt's images, when it has some (``prompt_tokens`` then holds placeholders in
+    # their positions): the engine evaluates them in place, and reuses no cached prefix.
+    media: PromptMedia | None = None
+
+
+class PromptMedia(Protocol):
+    """What an engine needs of a prompt with images (``multimodal.MediaPrompt``)."""
+
+    n_prefill: int  # how many of the prompt's first positions ``prefill`` evaluates
+
+    def prefill(self, context: Any, seq_id: int, n_batch: int) -> None:
+        """Evaluate those positions in sequence ``seq_id`` of the llama ``context``."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,7 @@ class ModelInfo:
     n_batch: int = 2048  # the logical batch asked for (--batch-size): /infill's budget
     reranking: bool = False  # its embeddings context scores texts (pooling rank): /v1/rerank
     rerank_template: str | None = None  # the GGUF's "rerank" template, {query} {document}
+    vision: bool = False  # a projector is loaded: chat messages may hold images
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,16 @@ class Engine(Protocol):
 
     def format_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> str:
         """The prompt text for ``messages``, rendered with the model's chat template."""
+
+    def media_prompt(
+        self, text: str, images: Sequence[ImageInput], *, add_special: bool
+    ) -> tuple[list[int], PromptMedia]:
+        """The tokens of ``text``, whose ``multimodal.MEDIA_MARKER`` strings stand for
+        ``images``, and the images to evaluate in their places. Blocking, as ``tokenize``.
+
+        Raises NotSupported when the model has no projector (``info.vision`` is false), and
+        InvalidField for an image it cannot decode.
+        """
 
     def generate(self, request: GenerationRequest) -> AbstractAsyncContextManager[TextStream]:
         """Run one generation; see the module docstring for its promises."""

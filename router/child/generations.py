@@ -6,7 +6,7 @@ call these, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from router.child import responses, tools
-from router.child.engine import GenerationRequest, ModelInfo
+from router.child.engine import GenerationRequest, ModelInfo, PromptMedia
+from router.child.multimodal import ImageInput
 from router.child.parsing import (
     ChatRequest,
     GenerationSettings,
@@ -110,6 +111,9 @@ async def planned_chat(
         sampling = replace(settings.sampling, grammar=plan.grammar, grammar_field="tools")
         engine.check_sampling(sampling)
         settings = replace(settings, sampling=sampling)
+    if parsed.images:
+        tokens, media = await media_tokens(service, plan.prompt, parsed.images)
+        return plan, generation_requests(tokens, settings, "messages", engine.info, media=media)
     tokens = await chat_tokens(service, plan.prompt)
     return plan, generation_requests(tokens, settings, "messages", engine.info)
 
@@ -152,6 +156,19 @@ async def chat_tokens(service: ModelService, prompt: str) -> list[int]:
     return await service.tokenize_prompt(prompt, field="messages", add_special=not starts_with_bos)
 
 
+async def media_tokens(
+    service: ModelService, prompt: str, images: Sequence[ImageInput]
+) -> tuple[list[int], PromptMedia]:
+    """The tokens of a chat prompt with images (placeholders where they go), as
+    :func:`chat_tokens`, and the images for the engine to evaluate."""
+    engine = service.engine
+    starts_with_bos = bool(engine.info.bos_token) and prompt.startswith(engine.info.bos_token)
+    return await service.off_loop(
+        partial(engine.media_prompt, prompt, images, add_special=not starts_with_bos),
+        size=len(prompt) + sum(len(image.data) for image in images),
+    )
+
+
 async def _drain(
     channel: trio.MemoryReceiveChannel[StreamItem],
 ) -> AsyncIterator[StreamItem]:
@@ -162,7 +179,12 @@ async def _drain(
 
 
 def generation_requests(
-    tokens: list[int], settings: GenerationSettings, field: str, info: ModelInfo
+    tokens: list[int],
+    settings: GenerationSettings,
+    field: str,
+    info: ModelInfo,
+    *,
+    media: PromptMedia | None = None,
 ) -> list[GenerationRequest]:
     """One request per choice. With a seed, choice ``i`` samples with ``seed + i``: the
     answer is reproducible, and its choices differ."""
@@ -179,6 +201,7 @@ def generation_requests(
         logprobs=settings.logprobs,
         cache_prompt=settings.cache_prompt,
         incremental=settings.stream,
+        media=media,
     )
     seed = settings.sampling.seed
     if seed is None or seed < 0:

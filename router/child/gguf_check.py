@@ -44,6 +44,14 @@ def capture_llama_log() -> None:
     llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
 
 
+def capture_mtmd_log() -> None:
+    """Route the multimodal library's log (projector loading, image encoding) the same way."""
+    from llama_cpp import mtmd_cpp
+
+    mtmd_cpp.mtmd_log_set(_on_llama_log, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_on_llama_log, ctypes.c_void_p(0))
+
+
 def recent_llama_errors() -> str:
     """llama.cpp's last error lines, joined, and forgotten; "" when there were none."""
     lines = list(_recent_errors)

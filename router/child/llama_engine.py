@@ -33,17 +33,22 @@ from router.child.engine import (
     EngineMetrics,
     GenerationRequest,
     ModelInfo,
+    PromptMedia,
     SamplingParams,
     SlotState,
     SpecialTokens,
     TextStream,
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
+from router.child.multimodal import ImageInput, Projector, no_projector
 from router.child.options import EngineOptions, FlashAttention, Pooling
 from router.child.sampling import Sampler, build_sampler
 from router.child.slots import Slot
 from router.errors import InvalidField, ModelLoadFailed, NotSupported
 
+# ggml's type numbers (ggml.h) for llama-server's --cache-type-k/-v names (options_table).
+_CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+                "iq4_nl": 20, "bf16": 30}  # fmt: skip
 _FLASH_ATTN_TYPES = {
     FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     FlashAttention.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
@@ -111,7 +116,15 @@ class LlamaCppEngine:
         self._embedding_lock = trio.Lock()
         self._context: internals.LlamaContext | None = None
         self._loop: DecodeLoop | None = None
+        self._projector: Projector | None = None
         try:
+            if options.mmproj is not None:
+                self._projector = Projector(
+                    options.mmproj,
+                    model.model,
+                    n_threads=options.effective_threads,
+                    use_gpu=options.n_gpu_layers != 0,
+                )
             self._chat_template = ChatTemplate.for_model(self._llama, options.chat_template)
             self._context = self._generation_context(options)
             n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._context.ctx)
@@ -141,6 +154,8 @@ class LlamaCppEngine:
     def _context_params(self, options: EngineOptions) -> llama_cpp.llama_context_params:
         params = llama_cpp.llama_context_params.from_buffer_copy(self._llama.context_params)
         params.flash_attn_type = _FLASH_ATTN_TYPES[options.flash_attn]
+        params.type_k = _CACHE_TYPES[options.cache_type_k]  # -ctk / -ctv
+        params.type_v = _CACHE_TYPES[options.cache_type_v]
         return params
 
     def _generation_context(self, options: EngineOptions) -> internals.LlamaContext:
@@ -276,6 +291,15 @@ class LlamaCppEngine:
     def format_chat(self, messages: list[dict[str, Any]], **template_args: Any) -> str:
         return self._chat_template.render(messages, **template_args)
 
+    def media_prompt(
+        self, text: str, images: Sequence[ImageInput], *, add_special: bool
+    ) -> tuple[list[int], PromptMedia]:
+        """See ``engine.py``."""
+        if self._projector is None:
+            raise no_projector(images[0])
+        prompt = self._projector.prompt(text, images, add_special=add_special)
+        return prompt.tokens, prompt
+
     # ---- generation ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -352,6 +376,8 @@ class LlamaCppEngine:
             self._embedding_context.close()
         if self._context is not None:
             self._context.close()
+        if self._projector is not None:
+            self._projector.close()
         self._llama.close()
 
     # ---- facts ---------------------------------------------------------------------------
@@ -380,6 +406,7 @@ class LlamaCppEngine:
             n_batch=self._options.batch_size,
             reranking=self._embedding_context is not None and self._embedding_context.is_ranking,
             rerank_template=_named_template(model, "rerank"),
+            vision=self._projector is not None,
         )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.child.cpu import physical_core_count
-from router.child.reasoning import ReasoningFormat
+from router.options_table import MODEL_OPTIONS, OptionParser, add_compat_flags, add_model_option
 
 
 class FlashAttention(enum.StrEnum):
@@ -46,8 +46,10 @@ class EngineOptions:
     reasoning_format: str = "auto"  # llama-server's --reasoning-format (reasoning.py)
     embeddings: bool = False
     pooling: Pooling = Pooling.MODEL
-    mmproj: Path | None = None  # a multimodal projector (not used yet: images are refused)
+    mmproj: Path | None = None  # a multimodal projector: chat messages may then hold images
     flash_attn: FlashAttention = FlashAttention.AUTO
+    cache_type_k: str = "f16"  # the KV cache's data types, as llama.cpp's GGML type names
+    cache_type_v: str = "f16"
     use_mmap: bool = True
     use_mlock: bool = False
     seed: int = -1
@@ -73,143 +75,26 @@ class ServeOptions:
     api_key: str | None = None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
-
-
 def add_child_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``llama-router child`` flags (a subset of llama-server's, same spellings)."""
+    """The ``llama-router child`` flags: llama-server's spellings, from ``options_table``."""
     model = parser.add_argument_group("model")
     model.add_argument("-m", "--model", type=Path, required=True, help="GGUF file to serve")
     model.add_argument("-a", "--alias", help="model id to report (default: the file's stem)")
-    model.add_argument(
-        "-c",
-        "--ctx-size",
-        type=int,
-        default=4096,
-        help="context size in tokens, split evenly between the --parallel slots "
-        "(default: 4096; 0: the model's)",
-    )
-    model.add_argument(
-        "-ngl",
-        "--n-gpu-layers",
-        "--gpu-layers",
-        type=int,
-        default=-1,
-        help="layers to offload to the GPU (default: -1, all)",
-    )
-    model.add_argument(
-        "-t",
-        "--threads",
-        type=int,
-        default=0,
-        help="generation threads (default: physical cores, as llama-server)",
-    )
-    model.add_argument(
-        "-tb",
-        "--threads-batch",
-        type=int,
-        default=0,
-        help="prompt-processing threads (default: same as --threads)",
-    )
-    model.add_argument(
-        "-b",
-        "--batch-size",
-        type=_positive,
-        default=2048,
-        help="logical batch size (default: 2048)",
-    )
-    model.add_argument(
-        "-ub",
-        "--ubatch-size",
-        type=_positive,
-        default=512,
-        help="physical batch size (default: 512)",
-    )
-    model.add_argument(
-        "-np",
-        "--parallel",
-        type=_positive,
-        default=1,
-        help="requests decoded at once, in one batch; each slot gets --ctx-size / N tokens "
-        "(default: 1)",
-    )
-    model.add_argument(
-        "-sps",
-        "--slot-prompt-similarity",
-        type=_fraction,
-        default=0.1,
-        help="a request goes to the slot whose cached tokens start its prompt, when they are "
-        "more than this part of it; else to the slot used longest ago (default: 0.1; 0: never)",
-    )
-    model.add_argument(
-        "--chat-template",
-        help="built-in template name (chatml, llama3, mistral) or a Jinja "
-        "template (default: the GGUF's, else chatml)",
-    )
-    model.add_argument(
-        "--reasoning-format",
-        choices=[f.value for f in ReasoningFormat],
-        default="auto",
-        help="where <think> thoughts go: none leaves them in the content; deepseek and auto "
-        "move them to reasoning_content; deepseek-legacy copies them there (default: auto)",
-    )
-    model.add_argument(
-        "--embeddings", action="store_true", help="serve /v1/embeddings (for embedding models)"
-    )
-    model.add_argument(
-        "--pooling",
-        choices=[p.value for p in Pooling],
-        default="model",
-        help="pooling for embeddings (default: what the model says)",
-    )
-    model.add_argument(
-        "--rerank",
-        "--reranking",
-        dest="reranking",
-        action="store_true",
-        help="serve /v1/rerank (for reranker models): --embeddings --pooling rank",
-    )
-    model.add_argument(
-        "--mmproj",
-        type=Path,
-        help="the model's multimodal projector (the router passes its folder's mmproj*.gguf)",
-    )
-    model.add_argument(
-        "-fa",
-        "--flash-attn",
-        choices=[f.value for f in FlashAttention],
-        default="auto",
-        help="flash attention (default: auto)",
-    )
-    model.add_argument("--no-mmap", action="store_true", help="read the file instead of mmap")
-    model.add_argument("--mlock", action="store_true", help="keep the model in RAM")
-    model.add_argument(
-        "-s", "--seed", type=int, default=-1, help="default sampling seed (default: -1, random)"
-    )
     serve = parser.add_argument_group("server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
     serve.add_argument(
         "--unix-socket", type=Path, help="listen on this Unix socket instead of TCP (mode 0600)"
     )
-    serve.add_argument(
-        "--max-queue",
-        type=int,
-        default=64,
-        help="requests that may wait for a free slot before 429 (default: 64)",
-    )
     serve.add_argument("--api-key", help="require this bearer key (except on /health)")
+    for option in MODEL_OPTIONS:
+        is_switch = option.default is None or option.kind in ("bool", "negated")
+        shown = "" if is_switch else f" (default: {option.default})"
+        group = model if option.group == "model" else serve
+        add_model_option(group, option, default=option.default, help_suffix=shown)
+    add_compat_flags(
+        parser.add_argument_group("llama-server flags accepted for a drop-in"), is_router=False
+    )
 
 
 DESCRIPTION = "Serve one GGUF model over the OpenAI API, as llama-server -m does."
@@ -220,7 +105,7 @@ def parse_child_arguments(argv: Sequence[str]) -> tuple[EngineOptions, ServeOpti
 
     The child parses its own command line, so that it never imports the router's settings.
     """
-    parser = argparse.ArgumentParser(prog="llama-router child", description=DESCRIPTION)
+    parser = OptionParser(prog="llama-router child", description=DESCRIPTION)
     add_child_arguments(parser)
     return options_from_arguments(parser.parse_args(list(argv)))
 
@@ -240,9 +125,11 @@ def options_from_arguments(args: argparse.Namespace) -> tuple[EngineOptions, Ser
         reasoning_format=args.reasoning_format,
         embeddings=args.embeddings or args.reranking,
         pooling=Pooling.RANK if args.reranking else Pooling(args.pooling),
-        mmproj=args.mmproj,
+        mmproj=None if args.mmproj is None else Path(args.mmproj),
         flash_attn=FlashAttention(args.flash_attn),
-        use_mmap=not args.no_mmap,
+        cache_type_k=args.cache_type_k,
+        cache_type_v=args.cache_type_v,
+        use_mmap=args.mmap,
         use_mlock=args.mlock,
         seed=args.seed,
     )

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.child.engine import SamplingParams
-from router.child.multimodal import is_media_part, media_refused
+from router.child.grammar_limits import grammar_limit_exceeded
+from router.child.multimodal import (
+    MEDIA_MARKER,
+    ImageInput,
+    image_of_part,
+    is_media_part,
+    media_refused,
+)
 from router.child.reasoning import ReasoningFormat
 from router.child.tools import NO_TOOLS, ToolRequest, parse_reasoning_format, parse_tool_request
 from router.edge.jsonbody import kind_of
@@ -60,6 +67,8 @@ class ChatRequest:
     settings: GenerationSettings
     tools: ToolRequest = NO_TOOLS
     reasoning_format: ReasoningFormat | None = None  # None: the model's --reasoning-format
+    # Its image parts, in order; each stands in its message's text as ``MEDIA_MARKER``.
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,8 @@ def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
         raise InvalidField("messages", "is required")
     if not isinstance(messages, list) or not messages:
         raise InvalidField("messages", "must be a non-empty list of messages")
-    normalized = [_message(index, message) for index, message in enumerate(messages)]
+    images: list[ImageInput] = []
+    normalized = [_message(index, message, images) for index, message in enumerate(messages)]
     template_args: dict[str, Any] = {}
     for name in ("tools", "tool_choice"):
         if body.get(name) is not None:
@@ -124,6 +134,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
         ),
         tools=parse_tool_request(body),
         reasoning_format=parse_reasoning_format(body),
+        images=tuple(images),
     )
 
 
@@ -150,7 +161,9 @@ def parse_embedding(body: Mapping[str, Any]) -> EmbeddingRequest:
     return EmbeddingRequest(inputs=inputs, encoding_format=encoding)
 
 
-def _message(index: int, message: Any) -> dict[str, Any]:
+def _message(index: int, message: Any, images: list[ImageInput]) -> dict[str, Any]:
+    """``message`` with its content as one text; its images go to ``images``, each leaving
+    ``MEDIA_MARKER`` in its place."""
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise InvalidField(where, f"must be an object, not {kind_of(message)}")
@@ -162,6 +175,10 @@ def _message(index: int, message: Any) -> dict[str, Any]:
         texts = []
         for part_index, part in enumerate(content):
             part_where = f"{where}.content[{part_index}]"
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                images.append(image_of_part(part_where, part))
+                texts.append(MEDIA_MARKER)
+                continue
             if is_media_part(part):
                 raise media_refused(part_where, part)
             if not isinstance(part, dict) or part.get("type") != "text":
@@ -272,9 +289,9 @@ def _generation_settings(
 
 
 def grammar_ends_generation(field: str) -> str:
-    """Why ``ignore_eos`` is refused beside a grammar: once the grammar's text is complete,
-    llama.cpp's grammar sampler lets only an end-of-generation token out, and with those
-    banned no token is left, which aborts the process."""
+    """Why ``ignore_eos`` is refused beside a JSON schema or a required tool call: once the
+    grammar's text is complete only an end-of-generation token may follow (the sampler then
+    ends the generation whatever ``ignore_eos`` says), so asking for it means nothing."""
     return (
         f"cannot be combined with '{field}': once the grammar's text is complete, only the "
         "end of the generation may follow"
@@ -315,7 +332,20 @@ def _grammar_field(body: Mapping[str, Any]) -> str:
 
 
 def _grammar(body: Mapping[str, Any]) -> str | None:
-    """A GBNF grammar from ``grammar``, ``json_schema`` or ``response_format``."""
+    """A GBNF grammar from ``grammar``, ``json_schema`` or ``response_format``, within the
+    bounds llama.cpp survives (``grammar_limits.py``)."""
+    grammar = _unchecked_grammar(body)
+    if grammar is not None:
+        reason = grammar_limit_exceeded(grammar)
+        if reason is not None:
+            field = _grammar_field(body)
+            if field != "grammar":
+                reason = f"makes a grammar that {reason}; simplify the schema"
+            raise InvalidField(field, reason)
+    return grammar
+
+
+def _unchecked_grammar(body: Mapping[str, Any]) -> str | None:
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
     if body.get("grammar") is not None:
@@ -355,7 +385,8 @@ def _grammar(body: Mapping[str, Any]) -> str | None:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # the converter raises plain Exceptions for unsupported schemas
         raise InvalidRequest(
-            f"'{field}' holds a JSON schema that cannot be turned into a grammar: {exc}",
+            f"'{field}' holds a JSON schema that cannot be turned into a grammar: "
+            f"{type(exc).__name__}: {exc}",
             param=field,
         ) from exc
 

@@ -5,20 +5,32 @@ loop calls ``sample(context, index)`` on the logits of the sequence's row in the
 settings become a llama.cpp sampler chain in llama-server's order; plain greedy decoding (no
 penalties, biases or grammar) is an argmax over the logits, which skips building llama.cpp's
 array of every token's candidate data: 0.4 ms a token for a 262k-token vocabulary.
+
+A grammar is never handed a token it does not allow: llama.cpp answers that by throwing a C++
+exception through ctypes (or by ``GGML_ABORT`` for an end-of-generation token), which kills
+the process and every other request in it. So with a grammar the chain chooses first and
+the grammar checks that one token (:class:`GrammarSampler`, as llama.cpp's ``common_sampler``:
+the grammar on the whole vocabulary costs ~40 ms a token, and only a rejected choice pays it),
+and only a token the grammar allows is accepted; a request whose settings leave no token to
+choose (``logit_bias`` banning all the grammar allows) ends with an
+:class:`~router.errors.InvalidField`, and a grammar that is complete ends the
+generation even under ``ignore_eos`` (the grammar wins).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
-from llama_cpp.llama_grammar import LlamaGrammar
 
 from router.child.engine import SamplingParams
+from router.errors import InvalidField
 
 
 class Sampler(Protocol):
@@ -51,16 +63,174 @@ class GreedySampler:
 
 
 class ChainSampler:
-    """A llama.cpp sampler chain."""
+    """A llama.cpp chain without a grammar, sampled in one call.
 
-    def __init__(self, chain: internals.LlamaSampler) -> None:
+    Nothing in such a chain can abort the process; but when ``logit_bias`` (with the banned
+    end-of-generation tokens of ``ignore_eos``) bans every token, the chain still returns one
+    of them: that is refused rather than generated.
+    """
+
+    def __init__(self, chain: internals.LlamaSampler, banned: frozenset[int]) -> None:
         self._chain = chain
+        self._banned = banned
 
     def sample(self, context: Any, index: int) -> int:
-        return int(llama_cpp.llama_sampler_sample(self._chain.sampler, context, index))
+        token = int(llama_cpp.llama_sampler_sample(self._chain.sampler, context, index))
+        if token in self._banned:
+            raise InvalidField("logit_bias", "bans every token: nothing is left to generate")
+        return token
 
     def close(self) -> None:
         self._chain.close()
+
+
+class GrammarSampler:
+    """A llama.cpp chain and a grammar, sampled the way llama.cpp's ``common_sampler`` does.
+
+    Applying a grammar to every candidate costs ~40 ms a token on a 262k-token vocabulary
+    (each token's text is matched against the grammar), far more than the chain itself.
+    So, as ``common_sampler_sample`` with ``grammar_first`` off, the chain first picks a token
+    without the grammar, and only that token is checked against it (a one-token array);
+    a model that writes what the grammar wants pays nothing more. Only a rejected choice
+    costs the grammar on the whole vocabulary, then the chain again (``resampled`` counts
+    these). Greedy choices are the same either way; sampled ones come from the same
+    distribution restricted to what the grammar allows, whenever the first choice fits.
+
+    A grammar is never handed a token it does not allow, as ``llama_sampler_accept`` would
+    kill the process (every candidate it allows was banned by ``logit_bias`` or
+    ``ignore_eos``): the choice is checked again after the full pass. Nothing allowed left
+    means the grammar is complete (it allows the end of generation, which ``ignore_eos`` or
+    ``logit_bias`` banned: the grammar wins and the generation ends with ``stop``), or
+    nothing can follow the text so far (InvalidField).
+
+    ``grammar_first`` always applies the grammar to every candidate first (llama.cpp's flag
+    of that name), for comparison.
+    """
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        *,
+        model: Any,
+        n_vocab: int,
+        default_seed: int,
+        banned_tokens: Sequence[int],
+        grammar_first: bool = False,
+    ) -> None:
+        assert params.grammar is not None
+        self._n_vocab = n_vocab
+        self._params = params
+        self._grammar_first = grammar_first
+        self._banned = _banned(params, banned_tokens)
+        self._banned_ids = np.fromiter(self._banned, dtype=np.intp, count=len(self._banned))
+        self._end_tokens = end_of_generation_tokens(model)
+        # The chain without its grammar is an argmax: the first choice skips the candidates.
+        self._is_argmax = is_plain_greedy(replace(params, grammar=None))
+        grammar = llama_cpp.llama_sampler_init_grammar(
+            model.vocab, params.grammar.encode("utf-8"), b"root"
+        )
+        if not grammar:  # checked before (``check_sampling``); a NULL would crash the chain
+            raise InvalidField(params.grammar_field, "holds a grammar llama.cpp rejects")
+        self._grammar: Any = grammar
+        self._chain = internals.LlamaSampler()
+        _add_logit_bias(self._chain, params, n_vocab, banned_tokens)
+        _add_rest(self._chain, params, n_vocab, default_seed)
+        self._candidates = internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        self._all_ids = np.arange(n_vocab, dtype=np.intc)
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(
+            data=ctypes.cast(self._one, llama_cpp.llama_token_data_p),
+            size=1,
+            selected=-1,
+            sorted=False,
+        )
+        self.resampled = 0  # tokens whose first choice the grammar rejected
+
+    def sample(self, context: Any, index: int) -> int:
+        pointer = llama_cpp.llama_get_logits_ith(context, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        if not self._grammar_first:
+            token = self._first_choice(logits)
+            if token is not None and self._grammar_allows(token):
+                return self._accept(token)
+            self.resampled += 1
+        token = self._choice(logits, with_grammar=True)
+        if token is not None and self._grammar_allows(token):
+            return self._accept(token)
+        for token in self._end_tokens:
+            if self._grammar_allows(token):
+                return token  # the grammar is complete: it wins over ignore_eos and biases
+        raise self._nothing_left()
+
+    def _first_choice(self, logits: np.ndarray[Any, Any]) -> int | None:
+        """The chain's choice without the grammar (None: a banned token)."""
+        if not self._is_argmax:
+            return self._choice(logits, with_grammar=False)
+        token = int(logits.argmax())
+        if token in self._banned:
+            masked = logits.copy()
+            masked[self._banned_ids] = -np.inf
+            token = int(masked.argmax())
+        return None if token in self._banned else token
+
+    def _choice(self, logits: np.ndarray[Any, Any], *, with_grammar: bool) -> int | None:
+        """The chain's choice among all tokens (None: none, or a banned one)."""
+        candidates = self._candidates
+        data = candidates.candidates_data
+        data.id[:] = self._all_ids
+        data.logit[:] = logits
+        data.p[:] = 0.0
+        array = candidates.candidates
+        array.size = self._n_vocab
+        array.sorted = False
+        array.selected = -1
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            return None
+        token = int(data.id[array.selected])
+        return None if token in self._banned else token
+
+    def _accept(self, token: int) -> int:
+        """Advance the grammar and the chain's state (penalties) past ``token``."""
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+        return token
+
+    def _grammar_allows(self, token: int) -> bool:
+        """Whether the grammar, in its state now, lets ``token`` come next."""
+        self._one[0] = llama_cpp.llama_token_data(token, 0.0, 0.0)
+        self._one_array.size = 1
+        self._one_array.selected = -1
+        self._one_array.sorted = False
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
+        return bool(self._one[0].logit != -math.inf)
+
+    def _nothing_left(self) -> InvalidField:
+        field = self._params.grammar_field
+        if any(bias == -math.inf for bias in self._params.logit_bias.values()):
+            return InvalidField(
+                "logit_bias",
+                f"bans every token that '{field}' allows next: nothing can follow the text "
+                "generated so far; ban fewer tokens",
+            )
+        return InvalidField(
+            field,
+            "allows no token of this model's vocabulary after the text generated so far "
+            "(a character no token spells?)",
+        )
+
+    def close(self) -> None:
+        self._chain.close()
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+def end_of_generation_tokens(model: Any) -> list[int]:
+    """The tokens that end a generation on ``model`` (an ``internals.LlamaModel``)."""
+    return [token for token in (model.token_eos(), model.token_eot()) if token >= 0]
 
 
 def is_plain_greedy(params: SamplingParams) -> bool:
@@ -85,32 +255,51 @@ def build_sampler(
 ) -> Sampler:
     """A sampler for ``params`` on ``model`` (an ``internals.LlamaModel``).
 
-    ``banned_tokens`` never come out (the end-of-generation tokens, for ``ignore_eos``).
-    The grammar must have been checked first (``LlamaCppEngine.check_sampling``): a grammar
-    llama.cpp rejects here would crash the process.
+    ``banned_tokens`` never come out (the end-of-generation tokens, for ``ignore_eos``),
+    unless a grammar is complete. The grammar should have been checked first
+    (``LlamaCppEngine.check_sampling``) so that it is refused before the request starts;
+    one llama.cpp rejects here raises InvalidField.
     """
     if is_plain_greedy(params):
         return GreedySampler(n_vocab, banned_tokens)
-    return ChainSampler(_chain(params, model, n_vocab, default_seed, banned_tokens))
+    if params.grammar is not None:
+        return GrammarSampler(
+            params,
+            model=model,
+            n_vocab=n_vocab,
+            default_seed=default_seed,
+            banned_tokens=banned_tokens,
+        )
+    chain = internals.LlamaSampler()
+    _add_logit_bias(chain, params, n_vocab, banned_tokens)
+    _add_rest(chain, params, n_vocab, default_seed)
+    return ChainSampler(chain, _banned(params, banned_tokens))
 
 
-def _chain(
+def _banned(params: SamplingParams, banned_tokens: Sequence[int]) -> frozenset[int]:
+    """The tokens that may never come out: ``banned_tokens`` and those biased by -inf."""
+    biased = (token for token, bias in params.logit_bias.items() if bias == -math.inf)
+    return frozenset([*banned_tokens, *biased])
+
+
+def _add_logit_bias(
+    chain: internals.LlamaSampler,
     params: SamplingParams,
-    model: Any,
     n_vocab: int,
-    default_seed: int,
     banned_tokens: Sequence[int],
-) -> internals.LlamaSampler:
-    """A llama.cpp chain in llama-server's order."""
-    sampler = internals.LlamaSampler()
+) -> None:
+    """The first link of llama-server's chain: the biases, and the banned tokens."""
     logit_bias = dict(params.logit_bias)
     logit_bias.update((token, -math.inf) for token in banned_tokens)
     if logit_bias:
-        sampler.add_logit_bias(n_vocab, logit_bias)
-    if params.grammar is not None:
-        grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
-        sampler.add_grammar(model, grammar)
-    sampler.add_penalties(
+        chain.add_logit_bias(n_vocab, logit_bias)
+
+
+def _add_rest(
+    chain: internals.LlamaSampler, params: SamplingParams, n_vocab: int, default_seed: int
+) -> None:
+    """The links after the grammar, in llama-server's order, ending with the choice."""
+    chain.add_penalties(
         n_vocab=n_vocab,
         penalty_last_n=params.repeat_last_n,
         penalty_repeat=params.repeat_penalty,
@@ -118,13 +307,12 @@ def _chain(
         penalty_present=params.presence_penalty,
     )
     if params.temperature <= 0.0:
-        sampler.add_greedy()
-        return sampler
+        chain.add_greedy()
+        return
     seed = params.seed if params.seed is not None and params.seed >= 0 else default_seed
-    sampler.add_top_k(params.top_k)
-    sampler.add_typical(params.typical_p, 1)
-    sampler.add_top_p(params.top_p, 1)
-    sampler.add_min_p(params.min_p, 1)
-    sampler.add_temp(params.temperature)
-    sampler.add_dist(seed)
-    return sampler
+    chain.add_top_k(params.top_k)
+    chain.add_typical(params.typical_p, 1)
+    chain.add_top_p(params.top_p, 1)
+    chain.add_min_p(params.min_p, 1)
+    chain.add_temp(params.temperature)
+    chain.add_dist(seed)

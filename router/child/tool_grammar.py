@@ -16,6 +16,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from router.child.grammar_limits import grammar_limit_exceeded
 from router.child.tool_formats import ToolFormat
 
 _JSON_RULE = "tool-json"
@@ -33,8 +34,22 @@ def tool_call_grammar(
     ``{"type": "function", "function": {...}}``), written as ``format`` writes calls.
 
     ``prompt_ends_with_recipient``: the prompt already ends with Functionary's ``>>>``.
-    Raises ValueError (or the converter's exceptions) for a schema it cannot convert.
+    Raises ValueError (or the converter's exceptions) for a schema it cannot convert, or for
+    tools whose grammar would be too large or deep for llama.cpp (``grammar_limits.py``).
     """
+    grammar = _grammar(format, tools, parallel, prompt_ends_with_recipient)
+    reason = grammar_limit_exceeded(grammar)
+    if reason is not None:
+        raise ValueError(f"the grammar made from them {reason}; offer fewer or smaller tools")
+    return grammar
+
+
+def _grammar(
+    format: ToolFormat,
+    tools: Sequence[dict[str, Any]],
+    parallel: bool,
+    prompt_ends_with_recipient: bool,
+) -> str:
     functions = [tool["function"] for tool in tools]
     if format is ToolFormat.FUNCTIONARY_V3_2:
         return _functionary_v3_2(functions, parallel, prompt_ends_with_recipient)
