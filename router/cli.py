@@ -2,7 +2,9 @@
 
 Every ``serve`` flag can also come from an environment variable, ``LLAMA_ROUTER_`` plus the
 flag's name in capitals (``--models-max`` is ``LLAMA_ROUTER_MODELS_MAX``); repeatable flags
-take several values separated by ``os.pathsep`` (``:``).
+take several values separated by ``os.pathsep`` (``:``). llama-server's variables work too
+(``LLAMA_ARG_PORT``, ``LLAMA_API_KEY``, ``LLAMA_ARG_CTX_SIZE``...: ``options_table``), below
+the ``LLAMA_ROUTER_*`` one of the same flag.
 """
 
 from __future__ import annotations
@@ -15,39 +17,59 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from router.child_options import CHILD_OPTIONS, FLAG_SPELLINGS
 from router.control import COMMANDS as CONTROL_COMMANDS
 from router.control import add_control_commands, run_control
 from router.errors import RouterFileError, SettingsError, StartupError
 from router.logs import LOG_FORMATS
+from router.options_table import (
+    MODEL_OPTIONS,
+    OPTIONS_BY_KEY,
+    ROUTER_FLAG_ENV,
+    OptionParser,
+    add_compat_flags,
+    add_model_option,
+    options_from_env,
+    parse_bool,
+)
 from router.spec import Peer
 from router.version import __version__
 
 ENV_PREFIX = "LLAMA_ROUTER_"
 COMMANDS = ("serve", "child", "plugins", *CONTROL_COMMANDS)
 
-# Child flags the router accepts and passes on to every model: (flags, conf.d [args] key).
-CHILD_FLAGS: list[tuple[tuple[str, ...], str]] = [
-    (spellings, key) for key, spellings in FLAG_SPELLINGS.items()
-]
-
 
 def _env(name: str) -> str | None:
     return os.environ.get(_env_name(name))
 
 
+def _env_name(name: str) -> str:
+    """The variable that sets flag ``name``: ``LLAMA_ROUTER_<FLAG>``, else llama-server's."""
+    ours = ENV_PREFIX + name.upper().replace("-", "_")
+    theirs = ROUTER_FLAG_ENV.get(name)
+    if theirs is not None and ours not in os.environ and theirs in os.environ:
+        return theirs
+    return ours
+
+
 def _env_list(name: str) -> list[str]:
+    """A repeatable flag's values: ``os.pathsep`` between them; llama-server's variables hold
+    one value, but for LLAMA_API_KEY's keys, which are separated by commas."""
     value = _env(name)
-    return [item for item in value.split(os.pathsep) if item] if value else []
+    if not value:
+        return []
+    if _env_name(name).startswith(ENV_PREFIX):
+        return [item for item in value.split(os.pathsep) if item]
+    return [item for item in value.split(",") if item] if name == "api-key" else [value]
 
 
 def _env_flag(name: str, default: bool) -> bool:
     value = _env(name)
     if value is None:
         return default
-    if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise SettingsError(f"{_env_name(name)}={value!r}: use 1/true/yes/on or 0/false/no/off")
-    return value.lower() in ("1", "true", "yes", "on")
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise SettingsError(f"{_env_name(name)}={value!r}: {exc}") from None
 
 
 def _env_int(name: str, default: int) -> int:
@@ -66,10 +88,6 @@ def _env_float(name: str, default: float) -> float:
         raise SettingsError(f"{_env_name(name)}={value!r} is not a number") from None
 
 
-def _env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper().replace("-", "_")
-
-
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     server = parser.add_argument_group("router")
     add = server.add_argument
@@ -81,6 +99,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[Path(p) for p in _env_list("models-dir")],
         help="folder of GGUF models, as llama.cpp lays them out (repeatable)",
+    )
+    add(
+        "-hf",
+        "--hf-repo",
+        default=_env("hf-repo"),
+        metavar="ORG/REPO[:QUANT]",
+        help="download this Hugging Face model into llama.cpp's model cache before serving",
     )
     add(
         "--config",
@@ -147,8 +172,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--models-allow-extra-args",
         action="store_true",
         default=_env_flag("models-allow-extra-args", False),
-        help="let POST /models/load pass child arguments (only -c, -ngl, -t, -tb, -b, -ub, "
-        "-np, -fa; default: off)",
+        help="let POST /models/load pass child arguments (only "
+        + ", ".join(o.flags[0] for o in MODEL_OPTIONS if o.is_client_settable)
+        + "; default: off)",
     )
     add(
         "--stream-load-progress",
@@ -269,33 +295,35 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     children = parser.add_argument_group(
         "defaults passed to every model",
-        description="the child's flags, as 'llama-router child --help' describes them; "
-        "they override router.toml [defaults] and conf.d [args]",
+        description="llama-server's flags, as 'llama-router child --help' describes them "
+        "(and their LLAMA_ARG_* variables); they override router.toml [defaults] and conf.d "
+        "[args]",
     )
-    for flags, key in CHILD_FLAGS:
-        kind = CHILD_OPTIONS[key][1]
-        if kind in (bool, "negated"):
-            children.add_argument(*flags, dest=key, action="store_true", default=None)
-        else:
-            value_type = int if kind is int else str
-            children.add_argument(*flags, dest=key, type=value_type, default=None)
+    for option in MODEL_OPTIONS:
+        variable = f" [{option.env}]" if option.env else ""
+        add_model_option(children, option, default=None, help_suffix=variable)
+    add_compat_flags(
+        parser.add_argument_group("llama-server flags accepted for a drop-in"), is_router=True
+    )
 
 
 def child_options_from(args: argparse.Namespace) -> dict[str, Any]:
-    """The child flags given on the command line, as conf.d [args] keys."""
-    options: dict[str, Any] = {}
-    for _, key in CHILD_FLAGS:
-        value = getattr(args, key)
-        if value is None:
-            continue
-        options[key] = (not value) if CHILD_OPTIONS[key][1] == "negated" else value
+    """The child options given as flags, or else as ``LLAMA_ARG_*`` variables, by [args] key."""
+    try:
+        options = options_from_env(os.environ)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    for option in MODEL_OPTIONS:
+        value = getattr(args, option.key)
+        if value is not None:
+            options[option.key] = value
     return options
 
 
 def build_parser() -> argparse.ArgumentParser:
     from router.child.options import add_child_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="llama-router",
         description="One OpenAI-compatible endpoint for many local GGUF models. "
         "Without a command, runs 'serve'.",
@@ -306,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the router (the default command)",
         description="Serve every model of --models-dir from one endpoint, each in its own "
-        "process, started on demand. Every flag also reads LLAMA_ROUTER_<FLAG>.",
+        "process, started on demand. Every flag also reads LLAMA_ROUTER_<FLAG>, and "
+        "llama-server's LLAMA_ARG_* variables work as in llama-server.",
     )
     add_serve_arguments(serve)
     listing = commands.add_parser(
@@ -390,6 +419,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             host=args.host,
             port=args.port,
             models_dirs=tuple(Path(p) for p in args.models_dir),
+            hf_repo=args.hf_repo,
             models_max=args.models_max,
             models_autoload=args.models_autoload,
             api_keys=tuple(keys),
@@ -494,7 +524,7 @@ def _with_router_file(
         if (
             not hasattr(args, key)
             or key in ("config", "conf_dir", "command")
-            or key in CHILD_OPTIONS
+            or key in OPTIONS_BY_KEY
         ):
             parser.error(
                 f"{path}: [router] has no setting {key!r} (child options go in [defaults])"

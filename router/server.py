@@ -40,8 +40,10 @@ from router.hooks.plugins import (
     load_plugins,
 )
 from router.logs import configure_logging
-from router.models.catalog import scan_models_dirs
+from router.models.catalog import ModelFolders
 from router.models.confd import merge_catalog, scan_conf_dir
+from router.models.downloads import Downloads, download_at_startup
+from router.models.hf_cache import cache_dir
 from router.models.pool import ModelPool
 from router.models.remote import RemoteUpstreams
 from router.models.watch import ConfDirWatcher
@@ -108,6 +110,19 @@ async def serve_router(
         raise
     sock.listen(1024)
     plugins = load_router_plugins(settings)
+    # The cache is served without --models-dir, as llama-server's router serves it.
+    folders = ModelFolders(
+        settings.models_dirs, cache_dir(), is_cache_served=not settings.models_dirs
+    )
+    if settings.hf_repo is not None:
+        try:
+            await trio.to_thread.run_sync(
+                download_at_startup, settings.hf_repo, folders.cache, abandon_on_cancel=True
+            )
+        except BaseException:
+            sock.close()
+            raise
+        folders.is_cache_served = True
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
         pool = ModelPool(
@@ -122,9 +137,7 @@ async def serve_router(
         remotes = RemoteUpstreams(settings.peers, settings.remote_interval_s)
 
         def relist() -> None:
-            specs, problems = merge_catalog(
-                scan_models_dirs(settings.models_dirs), scan_conf_dir(settings.conf_dir)
-            )
+            specs, problems = merge_catalog(folders.scan(), scan_conf_dir(settings.conf_dir))
             for problem in problems.values():
                 log.warning("config: %s", problem)
             specs |= remotes.specs(taken=specs.keys() | problems.keys())
@@ -134,7 +147,15 @@ async def serve_router(
             relist()
             remotes.refresh_soon()  # peers listed again, remote servers checked
 
+        def serve_downloaded() -> None:
+            folders.is_cache_served = True
+            rescan()
+
+        downloads = Downloads(
+            folders.cache, pool.events, on_finished=serve_downloaded, listed=lambda: pool.models
+        )
         rescan()
+        log.info("models: scanned %s", folders.describe())
         log.info("models: %s", ", ".join(sorted(pool.models)) or "none")
         # The chores (closing clients of exited children) outlive the children.
         async with trio.open_nursery() as chores, trio.open_nursery() as children:
@@ -164,12 +185,18 @@ async def serve_router(
                 background.start_soon(pool.run_idle_timers)
                 background.start_soon(remotes.run, lambda: pool.models, relist, pool.events)
                 background.start_soon(_rescan_on_sighup, rescan)
+                downloads.attach(background)  # POST /models: downloads end with the router
                 watcher = None
                 if settings.conf_dir is not None:
                     watcher = ConfDirWatcher(settings.conf_dir, rescan)
                     background.start_soon(watcher.run)
                 app = create_app(
-                    pool, settings, plugins, rescan=rescan, spares=supervisor.spare_report
+                    pool,
+                    settings,
+                    plugins,
+                    rescan=rescan,
+                    spares=supervisor.spare_report,
+                    downloads=downloads,
                 )
                 # Event streams end as shutdown begins: they must not hold it for the grace.
                 await _serve_http(settings, sock, app, task_status, on_stop=pool.events.close)

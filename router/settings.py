@@ -19,6 +19,7 @@ class RouterSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     models_dirs: tuple[Path, ...] = ()
+    hf_repo: str | None = None  # -hf ORG/REPO[:QUANT]: downloaded into the model cache at start-up
     models_max: int = 4  # models loaded at once; 0 = unlimited
     models_autoload: bool = True
     api_keys: tuple[str, ...] = ()

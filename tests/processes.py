@@ -202,7 +202,7 @@ def pid_is_alive(pid: int) -> bool:
 
 @contextmanager
 def running_router(
-    models_dir: Path,
+    models_dir: Path | None,
     *args: str,
     cwd: Path | None = None,
     program: Sequence[str] = (sys.executable, "-m", "router"),
@@ -211,11 +211,10 @@ def running_router(
 
     It runs in ``cwd`` (default: ``models_dir``), so the repository's own conf.d is not used;
     ``program`` is the command that runs ``llama-router`` (another installation's, say).
+    ``models_dir`` None: no ``--models-dir`` (the model cache is served); give ``cwd`` then.
     """
-    command = [
-        *program, "serve", "--models-dir", str(models_dir),
-        "--port", "0", "--threads", "1", *args,
-    ]  # fmt: skip
+    folder = ("--models-dir", str(models_dir)) if models_dir is not None else ()
+    command = [*program, "serve", *folder, "--port", "0", "--threads", "1", *args]
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,

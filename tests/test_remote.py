@@ -561,7 +561,11 @@ def test_tls_verification_follows_tls_verify(tiny_model: Path, tmp_path: Path) -
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         server = upstream.server
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # The handshake in each connection's own thread (on its first read), not in accept():
+        # one slow or silent client must not hold up the others' checks.
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
         url = upstream.url.replace("http://", "https://")
         for name, verify in (("ca", f'"{ca}"'), ("unverified", "false"), ("system", "true")):
             (conf / f"{name}.toml").write_text(
@@ -577,7 +581,10 @@ def test_tls_verification_follows_tls_verify(tiny_model: Path, tmp_path: Path) -
                     "health" in e["status"] for e in entries(front).values() if e["id"] != "tiny"
                 )
 
-            wait_until(checked, "every upstream was checked", timeout_s=BOUNDED_S)
+            try:
+                wait_until(checked, "every upstream was checked", timeout_s=BOUNDED_S)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {entries(front)}\n{front.stderr_text()}") from None
             listed = entries(front)
             assert listed["ca"]["status"]["available"] is True
             assert listed["unverified"]["status"]["available"] is True

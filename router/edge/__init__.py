@@ -7,6 +7,7 @@ the answer's token count. Routes decide nothing about models: they resolve the r
 once and hand its state to ``models`` (the pool) and the proxy.
 
 May import: ``router.models``, ``router.processes`` (the child connection, ``wire``),
-``router.hooks``, and the base modules (``errors``, ``settings``, ``spec``, ``child_options``).
+``router.hooks``, and the base modules (``errors``, ``settings``, ``spec``, ``child_options``,
+``options_table``).
 Never imported by ``models``, ``processes`` or ``hooks``.
 """

@@ -23,6 +23,7 @@ from werkzeug.datastructures import Headers
 from router.child_options import effective_child_options
 from router.edge.access import HostCheck, require_json
 from router.edge.config_api import config_path_for, delete_config, read_config, write_config
+from router.edge.downloads_api import DOWNLOAD_ENDPOINTS, register_downloads_api
 from router.edge.events_api import register_events_api
 from router.edge.extra_args import ExtraArgLimits, checked_extra_args
 from router.edge.gate import Gate, is_autoload
@@ -47,6 +48,7 @@ from router.errors import (
 )
 from router.hooks.plugin_types import RequestInfo
 from router.hooks.plugins import Plugins, call_each_now
+from router.models.downloads import Downloads
 from router.models.pool import ModelPool
 from router.models.remote import remote_status
 from router.models.state import ModelState
@@ -59,8 +61,9 @@ log = logging.getLogger("router.edge.app")
 FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # The routes that change the router's state (by endpoint: the view's name). They take only
 # JSON bodies, which no web page can send to another origin unasked (router/edge/access.py).
-STATE_CHANGING_ENDPOINTS = frozenset(
-    {"reload", "load", "unload", "pin", "put_config", "delete_model_config"}
+STATE_CHANGING_ENDPOINTS = (
+    frozenset({"reload", "load", "unload", "pin", "put_config", "delete_model_config"})
+    | DOWNLOAD_ENDPOINTS
 )
 
 
@@ -71,8 +74,10 @@ def create_app(
     *,
     rescan: Callable[[], None],
     spares: Callable[[], list[dict[str, int | None]]] = list,
+    downloads: Downloads | None = None,
 ) -> QuartTrio:
-    """The router's app. ``spares`` reports the waiting spare children (``GET /models``)."""
+    """The router's app. ``spares`` reports the waiting spare children (``GET /models``);
+    ``downloads``, when given, serves ``POST``/``DELETE /models`` (downloads_api.py)."""
     app = new_app("router")
     # A forward ends with its request, read or not (proxy.start_forward).
     app.asgi_app = owning_forwards(app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
@@ -165,6 +170,8 @@ def create_app(
     @app.post("/models/unload")
     async def unload() -> Response:
         model = _model_field(parse_json_object(await request_body()))
+        if downloads is not None and downloads.cancel(model):  # llama.cpp: stops its download
+            return json_response({"success": True})
         pool.request_unload(await resolve(model))
         return json_response({"success": True})
 
@@ -282,6 +289,8 @@ def create_app(
     register_ollama_api(app, settings, _request_info)
     register_metrics(app, pool)
     register_events_api(app, pool, resolve)
+    if downloads is not None:
+        register_downloads_api(app, pool, settings, downloads, rescan)
     call_each_now(plugins, "register_routes", app=app)
     return app
 

@@ -16,15 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.child_options import FLAG_SPELLINGS
 from router.errors import InvalidField
+from router.options_table import MODEL_OPTIONS, OPTIONS_BY_KEY
 
 _ASCII_INTEGER = re.compile(r"[0-9]{1,9}")  # \d would take any script's digits
-_FLASH_ATTN = ("on", "off", "auto")
 FALLBACK_MAX_CTX = 8192  # when the GGUF's trained context cannot be read
-MAX_PARALLEL = 16
-MAX_BATCH = 16384
-MAX_GPU_LAYERS = 999  # llama.cpp's own "every layer"
 
 
 @dataclass(frozen=True)
@@ -43,24 +39,20 @@ class ExtraArgLimits:
         return cls(max_ctx=max_ctx, max_threads=os.cpu_count() or 1)
 
     def bounds(self, key: str) -> tuple[int, int]:
-        return {
-            "ctx_size": (0, self.max_ctx),  # 0: the model's own
-            "n_gpu_layers": (0, MAX_GPU_LAYERS),
-            "threads": (1, self.max_threads),
-            "threads_batch": (1, self.max_threads),
-            "batch_size": (1, MAX_BATCH),
-            "ubatch_size": (1, MAX_BATCH),
-            "parallel": (1, MAX_PARALLEL),
-        }[key]
+        """The option's client bounds (``options_table``), "ctx" and "cpus" made numbers."""
+        client_bounds = OPTIONS_BY_KEY[key].client_bounds
+        assert client_bounds is not None, key
+        named = {"ctx": self.max_ctx, "cpus": self.max_threads}
+        low, high = (named[b] if isinstance(b, str) else b for b in client_bounds)
+        return low, high
 
 
-# The options a client may set, each by every spelling of its flag.
-CLIENT_OPTIONS = (
-    "ctx_size", "n_gpu_layers", "threads", "threads_batch", "batch_size", "ubatch_size",
-    "parallel", "flash_attn",
-)  # fmt: skip
+# The options a client may set, each by every spelling of its flag (options_table).
 ALLOWED_EXTRA_ARGS: dict[str, str] = {
-    flag: key for key in CLIENT_OPTIONS for flag in FLAG_SPELLINGS[key]
+    flag: option.key
+    for option in MODEL_OPTIONS
+    if option.is_client_settable
+    for flag in option.flags
 }
 MAX_EXTRA_ARGS = 2 * len(set(ALLOWED_EXTRA_ARGS.values()))
 
@@ -83,9 +75,10 @@ def checked_extra_args(raw: object, limits: ExtraArgLimits) -> tuple[str, ...]:
         if key in seen:
             raise InvalidField("args", f"sets {flag} twice")
         seen.add(key)
-        if key == "flash_attn":
-            if value not in _FLASH_ATTN:
-                raise InvalidField("args", f"{flag} must be one of {', '.join(_FLASH_ATTN)}")
+        choices = OPTIONS_BY_KEY[key].choices
+        if choices:
+            if value not in choices:
+                raise InvalidField("args", f"{flag} must be one of {', '.join(choices)}")
             continue
         low, high = limits.bounds(key)
         if not _ASCII_INTEGER.fullmatch(value) or not low <= int(value) <= high:

@@ -4,17 +4,48 @@
 * ``DIR/NAME/`` holding a multi-shard set (``*-00001-of-0000N.gguf``) is model ``NAME``, loaded
   from its first shard; holding one model file plus ``mmproj*.gguf`` it is model ``NAME`` with
   that projector. Other folders and non-GGUF files are ignored.
+
+Without ``--models-dir`` (or once a model was downloaded, ``-hf``), llama.cpp's model cache is
+read too (``hf_cache.py``): its models are ``ORG/REPO:TAG``, with ``source: "cache"``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from router.models.hf_cache import scan_cache
 from router.spec import ModelSpec
 
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+@dataclass
+class ModelFolders:
+    """The folders the router lists models from: ``--models-dir``, and the cache when it is
+    served (no ``--models-dir``, or a model was downloaded into it: from then on, for good)."""
+
+    models_dirs: tuple[Path, ...]
+    cache: Path
+    is_cache_served: bool
+
+    def scan(self) -> dict[str, ModelSpec]:
+        """Every model in them; a ``--models-dir`` model wins over a cache model of its id
+        (llama.cpp's order)."""
+        specs = scan_models_dirs(self.models_dirs)
+        if self.is_cache_served:
+            for model_id, spec in scan_cache(self.cache).items():
+                specs.setdefault(model_id, spec)
+        return specs
+
+    def describe(self) -> str:
+        """The folders scanned, for the start-up log line."""
+        folders = [str(folder) for folder in self.models_dirs]
+        if self.is_cache_served:
+            folders.append(f"{self.cache} (cache)")
+        return ", ".join(folders) or "none"
 
 
 def scan_models_dirs(folders: Iterable[Path]) -> dict[str, ModelSpec]:

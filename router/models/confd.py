@@ -14,7 +14,7 @@ A model file (``conf.d/NAME.toml``)::
     pinned = false                # never evicted
     stop_timeout = 10
     max_queue = 64                # requests waiting for it before 429
-    [args]                        # child options (see CHILD_OPTIONS)
+    [args]                        # child options (router/options_table.py)
     ctx_size = 8192
     [env]                         # environment for its process
     CUDA_VISIBLE_DEVICES = "0"
@@ -45,8 +45,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from router.child_options import CHILD_OPTIONS
 from router.errors import ConfigInvalid, RouterFileError
+from router.options_table import OPTIONS_BY_KEY, check_bounds
 from router.spec import ModelSpec, Peer, Upstream
 
 # Sizes past which a value is a mistake, not a configuration. Linux refuses any single argv or
@@ -216,6 +216,36 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
             )
         if "{model}" in joined and model_path is None:
             raise ConfigInvalid("'command' uses {model}, so set 'model' too", "command")
+    health, aliases = _checked_listing(data)
+    env = checked_environment(data.get("env", {}))
+    for key in ("ttl", "stop_timeout"):
+        value = data.get(key, 0)
+        if not 0 <= value <= MAX_SECONDS:  # NaN fails both comparisons
+            raise ConfigInvalid(f"{key!r} must be 0 or more seconds, up to {MAX_SECONDS}", key)
+    if not 0 <= data.get("max_queue", 1) <= MAX_QUEUE:
+        raise ConfigInvalid(f"'max_queue' must be 0 or more, up to {MAX_QUEUE}", "max_queue")
+    return ModelSpec(
+        id=model_id,
+        path=model_path,
+        aliases=aliases,
+        source="file",
+        source_file=path,
+        description=data.get("description", ""),
+        command=command,
+        health=health,
+        ttl_s=float(data.get("ttl", 0)),
+        load_on_startup=data.get("load_on_startup", False),
+        is_pinned=data.get("pinned", False),
+        stop_timeout_s=float(data["stop_timeout"]) if "stop_timeout" in data else None,
+        max_queue=data.get("max_queue"),
+        args=_with_mmproj_found(checked_child_options(data.get("args", {})), path.parent),
+        env=env,
+    )
+
+
+def _checked_listing(data: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The keys every model has, local or remote: its health path and aliases (returned) and
+    its description (checked), each by one rule."""
     health = data.get("health", "/health")
     if not _HEALTH_PATH.fullmatch(health) or len(health) > 2048:
         raise ConfigInvalid(
@@ -237,30 +267,7 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         raise ConfigInvalid(
             f"'description' may be {MAX_DESCRIPTION_CHARS} characters long at most", "description"
         )
-    env = checked_environment(data.get("env", {}))
-    for key in ("ttl", "stop_timeout"):
-        value = data.get(key, 0)
-        if not 0 <= value <= MAX_SECONDS:  # NaN fails both comparisons
-            raise ConfigInvalid(f"{key!r} must be 0 or more seconds, up to {MAX_SECONDS}", key)
-    if not 0 <= data.get("max_queue", 1) <= MAX_QUEUE:
-        raise ConfigInvalid(f"'max_queue' must be 0 or more, up to {MAX_QUEUE}", "max_queue")
-    return ModelSpec(
-        id=model_id,
-        path=model_path,
-        aliases=aliases,
-        source="file",
-        source_file=path,
-        description=data.get("description", ""),
-        command=command,
-        health=data.get("health", "/health"),
-        ttl_s=float(data.get("ttl", 0)),
-        load_on_startup=data.get("load_on_startup", False),
-        is_pinned=data.get("pinned", False),
-        stop_timeout_s=float(data["stop_timeout"]) if "stop_timeout" in data else None,
-        max_queue=data.get("max_queue"),
-        args=checked_child_options(data.get("args", {})),
-        env=env,
-    )
+    return health, aliases
 
 
 def _check_type(key: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -281,20 +288,7 @@ def _remote_spec_from(data: Mapping[str, Any], path: Path, model_id: str) -> Mod
     remote_model = data.get("remote_model", model_id)
     if not remote_model or len(remote_model) > MAX_ID_BYTES or not remote_model.isprintable():
         raise ConfigInvalid("'remote_model' must be the id the server knows it by", "remote_model")
-    health = data.get("health", "/health")
-    if not _HEALTH_PATH.fullmatch(health) or len(health) > 2048:
-        raise ConfigInvalid(
-            f"'health' {_shown(health)} must be an HTTP path: it starts with / and holds no "
-            "spaces or control characters",
-            "health",
-        )
-    if len(data.get("description", "")) > MAX_DESCRIPTION_CHARS:
-        raise ConfigInvalid(
-            f"'description' may be {MAX_DESCRIPTION_CHARS} characters long at most", "description"
-        )
-    aliases = tuple(data.get("aliases", ()))
-    if not all(isinstance(alias, str) and _is_model_id(alias) for alias in aliases):
-        raise ConfigInvalid("'aliases' must be a list of model names", "aliases")
+    health, aliases = _checked_listing(data)
     return ModelSpec(
         id=model_id,
         path=None,
@@ -443,31 +437,49 @@ def _shown(value: Any) -> str:
 
 
 def checked_child_options(options: Mapping[str, Any], *, table: str = "args") -> dict[str, Any]:
-    """Child options as the known keys and types; raise ConfigInvalid naming the first bad one."""
+    """Child options as the known keys, kinds and bounds (``options_table``); raise
+    ConfigInvalid naming the first bad one."""
     for key, value in options.items():
-        known = CHILD_OPTIONS.get(key)
-        if known is None:
+        option = OPTIONS_BY_KEY.get(key)
+        if option is None:
             raise ConfigInvalid(
-                f"unknown key {key!r} in [{table}]{_suggestion(key, CHILD_OPTIONS)}", key, table
+                f"unknown key {key!r} in [{table}]{_suggestion(key, OPTIONS_BY_KEY)}", key, table
             )
-        kind = known[1]
-        if isinstance(kind, tuple):
+        where = f"[{table}] {key!r}"
+        if option.kind == "choice":
             if key == "flash_attn" and isinstance(value, bool):
                 continue
-            if value not in kind:
-                raise ConfigInvalid(
-                    f"[{table}] {key!r} must be one of {', '.join(kind)}", key, table
-                )
-        elif kind in (bool, "negated"):
+            if value not in option.choices:
+                raise ConfigInvalid(f"{where} must be one of {', '.join(option.choices)}", key,
+                                    table)  # fmt: skip
+        elif option.kind in ("bool", "negated"):
             if not isinstance(value, bool):
-                raise ConfigInvalid(f"[{table}] {key!r} must be true or false", key, table)
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigInvalid(f"[{table}] {key!r} must be {_type_name(kind)}", key, table)
-        elif kind is int and not -(2**31) <= value < 2**32:
-            raise ConfigInvalid(f"[{table}] {key!r} is out of range: {value}", key, table)
-        elif kind is str:
-            _check_argument(value, f"[{table}] {key!r}", key, table)
+                raise ConfigInvalid(f"{where} must be true or false", key, table)
+        elif option.kind in ("str", "path"):
+            if not isinstance(value, str):
+                raise ConfigInvalid(f"{where} must be a string", key, table)
+            _check_argument(value, where, key, table)
+        else:
+            kinds = int if option.kind == "int" else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ConfigInvalid(f"{where} must be {_type_name(kinds)}", key, table)
+            try:
+                check_bounds(option, value)
+            except ValueError as exc:
+                raise ConfigInvalid(f"{where} is out of range: {exc}", key, table) from None
     return dict(options)
+
+
+def _with_mmproj_found(args: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``args`` with ``mmproj`` found from the file's folder, as ``model`` is: the child runs
+    elsewhere, so a relative path would name another file there."""
+    if "mmproj" not in args:
+        return args
+    found = (folder / args["mmproj"]).resolve()
+    if not found.is_file():
+        raise ConfigInvalid(f"'mmproj' {args['mmproj']!r}: no such file ({found})", "mmproj",
+                            "args")  # fmt: skip
+    return {**args, "mmproj": str(found)}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ The contract (other code and other programs read exactly these names):
   (``POST /models/pin``); a pinned model is never evicted nor unloaded when idle.
 * ``model_add`` / ``model_remove`` (no data): a rescan listed a new model, or delisted one.
 * ``models_reload`` (``model`` is ``"*"``, no data): after each rescan of the model list.
+* ``download_progress`` ``{"progress": {URL: {"done": BYTES, "total": BYTES}}}``: a download
+  into the model cache (``POST /models``) goes on, one entry per file (``downloads.py``); then
+  ``download_finished`` (no data) and the model is listed (``model_add``), or
+  ``download_failed`` ``{"reason": "plain words"}`` (``"cancelled"`` after ``POST
+  /models/unload``). ``model`` is the id the model is listed by, ``ORG/REPO:TAG``.
 * ``log`` ``{"line": ..., "stream": "stderr"}`` (ours): one line a child printed, only to
   subscribers that asked for log lines, and published only while one listens.
 """
@@ -59,6 +64,9 @@ MODEL_PIN = "model_pin"  # ours: pinned or unpinned at run time: {"pinned": bool
 MODEL_ADD = "model_add"  # ours: a model was listed (a new file in --models-dir or conf.d)
 MODEL_REMOVE = "model_remove"  # a model was delisted
 MODELS_RELOAD = "models_reload"  # the list was read again; model is "*"
+DOWNLOAD_PROGRESS = "download_progress"  # {"progress": {url: {"done": n, "total": n}}}
+DOWNLOAD_FINISHED = "download_finished"
+DOWNLOAD_FAILED = "download_failed"  # {"reason": ...}
 LOG_LINE = "log"  # ours, only to subscribers that asked: {"line": ..., "stream": ...}
 ALL_MODELS = "*"  # the ``model`` of an event about every model (``models_reload``)
 

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import trio
 
 from router.child_options import effective_child_options
+from router.options_table import ROUTER_FLAG_ENV
 from router.processes import command_children, lifeline, own_children
 from router.processes.child_process import (
     KILL_AFTER_TERM_S,
@@ -54,6 +55,9 @@ log = logging.getLogger("router.children")
 # The router's own variables (API keys above all) never reach a child: third-party commands
 # included. A model's [env] may still set one on purpose.
 _PRIVATE_ENV_PREFIX = "LLAMA_ROUTER_"
+# llama-server's names for the router's flags: a llama-server 'command' model would read
+# LLAMA_API_KEY as its own key, LLAMA_ARG_MODELS_DIR as an order to be a router.
+_PRIVATE_ENV_NAMES = frozenset(ROUTER_FLAG_ENV.values())
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,11 @@ class Supervisor:
 
     def _base_env(self) -> dict[str, str]:
         """The router's environment less its own variables (keys, the lifeline)."""
-        return {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIX)}
+        return {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(_PRIVATE_ENV_PREFIX) and k not in _PRIVATE_ENV_NAMES
+        }
 
     async def _stop_when_asked(
         self, child: Child, process: trio.Process, holder: _Holder | None
