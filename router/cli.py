@@ -101,6 +101,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of GGUF models, as llama.cpp lays them out (repeatable)",
     )
     add(
+        "-m",
+        "--model",
+        type=Path,
+        default=_env("model"),
+        metavar="FILE.gguf",
+        help="serve this one model, as llama-server -m: loaded at start, never unloaded, "
+        "answering whatever model a request names (its id: --alias, else the file's name)",
+    )
+    add(
         "-hf",
         "--hf-repo",
         default=_env("hf-repo"),
@@ -119,6 +128,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=_env("conf-dir"),
         help="folder of per-model TOML files, watched for changes (default: ./conf.d, if there)",
+    )
+    add(
+        "--models-preset",
+        type=Path,
+        default=_env("models-preset"),
+        metavar="FILE.ini",
+        help="llama-server's preset file: [*] settings for every model, a section per model "
+        "(re-read on POST /models/reload and SIGHUP)",
     )
     add(
         "--models-max",
@@ -142,11 +159,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="load a model when a request names it (default: on)",
     )
     add(
+        "--sleep-idle-seconds",
+        type=int,
+        default=_env_int("sleep-idle-seconds", -1),
+        metavar="SECONDS",
+        help="a model idle this long sleeps: its process stops, freeing its memory, until the "
+        "next request wakes it (the ttl of models without their own; default: -1, never)",
+    )
+    add(
         "--api-key",
         action="append",
         default=_env_list("api-key"),
-        help="require this key as 'Authorization: Bearer KEY' (repeatable; other local users "
-        "can read a command line: prefer --api-key-file)",
+        help="require this key as 'Authorization: Bearer KEY' (repeatable, or KEY1,KEY2 as "
+        "llama-server; other local users can read a command line: prefer --api-key-file)",
     )
     add(
         "--api-key-file",
@@ -392,7 +417,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
     from router.server import run_router
     from router.settings import RouterSettings
 
-    conf_dir = args.conf_dir if args.conf_dir is not None else _default_conf_dir()
+    conf_dir = args.conf_dir
+    if conf_dir is None and args.model is None:  # -m serves its one model, and no conf.d
+        conf_dir = _default_conf_dir()
     config_path = args.config
     if config_path is None and conf_dir is not None and (conf_dir.parent / "router.toml").is_file():
         config_path = conf_dir.parent / "router.toml"
@@ -408,7 +435,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
         file_plugins = router_file.plugins
         peers = router_file.peers
         args = _with_router_file(parser, args, router_file.router, config_path, argv)
-    keys = [*args.api_key, *_keys_from_file(parser, "--api-key-file", args.api_key_file)]
+    # --api-key k1,k2 holds two keys, as llama-server splits it (and LLAMA_API_KEY).
+    given = [key for value in args.api_key for key in value.split(",") if key]
+    keys = [*given, *_keys_from_file(parser, "--api-key-file", args.api_key_file)]
     admin_keys = [
         *args.admin_api_key,
         *_keys_from_file(parser, "--admin-api-key-file", args.admin_api_key_file),
@@ -420,14 +449,18 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list
             port=args.port,
             models_dirs=tuple(Path(p) for p in args.models_dir),
             hf_repo=args.hf_repo,
+            model_file=args.model,
+            model_alias=args.compat_alias,
             models_max=args.models_max,
             models_autoload=args.models_autoload,
+            sleep_idle_seconds=args.sleep_idle_seconds,
             api_keys=tuple(keys),
             admin_api_keys=tuple(admin_keys),
             models_allow_extra_args=args.models_allow_extra_args,
             child_defaults=defaults,
             child_options=child_options_from(args),
             conf_dir=conf_dir,
+            models_preset=Path(args.models_preset) if args.models_preset else None,
             allow_config_writes=args.allow_config_writes,
             stop_timeout_s=args.stop_timeout,
             load_timeout_s=args.load_timeout,

@@ -186,6 +186,12 @@ class NotSupported(InvalidRequest):
     error_type = "not_supported_error"
 
 
+class ModelNotLoaded(InvalidRequest):
+    """Autoload is off and the model is not loaded: a 400, as llama-server's router answers
+    ("model is not loaded"), since only a load (POST /models/load) changes the answer; a
+    retry as it is never would."""
+
+
 class Unavailable(RouterError):
     """The model cannot serve now; with ``retry_after_s``, it is worth retrying after that."""
 

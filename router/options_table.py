@@ -117,6 +117,12 @@ MODEL_OPTIONS: tuple[ModelOption, ...] = (
     ModelOption("mlock", ("--mlock",), "bool", False, "keep the model in RAM"),
     ModelOption("seed", ("-s", "--seed"), "int", -1, "default sampling seed (-1: random)",
                 bounds=(-1, 2**32 - 1)),
+    ModelOption("temp", ("--temp", "--temperature"), "float", 0.8,
+                "temperature of requests that set none (0: greedy)",
+                env="LLAMA_ARG_TEMPERATURE", bounds=(0.0, 1e6)),
+    ModelOption("n_predict", ("-n", "--predict", "--n-predict"), "int", -1,
+                "max_tokens of requests that set none (-1: until the end of generation or "
+                "of the context)", env="LLAMA_ARG_N_PREDICT", bounds=(-1, INT32[1])),
     ModelOption("max_queue", ("--max-queue",), "int", 64,
                 "requests that may wait for a free slot before 429", bounds=(0, 10**6),
                 group="server"),
@@ -151,14 +157,10 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
                "LLAMA_ARG_OFFLINE"),
     CompatFlag("threads_http", ("--threads-http",), "accepted: connections are served by one "
                "event loop, not a thread pool", "LLAMA_ARG_THREADS_HTTP", takes="int"),
-    CompatFlag("temp", ("--temp", "--temperature"), "accepted: a request's own temperature "
-               "applies (default 0.8, as llama-server)", "LLAMA_ARG_TEMPERATURE", takes="float"),
-    CompatFlag("n_predict", ("-n", "--predict", "--n-predict"), "accepted: a request's own "
-               "max_tokens applies (default: until the context ends)", "LLAMA_ARG_N_PREDICT",
-               takes="int"),
-    CompatFlag("alias", ("-a", "--alias"), "accepted: the router names each model by its file "
-               "or conf.d name (aliases go in conf.d), as llama-server's router overwrites it",
-               "LLAMA_ARG_ALIAS", takes="str", is_router_only=True),
+    CompatFlag("alias", ("-a", "--alias"), "with -m, the model's id; else accepted: the router "
+               "names each model by its file or conf.d name (aliases go in conf.d), as "
+               "llama-server's router overwrites it", "LLAMA_ARG_ALIAS", takes="str",
+               is_router_only=True),
 )  # fmt: skip
 
 # llama-server's variables for the router's own flags (router/cli.py), besides LLAMA_ROUTER_*.
@@ -167,9 +169,11 @@ ROUTER_FLAG_ENV: dict[str, str] = {
     "port": "LLAMA_ARG_PORT",
     "api-key": "LLAMA_API_KEY",
     "api-key-file": "LLAMA_ARG_API_KEY_FILE",
+    "model": "LLAMA_ARG_MODEL",
     "models-dir": "LLAMA_ARG_MODELS_DIR",
     "models-max": "LLAMA_ARG_MODELS_MAX",
     "models-autoload": "LLAMA_ARG_MODELS_AUTOLOAD",
+    "models-preset": "LLAMA_ARG_MODELS_PRESET",
     "timeout": "LLAMA_ARG_TIMEOUT",
 }
 

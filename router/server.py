@@ -40,11 +40,12 @@ from router.hooks.plugins import (
     load_plugins,
 )
 from router.logs import configure_logging
-from router.models.catalog import ModelFolders
-from router.models.confd import merge_catalog, scan_conf_dir
+from router.models.catalog import ModelFolders, single_model_spec
+from router.models.confd import scan_conf_dir
 from router.models.downloads import Downloads, download_at_startup
 from router.models.hf_cache import cache_dir
 from router.models.pool import ModelPool
+from router.models.presets import catalog_with_presets
 from router.models.remote import RemoteUpstreams
 from router.models.watch import ConfDirWatcher
 from router.processes.supervisor import Supervisor, SupervisorSettings
@@ -112,23 +113,31 @@ async def serve_router(
     plugins = load_router_plugins(settings)
     # The cache is served without --models-dir, as llama-server's router serves it.
     folders = ModelFolders(
-        settings.models_dirs, cache_dir(), is_cache_served=not settings.models_dirs
+        settings.models_dirs,
+        cache_dir(),
+        is_cache_served=not settings.models_dirs and settings.model_file is None,
+        single_model=None
+        if settings.model_file is None
+        else single_model_spec(settings.model_file, settings.model_alias),
     )
+    models_preset = settings.models_preset
     if settings.hf_repo is not None:
         try:
-            await trio.to_thread.run_sync(
+            downloaded_preset = await trio.to_thread.run_sync(
                 download_at_startup, settings.hf_repo, folders.cache, abandon_on_cancel=True
             )
         except BaseException:
             sock.close()
             raise
         folders.is_cache_served = True
+        models_preset = downloaded_preset or models_preset  # a preset repository's preset
     runtime_dir = Path(tempfile.mkdtemp(prefix="llama-router-"))  # mode 0700: ours alone
     try:
         pool = ModelPool(
             {},
             models_max=settings.models_max,
             slot_timeout_s=settings.slot_timeout_s,
+            sleep_idle_s=max(0, settings.sleep_idle_seconds),
             plugins=plugins,
             child_defaults=settings.child_defaults,
             child_options=settings.child_options,
@@ -137,7 +146,8 @@ async def serve_router(
         remotes = RemoteUpstreams(settings.peers, settings.remote_interval_s)
 
         def relist() -> None:
-            specs, problems = merge_catalog(folders.scan(), scan_conf_dir(settings.conf_dir))
+            confd = scan_conf_dir(settings.conf_dir)
+            specs, problems = catalog_with_presets(folders.scan(), models_preset, confd)
             for problem in problems.values():
                 log.warning("config: %s", problem)
             specs |= remotes.specs(taken=specs.keys() | problems.keys())

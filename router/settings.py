@@ -20,8 +20,12 @@ class RouterSettings:
     port: int = 8080
     models_dirs: tuple[Path, ...] = ()
     hf_repo: str | None = None  # -hf ORG/REPO[:QUANT]: downloaded into the model cache at start-up
+    # -m FILE.gguf: that one model is served (llama-server -m), by --alias or its file's name.
+    model_file: Path | None = None
+    model_alias: str | None = None
     models_max: int = 4  # models loaded at once; 0 = unlimited
     models_autoload: bool = True
+    sleep_idle_seconds: int = -1  # the ttl of models without their own ttl; -1: none
     api_keys: tuple[str, ...] = ()
     models_allow_extra_args: bool = False  # POST /models/load may carry allowlisted "args"
     # Child options (child_options.CHILD_OPTIONS keys), lowest precedence first: router.toml's
@@ -29,6 +33,7 @@ class RouterSettings:
     child_defaults: Mapping[str, Any] = field(default_factory=dict)
     child_options: Mapping[str, Any] = field(default_factory=dict)
     conf_dir: Path | None = None
+    models_preset: Path | None = None  # --models-preset FILE.ini (models/presets.py)
     allow_config_writes: bool = False  # PUT/PATCH/DELETE /models/{id}/config
     admin_api_keys: tuple[str, ...] = ()  # required for config writes when keys are set
     plugins: tuple[str, ...] = ()  # modules or .py files (--plugin, router.toml plugins)
@@ -73,6 +78,13 @@ class RouterSettings:
                 f"two peers are named {name!r}: name them apart (--peer NAME=URL, or 'name' "
                 "in [[peers]])"
             )
+        if self.sleep_idle_seconds == 0 or self.sleep_idle_seconds < -1:
+            raise SettingsError(
+                "--sleep-idle-seconds must be -1 (never) or 1 or more, "
+                f"not {self.sleep_idle_seconds}"
+            )
+        if self.model_file is not None:
+            _check_model_file(self)
         if self.health_misses < 1:
             raise SettingsError(f"--health-misses must be 1 or more, not {self.health_misses}")
         if self.max_connections < 1:
@@ -100,6 +112,21 @@ class RouterSettings:
             raise SettingsError(
                 f"--conf-dir {self.conf_dir} is not a folder: create it, or leave the flag out"
             )
+        if self.models_preset is not None and not self.models_preset.is_file():
+            raise SettingsError(
+                f"--models-preset {self.models_preset} is not a file: give a preset .ini file"
+            )
         for folder in self.models_dirs:
             if not folder.is_dir():
                 raise SettingsError(f"--models-dir {folder} is not a folder")
+
+
+def _check_model_file(settings: RouterSettings) -> None:
+    """``-m`` serves one model instead of a router's folders: refuse what says otherwise."""
+    if not settings.model_file or not settings.model_file.is_file():
+        raise SettingsError(f"-m {settings.model_file}: no such file; give a GGUF model file")
+    if settings.models_dirs or settings.hf_repo or settings.models_preset or settings.conf_dir:
+        raise SettingsError(
+            "-m serves one model, as llama-server -m does: leave out --models-dir, -hf, "
+            "--models-preset and --conf-dir (or leave out -m to serve many)"
+        )

@@ -17,7 +17,9 @@ class ModelSpec:
     path: Path | None  # None only for a conf.d 'command' model that takes no file
     mmproj: Path | None = None
     aliases: tuple[str, ...] = ()
-    source: str = "dir"  # "dir" or "file"
+    # GET /models' "source", in llama.cpp's words where it has them: "models_dir", "cache",
+    # "preset"; ours: "conf.d", "peer".
+    source: str = "models_dir"
     source_file: Path | None = None
     description: str = ""
     command: tuple[str, ...] | None = None  # an OpenAI-compatible server to run instead

@@ -11,6 +11,19 @@ import pytest
 from tests.processes import ChildProcess, running_child
 from tests.tiny_models import write_tiny_llama, write_truncated_gguf
 
+LLAMA_CPP_PLUGIN = "tests.llama_cpp_router.offline_plugin"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """llama.cpp's own router tests (tests/llama_cpp_router) run only with their plugin
+    (``-p tests.llama_cpp_router.offline_plugin``, as ``make test`` does): without it their
+    harness would download models and start a server on port 8080."""
+    if collection_path.name == "llama_cpp_router" and not config.pluginmanager.has_plugin(
+        LLAMA_CPP_PLUGIN
+    ):
+        return True
+    return None
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -168,7 +168,7 @@ def test_a_file_configures_the_folder_model_of_the_same_id(conf: Path) -> None:
     assert problems == {}
     assert specs["weights"].ttl_s == 9
     assert specs["weights"].path == folder_spec.path
-    assert specs["weights"].source == "file"
+    assert specs["weights"].source == "conf.d"
     _, problems = merge_catalog({}, scan_conf_dir(conf))
     assert "no model of that name" in str(problems["weights"])
 

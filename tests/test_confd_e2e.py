@@ -90,12 +90,12 @@ def test_aliases_route_to_the_model(site: Path) -> None:
         assert statuses(router) == {"first": "loaded"}
 
 
-def test_ttl_unloads_an_idle_model(site: Path) -> None:
+def test_ttl_puts_an_idle_model_to_sleep(site: Path) -> None:
     conf(site, "brief", 'model = "../models/a.gguf"\nttl = 1\n')
     with router_in(site) as router:
         assert complete(router, "brief").status_code == 200
         assert statuses(router)["brief"] == "loaded"
-        wait_until(lambda: statuses(router)["brief"] == "unloaded", "the ttl unloads it")
+        wait_until(lambda: statuses(router)["brief"] == "sleeping", "the ttl stops it")
         wait_until(lambda: "idle for its ttl" in router.stderr_text(), "the reason is logged")
 
 

@@ -111,7 +111,7 @@ def test_hf_flag_downloads_before_serving_beside_models_dir(
 ) -> None:
     with running_router(tiny_model.parent, "-hf", f"{REPO}:Q8_0", cwd=tmp_path) as router:
         models = listed(router.base_url)
-        assert models[f"{REPO}:Q8_0"] == "cache" and models["tiny"] == "dir"
+        assert models[f"{REPO}:Q8_0"] == "cache" and models["tiny"] == "models_dir"
         assert f"{tmp_path / 'cache'} (cache)" in router.stderr_text()
 
 
@@ -121,6 +121,23 @@ def test_hf_flag_for_a_missing_quant_stops_with_the_reason(hub: FakeHub, tmp_pat
         running_router(None, "-hf", f"{REPO}:Q5_K", cwd=tmp_path),
     ):
         pass
+
+
+def test_hf_flag_for_a_preset_repository_serves_its_preset(
+    hub: FakeHub, tmp_path: Path, tiny_model: Path
+) -> None:
+    """As llama-server: a repository with a preset.ini at its root is a preset; -hf fetches
+    that file alone and serves it as --models-preset (its models come from the cache)."""
+    hub.add_file("org/presets", "preset.ini", b"version = 1\n\n[from-preset]\nhf-repo = org/tiny\n")
+    hub.add_file("org/presets", "unrelated-Q8_0.gguf", tiny_model)
+    with running_router(None, "-hf", f"{REPO}:Q8_0", cwd=tmp_path):
+        pass  # org/tiny:Q8_0 is in the cache now, for the preset to name
+    with running_router(None, "-hf", "org/presets", cwd=tmp_path) as router:
+        models = listed(router.base_url)
+        assert "from-preset" in models and "org/presets:Q8_0" not in models
+        refused = httpx.post(f"{router.base_url}/models", json={"model": "org/presets"})
+        assert refused.status_code == 400
+        assert "preset repository" in refused.json()["error"]["message"]
 
 
 def test_unload_cancels_a_download(hub: FakeHub, tmp_path: Path) -> None:

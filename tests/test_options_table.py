@@ -174,7 +174,7 @@ def test_llama_cpps_test_harness_command_line_is_accepted() -> None:
         "--threads-http", "4", "-a", "alias", "--timeout", "30",
     )  # fmt: skip
     assert child_options_from(args) == {"seed": 42, "batch_size": 32, "ctx_size": 512,
-                                        "parallel": 2}  # fmt: skip
+                                        "parallel": 2, "temp": 0.8, "n_predict": 16}  # fmt: skip
     assert (args.models_max, args.models_autoload, args.timeout) == (2, False, 30)
 
 

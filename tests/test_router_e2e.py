@@ -228,7 +228,7 @@ def test_autoload_off_refuses_unloaded_models(three_models: Path) -> None:
         refused = httpx.post(
             f"{router.base_url}/v1/completions", json={"model": "alpha", "prompt": "x"}
         )
-        assert refused.status_code == 503
+        assert refused.status_code == 400  # as llama-server's router: "model is not loaded"
         assert "autoload" in refused.json()["error"]["message"]
         allowed = httpx.post(
             f"{router.base_url}/v1/completions?autoload=true",

@@ -54,7 +54,7 @@ async def create_message(
 
     Raises RouterError for anything wrong with the request or the model.
     """
-    parsed = parse_chat(to_chat(body, needs_max_tokens=True))
+    parsed = parse_chat(to_chat(body, needs_max_tokens=True), defaults=service.request_defaults)
     plan, requests = await generations.planned_chat(service, parsed)
     message_id = f"msg_{secrets.token_hex(24)}"
     if not parsed.settings.stream:

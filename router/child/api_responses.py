@@ -76,7 +76,7 @@ async def create_response(
 
     Raises RouterError for anything wrong with the request or the model.
     """
-    parsed = parse_chat(to_chat(body))
+    parsed = parse_chat(to_chat(body), defaults=service.request_defaults)
     plan, requests = await generations.planned_chat(service, parsed)
     ids = ResponseIds(model=model_id)
     echo = _echoed(body)

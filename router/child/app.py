@@ -32,7 +32,7 @@ from router.errors import (
     NotSupported,
     Unavailable,
 )
-from router.version import __version__
+from router.version import BUILD_INFO
 
 log = logging.getLogger("router.child")
 
@@ -88,7 +88,9 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
 
     @app.get("/props")
     async def props() -> Response:
-        defaults = SamplingParams()
+        defaults = SamplingParams(temperature=service.request_defaults.temperature)
+        n_predict = service.request_defaults.max_tokens
+        n_predict = -1 if n_predict is None else n_predict
         return json_response(
             {
                 "default_generation_settings": {
@@ -98,7 +100,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                     "speculative": False,
                     "is_processing": service.admission.running > 0,
                     "params": {
-                        "n_predict": -1,
+                        "n_predict": n_predict,
                         "seed": 4294967295,
                         "temperature": defaults.temperature,
                         "top_k": defaults.top_k,
@@ -110,7 +112,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                         "presence_penalty": defaults.presence_penalty,
                         "frequency_penalty": defaults.frequency_penalty,
                         "stop": [],
-                        "max_tokens": -1,
+                        "max_tokens": n_predict,
                         "ignore_eos": False,
                         "stream": False,
                         "samplers": [
@@ -132,7 +134,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
                 "bos_token": info.bos_token,
                 "eos_token": info.eos_token,
                 "modalities": {"vision": info.vision, "audio": False},
-                "build_info": f"llama-router {__version__}",
+                "build_info": BUILD_INFO,
                 "is_sleeping": False,
                 "queue": {
                     "running": service.admission.running,

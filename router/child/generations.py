@@ -44,7 +44,7 @@ async def text_completion(
     """
     engine = service.engine
     info = engine.info
-    parsed = parse_completion(body)
+    parsed = parse_completion(body, defaults=service.request_defaults)
     check_choices(parsed.settings, info)
     engine.check_sampling(parsed.settings.sampling)
     echo = ""
@@ -76,7 +76,7 @@ async def chat_completion(
     service: ModelService, model_id: str, body: dict[str, Any], nursery: trio.Nursery
 ) -> Answer:
     """``/v1/chat/completions``, as :func:`text_completion`."""
-    parsed = parse_chat(body)
+    parsed = parse_chat(body, defaults=service.request_defaults)
     plan, requests = await planned_chat(service, parsed)
     ids = responses.ResponseIds(model=model_id, prefix="chatcmpl")
     with_logprobs = parsed.settings.logprobs is not None

@@ -83,7 +83,7 @@ async def infill_answer(
         if name not in body:
             raise InvalidField(name, "is required")
     extra = _extra_files(body.get("input_extra", []))
-    parsed = parse_completion({**body, "prompt": prompt})
+    parsed = parse_completion({**body, "prompt": prompt}, defaults=service.request_defaults)
     if parsed.settings.n != 1:
         raise InvalidField(parsed.settings.n_field, "must be 1 for /infill")
     engine.check_sampling(parsed.settings.sampling)

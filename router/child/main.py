@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,13 @@ from quart_trio import QuartTrio
 from router.child.app import create_app
 from router.child.fast_path import with_fast_path
 from router.child.llama_engine import LlamaCppEngine
-from router.child.options import EngineOptions, ServeOptions, parse_child_arguments
+from router.child.options import (
+    EngineOptions,
+    ServeOptions,
+    options_from_json,
+    parse_child_arguments,
+)
+from router.child.parsing import RequestDefaults
 from router.child.service import ModelService
 from router.edge import lean_http
 from router.edge.web import MAX_BODY_BYTES
@@ -94,7 +99,8 @@ def run_spare() -> int:
     """``llama-router child --spare``: wait, with everything imported, for a model to serve.
 
     The spare says so on its lifeline (the spare line), then the router writes ``assign
-    ["-m", "x.gguf", ...]`` on its stdin when a load comes; the spare then serves that model
+    {"engine": {...}, "serve": {...}}`` (the parsed options, ``options_to_json``) on its stdin
+    when a load comes; the spare then serves that model
     exactly as ``child`` would. A stop that asks for it (``stop TIMEOUT_S spare``) ends with
     the model freed, the server closed and the spare line again: the same process waits for
     the next model. End-of-file instead of an assignment means the router stopped (or died):
@@ -112,8 +118,7 @@ def run_spare() -> int:
         line = _read_line()
         if not line.startswith(b"assign "):
             return 0
-        arguments = json.loads(line[len(b"assign ") :])
-        engine_options, serve_options = parse_child_arguments(arguments)
+        engine_options, serve_options = options_from_json(line[len(b"assign ") :])
         status = run_child(engine_options, serve_options, lifeline)
         if status != 0 or not lifeline.is_back_to_spare_asked:
             return status
@@ -191,7 +196,11 @@ async def _serve_loaded(
     lifeline: ChildLifeline | None,
 ) -> int:
     model_id = serve_options.alias or Path(engine.info.model_path).stem
-    service = ModelService(engine, max_queue=serve_options.max_queue)
+    defaults = RequestDefaults(
+        temperature=serve_options.temp,
+        max_tokens=None if serve_options.n_predict < 0 else serve_options.n_predict,
+    )
+    service = ModelService(engine, max_queue=serve_options.max_queue, request_defaults=defaults)
     app = create_app(service, model_id=model_id, api_key=serve_options.api_key)
     config = Config()
     config.graceful_timeout = DEFAULT_GRACEFUL_TIMEOUT_S

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from router.child.cpu import physical_core_count
 from router.options_table import MODEL_OPTIONS, OptionParser, add_compat_flags, add_model_option
@@ -73,6 +75,8 @@ class ServeOptions:
     alias: str | None = None
     max_queue: int = 64  # requests waiting for a slot before 429
     api_key: str | None = None
+    temp: float = 0.8  # --temp: the temperature of requests that set none
+    n_predict: int = -1  # --n-predict: max_tokens for requests that set none (-1: no limit)
 
 
 def add_child_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,5 +144,47 @@ def options_from_arguments(args: argparse.Namespace) -> tuple[EngineOptions, Ser
         alias=args.alias,
         max_queue=args.max_queue,
         api_key=args.api_key,
+        temp=args.temp,
+        n_predict=args.n_predict,
     )
     return engine, serve
+
+
+class _QuietParser(OptionParser):
+    """The child's parser, raising ValueError where it would print and exit."""
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise ValueError(message or f"exit status {status}")
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def parsed_or_none(argv: Sequence[str]) -> tuple[EngineOptions, ServeOptions] | None:
+    """The options of ``llama-router child ARGV``, or None when they do not parse (then a new
+    child, not a spare, gets them, and says what is wrong the way a child says it)."""
+    parser = _QuietParser(prog="llama-router child", add_help=False)
+    add_child_arguments(parser)
+    try:
+        return options_from_arguments(parser.parse_args(list(argv)))
+    except ValueError:
+        return None
+
+
+def options_to_json(engine: EngineOptions, serve: ServeOptions) -> str:
+    """``engine`` and ``serve`` as one JSON line: what a spare is handed (``assign``), typed
+    options rather than a command line to parse again."""
+    return json.dumps({"engine": asdict(engine), "serve": asdict(serve)}, default=str)
+
+
+def options_from_json(text: str | bytes) -> tuple[EngineOptions, ServeOptions]:
+    """The options :func:`options_to_json` wrote."""
+    data = json.loads(text)
+    engine: dict[str, Any] = dict(data["engine"])
+    engine["model_path"] = Path(engine["model_path"])
+    engine["mmproj"] = None if engine["mmproj"] is None else Path(engine["mmproj"])
+    engine["pooling"] = Pooling(engine["pooling"])
+    engine["flash_attn"] = FlashAttention(engine["flash_attn"])
+    serve: dict[str, Any] = dict(data["serve"])
+    serve["unix_socket"] = None if serve["unix_socket"] is None else Path(serve["unix_socket"])
+    return EngineOptions(**engine), ServeOptions(**serve)

@@ -37,6 +37,18 @@ MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
+class RequestDefaults:
+    """What a generation request that does not say gets: the child's ``--temp`` and
+    ``--n-predict``, as llama-server's command line sets its default sampling parameters."""
+
+    temperature: float = 0.8
+    max_tokens: int | None = None  # None: until end-of-generation or a full context
+
+
+LLAMA_SERVER_DEFAULTS = RequestDefaults()
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """What completions and chat completions share."""
 
@@ -77,7 +89,9 @@ class EmbeddingRequest:
     encoding_format: str
 
 
-def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
+def parse_completion(
+    body: Mapping[str, Any], *, defaults: RequestDefaults = LLAMA_SERVER_DEFAULTS
+) -> CompletionRequest:
     prompt = body.get("prompt", _MISSING)
     if prompt is _MISSING:
         raise InvalidField("prompt", "is required")
@@ -94,7 +108,10 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
             "prompt", f"must be a string or a list of token ids, not {kind_of(prompt)}"
         )
     settings = _generation_settings(
-        body, max_tokens_names=("max_tokens", "n_predict"), logprobs=_completion_logprobs(body)
+        body,
+        max_tokens_names=("max_tokens", "n_predict"),
+        logprobs=_completion_logprobs(body),
+        defaults=defaults,
     )
     echo = _bool(body, "echo", False)
     if echo and settings.logprobs is not None:
@@ -105,7 +122,9 @@ def parse_completion(body: Mapping[str, Any]) -> CompletionRequest:
     return CompletionRequest(prompt=parsed, settings=settings, echo=echo)
 
 
-def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
+def parse_chat(
+    body: Mapping[str, Any], *, defaults: RequestDefaults = LLAMA_SERVER_DEFAULTS
+) -> ChatRequest:
     messages = body.get("messages", _MISSING)
     if messages is _MISSING:
         raise InvalidField("messages", "is required")
@@ -131,6 +150,7 @@ def parse_chat(body: Mapping[str, Any]) -> ChatRequest:
             body,
             max_tokens_names=("max_completion_tokens", "max_tokens", "n_predict"),
             logprobs=_chat_logprobs(body),
+            defaults=defaults,
         ),
         tools=parse_tool_request(body),
         reasoning_format=parse_reasoning_format(body),
@@ -226,12 +246,16 @@ def _n_probs(body: Mapping[str, Any]) -> int | None:
 
 
 def _generation_settings(
-    body: Mapping[str, Any], *, max_tokens_names: tuple[str, ...], logprobs: int | None
+    body: Mapping[str, Any],
+    *,
+    max_tokens_names: tuple[str, ...],
+    logprobs: int | None,
+    defaults: RequestDefaults,
 ) -> GenerationSettings:
     # llama-server's name first, as it reads them; the model's slots bound it (in the app).
     n_field = "n_cmpl" if body.get("n_cmpl") is not None else "n"
     n = _int(body, n_field, 1, minimum=1)
-    max_tokens: int | None = None
+    max_tokens = defaults.max_tokens
     for name in max_tokens_names:
         value = body.get(name)
         if value is not None:
@@ -256,7 +280,7 @@ def _generation_settings(
     if seed is not None and not _is_int(seed):
         raise InvalidField("seed", f"must be an integer, not {kind_of(seed)}")
     sampling = SamplingParams(
-        temperature=_number(body, "temperature", 0.8, minimum=0.0),
+        temperature=_number(body, "temperature", defaults.temperature, minimum=0.0),
         top_k=_int(body, "top_k", 40, minimum=0),
         top_p=_number(body, "top_p", 0.95, minimum=0.0, maximum=1.0),
         min_p=_number(body, "min_p", 0.05, minimum=0.0, maximum=1.0),

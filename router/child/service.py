@@ -24,6 +24,7 @@ import trio
 
 from router.child.admission import Admission
 from router.child.engine import Embeddings, Engine, Finished, GenerationRequest, Piece
+from router.child.parsing import LLAMA_SERVER_DEFAULTS, RequestDefaults
 from router.child.responses import StreamItem
 from router.errors import InvalidField, PromptTooLarge, RouterError, Unavailable
 
@@ -38,8 +39,15 @@ SMALL_TEXT = 1024
 
 
 class ModelService:
-    def __init__(self, engine: Engine, *, max_queue: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_queue: int,
+        request_defaults: RequestDefaults = LLAMA_SERVER_DEFAULTS,
+    ) -> None:
         self.engine = engine
+        self.request_defaults = request_defaults  # --temp, --n-predict: what a request omits
         self.admission = Admission(engine.capacity, max_queue)
         self._stop_deadline = math.inf
         self._running: set[trio.CancelScope] = set()

@@ -13,10 +13,13 @@ class Aliases:
     name = "aliases"
 
     def __init__(self, settings: RouterSettings) -> None:
-        del settings  # nothing to configure
+        # -m: one model answers every name, as llama-server -m ignores "model".
+        self.is_single_model = settings.model_file is not None
 
     @hookimpl(trylast=True)
     def resolve_model(self, requested: str, catalog: Mapping[str, ModelInfo]) -> str | None:
+        if self.is_single_model and len(catalog) == 1:
+            return next(iter(catalog))
         if requested in catalog:
             return requested
         for model_id, model in catalog.items():

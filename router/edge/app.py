@@ -54,7 +54,7 @@ from router.models.remote import remote_status
 from router.models.state import ModelState
 from router.processes.resident import resident_tree_bytes
 from router.settings import RouterSettings
-from router.version import __version__
+from router.version import BUILD_INFO
 
 log = logging.getLogger("router.edge.app")
 
@@ -133,7 +133,7 @@ def create_app(
             for model_id, state in pool.models.items()
         ]  # fmt: skip
         data += [
-            _invalid_entry(model_id, str(problem), started)
+            _invalid_entry(model_id, str(problem), started, problem.source)
             for model_id, problem in pool.problems.items()
             if model_id not in pool.models
         ]
@@ -248,7 +248,7 @@ def create_app(
                 "role": "router",
                 "max_instances": settings.models_max,
                 "models_autoload": settings.models_autoload,
-                "build_info": f"llama-router {__version__}",
+                "build_info": BUILD_INFO,
             }
         )
 
@@ -396,12 +396,12 @@ def _model_entry(
     return entry
 
 
-def _invalid_entry(model_id: str, error: str, created: int) -> dict[str, Any]:
+def _invalid_entry(model_id: str, error: str, created: int, source: str) -> dict[str, Any]:
     return {
         "id": model_id,
         "object": "model",
         "owned_by": "llama-router",
         "created": created,
-        "source": "file",
+        "source": source,
         "status": {"value": "invalid", "error": error},
     }

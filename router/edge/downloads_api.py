@@ -27,7 +27,8 @@ from router.models.pool import ModelPool
 from router.settings import RouterSettings
 
 DOWNLOAD_ENDPOINTS = frozenset({"download_model", "delete_model"})  # the views below, by name
-_WHERE = {"dir": "--models-dir", "file": "a conf.d file", "peer": "a peer router"}
+_WHERE = {"models_dir": "--models-dir", "conf.d": "a conf.d file", "preset": "the preset file",
+          "peer": "a peer router"}  # fmt: skip
 
 
 def register_downloads_api(

@@ -27,7 +27,7 @@ from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.raw_asgi import Receive, Send
 from router.hooks.plugin_types import Usage
 from router.models.pool import ModelPool
-from router.models.scheduler import HOLDS_A_SLOT, NEEDS_NO_LOAD, Status
+from router.models.scheduler import HOLDS_A_SLOT, HOLDS_NO_CHILD, NEEDS_NO_LOAD
 from router.models.state import ModelState
 
 log = logging.getLogger("router.edge.observe")
@@ -183,7 +183,7 @@ def forward_began(pool: ModelPool, state: ModelState) -> RequestRecord | None:
     record._forward_started = time.monotonic()
     record.model = state.spec.id
     record.waited_for_load = state.status not in NEEDS_NO_LOAD
-    if state.status is Status.UNLOADED and pool.models_max > 0:
+    if state.status in HOLDS_NO_CHILD and pool.models_max > 0:
         holding = sum(1 for other in pool.models.values() if other.status in HOLDS_A_SLOT)
         record.waited_for_slot = holding >= pool.models_max
     return record

@@ -57,7 +57,7 @@ from router.errors import (
     UnsupportedMediaType,
 )
 from router.hooks.plugin_types import RequestInfo
-from router.models.scheduler import Status
+from router.models.scheduler import HOLDS_NO_CHILD, Status
 from router.models.state import ModelState
 from router.settings import RouterSettings
 
@@ -215,7 +215,7 @@ def register_ollama_api(
         if keep_alive_s == 0:
             if state.is_pinned:
                 raise Conflict(f"model {state.spec.id!r} is pinned by the operator: not unloaded")
-            if state.status is not Status.UNLOADED:
+            if state.status not in HOLDS_NO_CHILD:
                 keep(state, 0)
             reason = "unload"
         else:

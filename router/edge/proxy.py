@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -79,6 +80,10 @@ _DROPPED_HEADERS = frozenset(
     }
 )
 CHANNEL_CHUNKS = 16
+# llama-server's LLAMA_SERVER_DEBUG_FAKE_TIMING (server-models.cpp): a forward waits 2 s once
+# admitted, so its model counts as busy that long; llama.cpp's own router tests build their
+# queue cases on it (tests/llama_cpp_router). Never set in production.
+FAKE_TIMING_S = 2.0 if os.environ.get("LLAMA_SERVER_DEBUG_FAKE_TIMING") else 0.0
 # No page of another origin may read an answer: a backend's own CORS headers (llama-server
 # reflects any ``Origin``) never pass.
 CORS_PREFIX = "access-control-"
@@ -230,6 +235,8 @@ async def _report(
 
 async def _ask(child: ChildConnections, request: ForwardRequest) -> WireResponse:
     """Send ``request`` to ``child``; its answer once the head is in (else Unavailable)."""
+    if FAKE_TIMING_S:
+        await trio.sleep(FAKE_TIMING_S)  # leased: the model counts as busy meanwhile
     body, query, timeout_s = request.body, request.query, request.timeout_s
     upstream = request.state.spec.upstream
     if upstream is not None:  # served elsewhere: named by its id there, with its own deadline

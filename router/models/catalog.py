@@ -30,10 +30,13 @@ class ModelFolders:
     models_dirs: tuple[Path, ...]
     cache: Path
     is_cache_served: bool
+    single_model: ModelSpec | None = None  # -m: this model alone, whatever the folders hold
 
     def scan(self) -> dict[str, ModelSpec]:
         """Every model in them; a ``--models-dir`` model wins over a cache model of its id
         (llama.cpp's order)."""
+        if self.single_model is not None:
+            return {self.single_model.id: self.single_model}
         specs = scan_models_dirs(self.models_dirs)
         if self.is_cache_served:
             for model_id, spec in scan_cache(self.cache).items():
@@ -42,10 +45,20 @@ class ModelFolders:
 
     def describe(self) -> str:
         """The folders scanned, for the start-up log line."""
+        if self.single_model is not None:
+            return f"{self.single_model.path} (-m)"
         folders = [str(folder) for folder in self.models_dirs]
         if self.is_cache_served:
             folders.append(f"{self.cache} (cache)")
         return ", ".join(folders) or "none"
+
+
+def single_model_spec(path: Path, alias: str | None) -> ModelSpec:
+    """The model ``-m`` serves, as llama-server -m does: loaded at start and never unloaded
+    (pinned), named by ``--alias``, else by its file's name."""
+    return ModelSpec(
+        id=alias or path.stem, path=path.resolve(), load_on_startup=True, is_pinned=True
+    )
 
 
 def scan_models_dirs(folders: Iterable[Path]) -> dict[str, ModelSpec]:

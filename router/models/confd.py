@@ -71,6 +71,7 @@ UPSTREAM_KEYS: dict[str, type | tuple[type, ...]] = {
     "connect_timeout": (int, float),
     "timeout": (int, float),
 }
+CONFD_SOURCE = "conf.d"  # a conf.d model's "source" in GET /models
 _PEER_NAME = re.compile(r"[\w.:-]{1,64}")
 
 MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -103,6 +104,7 @@ class ConfigProblem:
     line: int | None
     message: str
     model_id: str
+    source: str = CONFD_SOURCE  # the kind of file, as GET /models' "source" names it
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else str(self.path)
@@ -228,7 +230,7 @@ def model_spec_from(data: Mapping[str, Any], path: Path) -> ModelSpec:
         id=model_id,
         path=model_path,
         aliases=aliases,
-        source="file",
+        source=CONFD_SOURCE,
         source_file=path,
         description=data.get("description", ""),
         command=command,
@@ -293,7 +295,7 @@ def _remote_spec_from(data: Mapping[str, Any], path: Path, model_id: str) -> Mod
         id=model_id,
         path=None,
         aliases=aliases,
-        source="file",
+        source=CONFD_SOURCE,
         source_file=path,
         description=data.get("description", ""),
         health=health,

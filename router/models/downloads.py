@@ -43,6 +43,9 @@ PROGRESS_INTERVAL_S = 0.25  # the least time between two download_progress event
 # cancellation quicker, and lets a cut transfer resume from what arrived (a Range request).
 CHUNK_BYTES = 1024 * 1024
 CANCELLED = "cancelled"  # download_failed's reason after POST /models/unload
+# A repository with this file at its root is a preset (llama.cpp's common/download.cpp): -hf
+# downloads that file alone and serves it as --models-preset.
+PRESET_FILE = "preset.ini"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DownloadPlan:
     model_id: str  # ORG/REPO:TAG, the tag read from the chosen file's name
     repo: str
     files: tuple[str, ...]
+    is_preset: bool = False  # PRESET_FILE alone: a preset repository, which only -hf serves
 
 
 class _Cancelled(Exception):
@@ -79,6 +83,8 @@ def plan_download(requested: str) -> DownloadPlan:
     except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
         raise Unavailable(f"the hub did not list {repo!r}: {exc}") from None
     names = [sibling.rfilename for sibling in info.siblings or ()]
+    if PRESET_FILE in names:
+        return DownloadPlan(repo, repo, (PRESET_FILE,), is_preset=True)
     primary = find_best_model(names, tag)
     if primary is None:
         ggufs = ", ".join(n for n in names if n.endswith(".gguf")) or "none"
@@ -95,20 +101,24 @@ def fetch(
     plan: DownloadPlan,
     cache: Path,
     progress: Callable[[str, int, int | None], None] | None = None,
-) -> None:
-    """Download every file of ``plan`` into ``cache``; blocking. ``progress(url, done, total)``
-    runs in this thread at each chunk, and stops the download by raising."""
+) -> list[Path]:
+    """Download every file of ``plan`` into ``cache``; blocking; their paths there.
+    ``progress(url, done, total)`` runs in this thread at each chunk, and stops the download
+    by raising."""
     import huggingface_hub
     from huggingface_hub import constants
     from huggingface_hub.utils.tqdm import tqdm as hub_tqdm
 
     constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, CHUNK_BYTES)
+    paths = []
     for filename in plan.files:
         url = huggingface_hub.hf_hub_url(plan.repo, filename)
         bar: type[hub_tqdm] | None = None
         if progress is not None:
             bar = _reporting_bar(hub_tqdm, url, progress)
-        huggingface_hub.hf_hub_download(plan.repo, filename, cache_dir=cache, tqdm_class=bar)
+        path = huggingface_hub.hf_hub_download(plan.repo, filename, cache_dir=cache, tqdm_class=bar)
+        paths.append(Path(path))
+    return paths
 
 
 def _reporting_bar(
@@ -132,18 +142,19 @@ def _reporting_bar(
     return ReportingBar
 
 
-def download_at_startup(requested: str, cache: Path) -> str:
-    """``-hf ORG/REPO[:QUANT]``: download it now, the progress bar on the terminal; the id it
-    is listed by. Blocking. Raises SettingsError (exit code 2) saying why it cannot."""
+def download_at_startup(requested: str, cache: Path) -> Path | None:
+    """``-hf ORG/REPO[:QUANT]``: download it now, the progress bar on the terminal; for a
+    preset repository, its preset file (to serve as --models-preset, as llama-server does).
+    Blocking. Raises SettingsError (exit code 2) saying why it cannot."""
     try:
         plan = plan_download(requested)
         log.info("downloading %s (%s) into %s", plan.model_id, ", ".join(plan.files), cache)
-        fetch(plan, cache)
+        paths = fetch(plan, cache)
     except (InvalidField, Unavailable) as exc:
         raise SettingsError(f"-hf {requested}: {exc.message}") from None
     except Exception as exc:
         raise SettingsError(f"-hf {requested}: the download failed: {exc}") from None
-    return plan.model_id
+    return paths[0] if plan.is_preset else None
 
 
 @dataclass
@@ -196,6 +207,10 @@ class Downloads:
             plan = await trio.to_thread.run_sync(plan_download, requested, abandon_on_cancel=True)
         if plan is None:
             raise Unavailable(f"the hub did not list {requested!r} within {PLAN_TIMEOUT_S:g} s")
+        if plan.is_preset:
+            raise InvalidField(
+                "model", f"{plan.repo} is a preset repository: serve it with -hf {plan.repo}"
+            )
         if plan.model_id in self._active:
             raise InvalidField("model", f"{plan.model_id} is being downloaded already")
         if plan.model_id in self._listed():

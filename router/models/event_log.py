@@ -34,7 +34,7 @@ log = logging.getLogger("router.models")
 # What follows "unloading model X" for each reason but an eviction (which names its model).
 _UNLOAD_WHY = {
     UNLOAD_REQUESTED: "as asked",
-    UNLOAD_IDLE: "idle for its ttl",
+    UNLOAD_IDLE: "idle for its ttl, it sleeps",
     UNLOAD_SETTINGS: "new settings, restarting it",
     UNLOAD_SHUTDOWN: "the router is stopping",
     UNLOAD_REMOVED: "removed from the configuration",
@@ -61,7 +61,8 @@ class LifecycleLog:
             how = "pinned" if data.get("pinned") else "unpinned"
             log.info("model %s %s until the router restarts", model, how)
         elif event.event == MODEL_STATUS:
-            log.info("loading model %s%s", model, " (a restart)" if data.get("restart") else "")
+            why = " (a restart)" if data.get("restart") else " (waking)" if data.get("wake") else ""
+            log.info("loading model %s%s", model, why)
         elif event.event == STATUS_CHANGE:
             self._status_change(model, data)
 
@@ -82,3 +83,5 @@ class LifecycleLog:
                 log.warning("model %s %s: %s", model, what, data.get("reason"))
             else:
                 log.info("model %s unloaded", model)
+        elif status == "sleeping":
+            log.info("model %s sleeps until its next request", model)

@@ -19,18 +19,23 @@ The contract (other code and other programs read exactly these names):
 
 * ``model_status`` ``{"status": "loading"}``: a load starts; ``"restart": true`` when the
   model's previous run failed or crashed (the load that follows a crash), or stopped for new
-  settings.
+  settings; ``"wake": true`` when a request wakes a sleeping model.
 * ``status_change`` for every later status:
 
   - ``{"status": "loaded", "load_s": 1.23}``: seconds from loading to loaded;
   - ``{"status": "unloading", "reason": R}``, R one of ``"requested"`` (``POST
-    /models/unload``), ``"idle"`` (its ttl ran out), ``"evicted"`` (with ``"for": OTHER_ID``,
-    the model it makes room for), ``"settings"`` (its settings changed: it restarts),
+    /models/unload``), ``"idle"`` (its ttl ran out: it falls asleep), ``"evicted"`` (with
+    ``"for": OTHER_ID``, the model it makes room for), ``"settings"`` (its settings changed: it
+    restarts),
     ``"shutdown"`` (the router stops), ``"removed"`` (its file or conf.d entry is gone);
   - ``{"status": "unloaded", "exit_code": N}`` (None if it never started); when the child
     failed or crashed also ``"failed": true``, ``"reason": "plain words"`` (``"killed by
     signal 9 (SIGKILL)"``, the child's last error line...), ``"signal": N`` when a signal
-    killed it, and ``"was_loading": bool`` (it failed to load, rather than crashed).
+    killed it, and ``"was_loading": bool`` (it failed to load, rather than crashed);
+  - ``{"status": "sleeping", "exit_code": 0}``: stopped after its own ttl
+    (``--sleep-idle-seconds``), as llama-server's ``sleeping``; the next request wakes it
+    (``"wake": true``), autoload or not; ``POST /models/unload`` makes it ``unloaded``, and so
+    does a client's ``keep_alive`` running out (Ollama's word is unload).
 
 * ``model_pin`` ``{"pinned": bool}`` (ours): the model was pinned or unpinned at run time
   (``POST /models/pin``); a pinned model is never evicted nor unloaded when idle.

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -24,6 +24,7 @@ from router.errors import (
     Conflict,
     ModelLoadFailed,
     ModelNotFound,
+    ModelNotLoaded,
     QueueFull,
     RouterError,
     Unavailable,
@@ -53,6 +54,7 @@ from router.models.events import (
 from router.models.pool_hooks import PoolHooks
 from router.models.remote import refuse_remote, remote_lease
 from router.models.scheduler import (
+    HOLDS_NO_CHILD,
     ModelView,
     Status,
     Waiting,
@@ -83,11 +85,14 @@ class ModelPool:
         *,
         models_max: int,
         slot_timeout_s: float = 60.0,
+        sleep_idle_s: float = 0.0,
         clock: Callable[[], float] = trio.current_time,
         plugins: Plugins,
         child_defaults: Mapping[str, Any] | None = None,
         child_options: Mapping[str, Any] | None = None,
     ) -> None:
+        self.sleep_idle_s = sleep_idle_s  # the ttl of models without one (0: none)
+        specs = self._with_sleep(specs)
         self.models = {model_id: ModelState(spec) for model_id, spec in specs.items()}
         self.models_max = models_max
         self.slot_timeout_s = slot_timeout_s
@@ -136,6 +141,7 @@ class ModelPool:
         last good settings and shows the error.
         """
         self.problems = dict(problems)
+        specs = self._with_sleep(specs)
         for model_id, problem in problems.items():
             if model_id in self.models:
                 self.models[model_id].config_error = str(problem)
@@ -150,7 +156,7 @@ class ModelPool:
                 self.events.publish(Event(model_id, MODEL_ADD))
                 continue
             state.config_error = ""
-            if state.status is Status.REMOTE or (spec.upstream and state.status is Status.UNLOADED):
+            if state.status is Status.REMOTE or (spec.upstream and state.status in HOLDS_NO_CHILD):
                 if spec != state.spec:  # nothing runs here: new settings apply at once
                     self._close_remote(state)
                     self.models[model_id] = ModelState(spec)
@@ -166,10 +172,22 @@ class ModelPool:
         self.events.publish(Event(ALL_MODELS, MODELS_RELOAD))
         self._reschedule()
 
+    def _with_sleep(self, specs: Mapping[str, ModelSpec]) -> Mapping[str, ModelSpec]:
+        """``specs`` with ``--sleep-idle-seconds`` as the ttl of the local models without one:
+        llama-server's sleep is our idle ttl, so one timer rules both."""
+        if self.sleep_idle_s <= 0:
+            return specs
+        return {
+            model_id: spec
+            if spec.ttl_s > 0 or spec.upstream is not None
+            else replace(spec, ttl_s=self.sleep_idle_s)
+            for model_id, spec in specs.items()
+        }
+
     def _apply_pending_spec(self, state: ModelState) -> None:
         if state.pending_spec is None:
             return
-        if state.status is Status.UNLOADED:
+        if state.status in HOLDS_NO_CHILD:
             state.spec, state.pending_spec = state.pending_spec, None
             state.failures, state.retry_at = 0, -math.inf
         elif state.status is Status.LOADED and state.in_flight == 0:
@@ -183,7 +201,7 @@ class ModelPool:
         gone = ModelNotFound(f"model {state.spec.id!r} was removed from the configuration")
         for waiter in [w for w in self._queue if w.model == state.spec.id]:
             self._finish(waiter, gone)
-        if state.status in (Status.UNLOADED, Status.REMOTE):
+        if state.status in (*HOLDS_NO_CHILD, Status.REMOTE):
             self._close_remote(state)
             del self.models[state.spec.id]
         elif state.status in (Status.LOADED, Status.LOADING):
@@ -197,7 +215,8 @@ class ModelPool:
             state.client = None
 
     async def run_idle_timers(self) -> None:
-        """Unload each model once it has been idle for its ``ttl``; runs until cancelled.
+        """Put each model to sleep (stop its child; status ``sleeping``) once it has been idle
+        for its ``ttl`` (``--sleep-idle-seconds``); runs until cancelled.
 
         Idle time counts from the end of the model's last request. Cancellation: returns.
         """
@@ -235,10 +254,11 @@ class ModelPool:
         """Hold ``state``'s model loaded for the block, loading it first if needed; yield its
         client. ``state`` is what the edge resolved the request's model name to, once.
 
-        Raises ModelNotFound (its file was deleted since), Unavailable (not loaded and
-        autoload off, backing off after failures, or no slot freed within ``slot_timeout_s``:
-        with Retry-After) or ModelLoadFailed (its load failed while we waited). Once its
-        model is loading, a request waits for the load, which the load timeout bounds.
+        Raises ModelNotFound (its file was deleted since), ModelNotLoaded (not loaded and
+        autoload off), Unavailable (backing off after failures, or no slot freed within
+        ``slot_timeout_s``: with Retry-After) or ModelLoadFailed (its load failed while we
+        waited). Once its model is loading, a request waits for the load, which the load
+        timeout bounds.
         Cancellation: a waiting request leaves the queue and costs no model its slot.
         """
         if state.is_retired or self.models.get(state.spec.id) is not state:
@@ -247,8 +267,9 @@ class ModelPool:
             async with remote_lease(state, self._clock) as connections:
                 yield connections
             return
-        if state.status is not Status.LOADED and not autoload:
-            raise Unavailable(
+        # A sleeping model wakes on a request, autoload or not, as llama-server's does.
+        if state.status not in (Status.LOADED, Status.SLEEPING) and not autoload:
+            raise ModelNotLoaded(
                 f"model {state.spec.id!r} is {state.status.value} and autoload is off: "
                 "load it with POST /models/load, or ask with ?autoload=true"
             )
@@ -305,7 +326,7 @@ class ModelPool:
         model is not the router's to load (InvalidRequest).
         """
         refuse_remote(state, "load")
-        if state.status is Status.UNLOADED:
+        if state.status in HOLDS_NO_CHILD:
             state.extra_args = extra_args
         elif extra_args and extra_args != state.running_extra_args:
             raise Conflict(
@@ -324,7 +345,7 @@ class ModelPool:
             finally:
                 # No load began (no slot in time, backing off, cancelled): the client's
                 # arguments must not wait for someone else's autoload.
-                if state.extra_args == extra_args and state.status is Status.UNLOADED:
+                if state.extra_args == extra_args and state.status in HOLDS_NO_CHILD:
                     state.extra_args = ()
 
         nursery.start_soon(load_and_release)
@@ -346,9 +367,12 @@ class ModelPool:
         self._reschedule()
 
     def request_unload(self, state: ModelState) -> None:
-        """Stop ``state``'s child gracefully (``POST /models/unload``)."""
+        """Stop ``state``'s child gracefully (``POST /models/unload``); a sleeping model is
+        unloaded at once (it has no child), so that no request wakes it any more."""
         refuse_remote(state, "unload")
-        if state.status in (Status.LOADED, Status.LOADING):
+        if state.status is Status.SLEEPING:
+            self._set_status(state, Status.UNLOADED, reason=UNLOAD_REQUESTED)
+        elif state.status in (Status.LOADED, Status.LOADING):
             self._begin_unload(state, UNLOAD_REQUESTED)
 
     async def stop_all(self) -> None:
@@ -396,9 +420,10 @@ class ModelPool:
             failure = {"failed": True, "reason": ended.last_error, "was_loading": was_loading}
             if ended.exit_code is not None and ended.exit_code < 0:
                 failure["signal"] = -ended.exit_code
+        is_asleep, state.is_falling_asleep = state.is_falling_asleep and not is_failure, False
         self._set_status(
-            state, Status.UNLOADED, f"exit code {ended.exit_code}",
-            exit_code=ended.exit_code, **failure,
+            state, Status.SLEEPING if is_asleep else Status.UNLOADED,
+            f"exit code {ended.exit_code}", exit_code=ended.exit_code, **failure,
         )  # fmt: skip
         state.pid = None
         state.running_extra_args = ()
@@ -473,6 +498,8 @@ class ModelPool:
         if state.is_failed or state.spec.id in self._restarting:
             self._restarting.discard(state.spec.id)
             self._set_status(state, Status.LOADING, restart=True)
+        elif state.status is Status.SLEEPING:
+            self._set_status(state, Status.LOADING, wake=True)
         else:
             self._set_status(state, Status.LOADING)
         state.running_extra_args, state.extra_args = state.extra_args, ()
@@ -484,6 +511,8 @@ class ModelPool:
         """Stop ``state``'s child gracefully; ``reason`` (and ``for_model``, the model an
         eviction makes room for) is the event's (``events.UNLOAD_*``)."""
         assert self._supervisor is not None and self._nursery is not None
+        # Its own ttl ran out: it sleeps; a client's keep_alive (Ollama's) unloads it, as asked.
+        state.is_falling_asleep = reason == UNLOAD_IDLE and state.keep_alive_s is None
         if for_model is None:
             self._set_status(state, Status.UNLOADING, reason=reason)
         else:
@@ -510,7 +539,7 @@ class ModelPool:
         )
 
     def _no_slot_error(self, state: ModelState) -> RouterError:
-        busy = [m.spec.id for m in self.models.values() if m.status is not Status.UNLOADED]
+        busy = [m.spec.id for m in self.models.values() if m.status not in HOLDS_NO_CHILD]
         return Unavailable(
             f"no slot freed for model {state.spec.id!r} within {self.slot_timeout_s:g}s: "
             f"all {self.models_max} are held by models that are busy or pinned "

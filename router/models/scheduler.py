@@ -9,7 +9,9 @@ The rules:
   taken; else a slot already being freed (a model unloading) is waited for; else one idle model is
   evicted (least recently used by default; a model with requests in flight or pinned is never
   evicted). Several requests that free the same slot cause one eviction, not several.
-* An idle model is unloaded once its ttl runs out, unless it is pinned.
+* An idle model is put to sleep once its ttl runs out, unless it is pinned: its child stops
+  (its memory is freed) and it shows ``sleeping``, as llama-server's ``--sleep-idle-seconds``
+  does; for slots a sleeping model is an unloaded one, and the next request wakes it.
 * The queue is first in, first out: a request that needs a slot and cannot have one (every
   model busy or pinned) makes the requests behind it that need slots wait too (requests for
   loaded models still pass).
@@ -32,8 +34,10 @@ class Status(enum.StrEnum):
     LOADED = "loaded"
     UNLOADING = "unloading"
     REMOTE = "remote"  # served elsewhere (models/remote.py): never loaded, never holds a slot
+    SLEEPING = "sleeping"  # stopped after idling for its ttl; the next request wakes it
 
 
+HOLDS_NO_CHILD = frozenset({Status.UNLOADED, Status.SLEEPING})  # a request for it loads it
 HOLDS_A_SLOT = frozenset({Status.LOADING, Status.LOADED, Status.UNLOADING})
 NEEDS_NO_LOAD = frozenset({Status.LOADED, Status.REMOTE})  # a request for it waits for no load
 
@@ -119,7 +123,7 @@ def plan(
         if model.status is Status.LOADED:
             admit.append(waiting.ticket)
             continue
-        if model.status is not Status.UNLOADED or model.id in claimed:
+        if model.status not in HOLDS_NO_CHILD or model.id in claimed:
             continue  # loading, unloading before it can load again, or already served: wait
         if now < model.retry_at:
             refuse.append(waiting.ticket)

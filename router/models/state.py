@@ -51,6 +51,7 @@ class ModelState:
     pending_spec: ModelSpec | None = None  # new settings, applied once it is idle
     restart_when_stopped: bool = False  # it was running when its settings changed
     is_retired: bool = False  # its file was deleted: delisted once it has stopped
+    is_falling_asleep: bool = False  # stopping after idling for its ttl: then it is SLEEPING
     # Its child's last lines (all its runs: a crash's lines outlive the process).
     recent_lines: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_LINES))
     # A client's idle ttl for the child running now (Ollama's keep_alive), forgotten when it

@@ -4,16 +4,16 @@ and the spares that wait, already imported, for the next model.
 Each speaks the lifeline protocol (``lifeline.py``) over stdin/stdout and serves on a Unix
 socket in the router's private runtime directory, named so that no two model ids can share
 one. A spare is ``llama-router child --spare``: an interpreter with llama.cpp and the server
-already imported, waiting for an ``assign`` line with its model's arguments; handing a load to
-a spare saves the half second a new Python process spends importing. A spare's process that
-is stopped with ``stop TIMEOUT_S spare`` frees its model and waits again: the next load reuses
-it (bounded by the supervisor: how many models one process serves, how much it may grow).
+already imported, waiting for an ``assign`` line with its model's parsed options (JSON, typed:
+the spare never parses a command line); handing a load to a spare saves the half second a new
+Python process spends importing. A spare's process that is stopped with ``stop TIMEOUT_S
+spare`` frees its model and waits again: the next load reuses it (bounded by the supervisor:
+how many models one process serves, how much it may grow).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
+from router.child.options import options_to_json, parsed_or_none
 from router.child_options import child_argv
 from router.processes import lifeline, resident
 from router.processes.child_process import Child, each_line
@@ -106,8 +107,11 @@ async def bound_load(child: Child, *, load_timeout_s: float) -> None:
 
 def can_run_in_a_spare(argv: Sequence[str]) -> bool:
     """Whether ``argv`` is our plain child command, which a spare can take over (a spare gets
-    only the arguments after ``child``: anything a plugin put before them would be lost)."""
-    return list(argv[: len(_CHILD_COMMAND)]) == _CHILD_COMMAND
+    the options of the arguments after ``child``: anything a plugin put before them would be
+    lost), and its options parse (else a new child says what is wrong with them)."""
+    if list(argv[: len(_CHILD_COMMAND)]) != _CHILD_COMMAND:
+        return False
+    return parsed_or_none(argv[len(_CHILD_COMMAND) :]) is not None
 
 
 async def assign_to_spare(process: trio.Process, child: Child) -> bool:
@@ -116,9 +120,11 @@ async def assign_to_spare(process: trio.Process, child: Child) -> bool:
     Cancellation: the spare may or may not have got the line; it is stopped with the rest.
     """
     assert process.stdin is not None
-    arguments = child.argv[child.argv.index("child") + 1 :]
+    options = parsed_or_none(child.argv[len(_CHILD_COMMAND) :])
+    if options is None:  # can_run_in_a_spare said they parse
+        return False
     try:
-        await process.stdin.send_all(b"assign " + json.dumps(arguments).encode() + b"\n")
+        await process.stdin.send_all(b"assign " + options_to_json(*options).encode() + b"\n")
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True

@@ -13,7 +13,7 @@
   const MAX_LOG_LINES = 5000;
   const AGE_REDRAW_MS = 5000; // how often "last used ... ago" is redrawn
   const SEAM_MS = 500; // how long live log lines wait for the recent ones they may repeat
-  const SOURCES = { dir: "models folder", file: "conf.d" };
+  const SOURCES = { models_dir: "models folder", "conf.d": "conf.d", preset: "preset file" };
   const SIGNALS = { 1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM" };
 
   const $ = (id) => document.getElementById(id);
