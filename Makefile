@@ -17,10 +17,7 @@ test:
 	$(MAKE) lint
 	.venv/bin/python -m pytest
 	# llama.cpp's own router tests, unmodified, offline (tests/llama_cpp_router/README.md)
-	# Deselected: test_router_dedup_cache_models (the preset keys dedup-cache-models and
-	# spec-draft-hf, router/models/presets.py, are not implemented yet).
-	.venv/bin/python -m pytest tests/llama_cpp_router -p tests.llama_cpp_router.offline_plugin \
-		--deselect tests/llama_cpp_router/test_router.py::test_router_dedup_cache_models
+	.venv/bin/python -m pytest tests/llama_cpp_router -p tests.llama_cpp_router.offline_plugin
 
 lint:
 	.venv/bin/ruff check .

@@ -161,6 +161,11 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
                "names each model by its file or conf.d name (aliases go in conf.d), as "
                "llama-server's router overwrites it", "LLAMA_ARG_ALIAS", takes="str",
                is_router_only=True),
+    CompatFlag("spec_draft_hf", ("-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf"),
+               "accepted and ignored: the built-in child has no speculative decoding, so the "
+               "draft model (ORG/REPO[:QUANT]) is never loaded; a preset's draft in the cache "
+               "is hidden from GET /models with dedup-cache-models", "LLAMA_ARG_SPEC_DRAFT_HF_REPO",
+               takes="str"),
 )  # fmt: skip
 
 # llama-server's variables for the router's own flags (router/cli.py), besides LLAMA_ROUTER_*.

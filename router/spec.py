@@ -29,6 +29,9 @@ class ModelSpec:
     is_pinned: bool = False
     stop_timeout_s: float | None = None  # None: the router's --stop-timeout
     max_queue: int | None = None  # requests that may wait for it; None: no limit
+    # False: left out of the model lists (GET /models, /api/tags) though a request naming it is
+    # served: a cache entry a preset with dedup-cache-models stands for, as in llama-server.
+    is_listed: bool = True
     args: Mapping[str, Any] = field(default_factory=dict)  # child options (CHILD_OPTIONS)
     env: Mapping[str, str] = field(default_factory=dict)
     # Served elsewhere (a conf.d 'url', or a peer's model): never started, stopped or counted

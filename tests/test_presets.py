@@ -11,7 +11,9 @@ import openai
 import pytest
 
 from router.child_options import effective_child_options
+from router.models import presets
 from router.models.confd import scan_conf_dir
+from router.models.hf_cache import scan_cache
 from router.models.presets import PRESET_SOURCE, catalog_with_presets, read_presets
 from router.spec import ModelSpec
 from tests.fake_hub import write_cached_model
@@ -186,6 +188,38 @@ def test_hf_repo_names_a_model_of_the_cache(
     assert "not in the model cache" in scan.problems["b"].message
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[d]\nhf-repo = org/main\nspec-draft-hf = org/draft\ndedup-cache-models = 1\n",
+        "[*]\ndedup-cache-models = true\n[d]\nhf = org/main\nhfd = org/draft\n",
+    ],
+    ids=["section", "globals"],
+)
+def test_dedup_cache_models_unlists_the_cache_entries_of_the_preset_and_keeps_them_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    cache = tmp_path / "cache"
+    for repo in ("org/main", "org/draft", "org/other"):
+        write_cached_model(cache, repo, {f"{repo[4:]}-F32.gguf": b"GGUF"})
+    monkeypatch.setenv("LLAMA_CACHE", str(cache))
+    found = scan_cache(cache)
+    monkeypatch.setattr(presets, "_warned_drafts", set())
+    path = preset(tmp_path, text)
+    specs, problems = catalog_with_presets(found, path, scan_conf_dir(tmp_path / "none"))
+    assert problems == {}
+    listed = {model_id for model_id, spec in specs.items() if spec.is_listed}
+    assert listed == {"d", "org/other:F32"}
+    assert {"org/main:F32", "org/draft:F32"} <= specs.keys()  # hidden, still served by id
+    assert specs["d"].args == {}  # the draft never reaches a child
+    assert caplog.text.count("the draft model is ignored") == 1
+    catalog_with_presets(found, path, scan_conf_dir(tmp_path / "none"))  # a reload
+    assert caplog.text.count("the draft model is ignored") == 1  # once per model
+    without = preset(tmp_path, "[d]\nhf-repo = org/main\nspec-draft-hf = org/draft\n")
+    specs, _ = catalog_with_presets(found, without, scan_conf_dir(tmp_path / "none"))
+    assert all(spec.is_listed for spec in specs.values())
+
+
 @pytest.mark.parametrize("variable", ["", "LLAMA_ARG_MODELS_PRESET", "LLAMA_ROUTER_MODELS_PRESET"])
 def test_a_missing_preset_file_is_refused_at_start_from_the_flag_or_a_variable(
     capsys: pytest.CaptureFixture[str],
@@ -245,3 +279,24 @@ def test_a_preset_is_served_by_a_real_router(tmp_path: Path) -> None:
         path.write_text(textwrap.dedent(text) + "[c]\nmodel = ./a.gguf\n")
         assert httpx.post(f"{router.base_url}/models/reload", json={}).status_code == 200
         assert "c" in statuses(router)
+
+
+def test_a_deduplicated_cache_model_is_unlisted_and_served_by_a_real_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dedup-cache-models: the cache's entry is out of GET /models and /api/tags, and a
+    request naming it is served; the other cache model stays listed."""
+    weights = tmp_path / "w.gguf"
+    write_tiny_llama(weights, seed=0, context_length=512)
+    cache = tmp_path / "cache"
+    for repo in ("org/main", "org/other"):
+        write_cached_model(cache, repo, {f"{repo[4:]}-F32.gguf": weights})
+    monkeypatch.setenv("LLAMA_CACHE", str(cache))
+    path = preset(tmp_path, "[d]\nhf-repo = org/main\ndedup-cache-models = 1\n")
+    with running_router(None, "--models-preset", str(path), cwd=tmp_path) as router:
+        ids = {e["id"] for e in httpx.get(f"{router.base_url}/models").json()["data"]}
+        assert ids == {"d", "org/other:F32"}
+        tags = httpx.get(f"{router.base_url}/api/tags").json()["models"]
+        assert {t["name"] for t in tags} == {"d", "org/other:F32"}
+        answer = client(router).completions.create(model="org/main:F32", prompt="hi", max_tokens=2)
+        assert answer.model == "org/main:F32"

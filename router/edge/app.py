@@ -131,6 +131,7 @@ def create_app(
                 memory=memory.get(state.pid) if state.pid is not None else None,
             )
             for model_id, state in pool.models.items()
+            if state.spec.is_listed
         ]  # fmt: skip
         data += [
             _invalid_entry(model_id, str(problem), started, problem.source)

@@ -158,7 +158,7 @@ def register_ollama_api(
 
     @api.get("/api/tags")
     async def tags() -> Response:
-        specs = [state.spec for state in pool.models.values() if not state.is_retired]
+        specs = [s.spec for s in pool.models.values() if not s.is_retired and s.spec.is_listed]
         files = await trio.to_thread.run_sync(lambda: [read_model_file(s) for s in specs])
         return json_response({"models": [listed(s, f) for s, f in zip(specs, files, strict=True)]})
 

@@ -163,6 +163,8 @@ class ModelPool:
                 continue
             if spec.is_pinned != (state.pending_spec or state.spec).is_pinned:
                 state.pinned_at_run_time = None  # the file's new word on it wins
+            if spec.is_listed != state.spec.is_listed:  # listed or not: no restart for that
+                state.spec = replace(state.spec, is_listed=spec.is_listed)
             if spec != state.spec:
                 state.pending_spec = spec
                 self._apply_pending_spec(state)

@@ -41,7 +41,7 @@ from router.models.confd import (
     merge_catalog,
     model_spec_from,
 )
-from router.models.hf_cache import cache_dir, scan_cache, split_repo_tag
+from router.models.hf_cache import CACHE_SOURCE, cache_dir, scan_cache, split_repo_tag
 from router.options_table import (
     COMPAT_FLAGS,
     MODEL_OPTIONS,
@@ -73,7 +73,12 @@ class _Key:
     here: a flag that changes nothing, or one the router sets itself, as llama-server's does."""
 
     option: ModelOption | None = None
-    table_key: str | None = None  # model, hf_repo, aliases, load_on_startup, stop_timeout
+    # model, hf_repo, aliases, load_on_startup, stop_timeout, spec_draft_hf, dedup_cache_models
+    table_key: str | None = None
+
+
+# The COMPAT_FLAGS whose preset value is kept (in the table key named), though a child ignores it.
+_COMPAT_TABLE_KEYS = {"alias": "aliases", "spec_draft_hf": "spec_draft_hf"}
 
 
 def _key_table() -> dict[str, _Key]:
@@ -84,7 +89,7 @@ def _key_table() -> dict[str, _Key]:
             if name:
                 keys[name.lstrip("-")] = _Key(option=option)
     for flag in COMPAT_FLAGS:
-        target = _Key(table_key="aliases") if flag.key == "alias" else _Key()
+        target = _Key(table_key=_COMPAT_TABLE_KEYS.get(flag.key))
         for name in (*flag.flags, *flag.negative, flag.env):
             if name:
                 keys[name.lstrip("-")] = target
@@ -95,7 +100,7 @@ def _key_table() -> dict[str, _Key]:
         (("hf", "hfr", "hf-repo", "LLAMA_ARG_HF_REPO"), "hf_repo"),
         (("load-on-startup",), "load_on_startup"),
         (("stop-timeout",), "stop_timeout"),
-        (("dedup-cache-models",), None),
+        (("dedup-cache-models",), "dedup_cache_models"),
     ):
         for name in names:
             keys[name] = _Key(table_key=table_key)
@@ -158,6 +163,9 @@ class PresetScan:
     specs: dict[str, ModelSpec]
     problems: dict[str, ConfigProblem]
     globals: dict[str, Any]
+    # The cache's files a section with dedup-cache-models names (its hf-repo and
+    # spec-draft-hf): their cache entries are hidden from the listings, as llama-server's are.
+    deduplicated: frozenset[Path] = frozenset()
 
 
 def read_presets(path: Path, listed: Mapping[str, ModelSpec]) -> PresetScan:
@@ -195,11 +203,19 @@ def read_presets(path: Path, listed: Mapping[str, ModelSpec]) -> PresetScan:
                 {}, {n: ConfigProblem(path, line, message, n, PRESET_SOURCE) for n in names}, {}
             )
     specs: dict[str, ModelSpec] = {}
+    deduplicated: set[Path] = set()
     for name, section in models.items():
         try:
             own = _table_of(section)
             table = {**base, **own, "args": {**base.get("args", {}), **own.get("args", {})}}
+            draft: str | None = table.pop("spec_draft_hf", None)
+            is_dedup: bool = table.pop("dedup_cache_models", False)
+            repos = (table.get("hf_repo"), draft)
             specs[name] = _spec_of(name, table, path, listed.get(name))
+            if draft is not None:
+                _warn_draft_ignored(name, draft)
+            if is_dedup:
+                deduplicated |= _cache_files(r for r in repos if r is not None)
         except ConfigInvalid as exc:
             glob = sections.get(GLOBAL_SECTION)
             is_global = (
@@ -209,7 +225,37 @@ def read_presets(path: Path, listed: Mapping[str, ModelSpec]) -> PresetScan:
             problems[name] = ConfigProblem(
                 path, _line_of(where, exc.key), exc.message, name, PRESET_SOURCE
             )
-    return PresetScan(specs, problems, base)
+    return PresetScan(specs, problems, base, frozenset(deduplicated))
+
+
+# (model, draft) pairs warned about: the preset is read again on every rescan, the warning
+# is said once per model and draft in the process's life.
+_warned_drafts: set[tuple[str, str]] = set()
+
+
+def _warn_draft_ignored(name: str, draft: str) -> None:
+    """Say once that a section's ``spec-draft-hf`` does nothing: it is accepted so that
+    llama-server's presets load unchanged, and never reaches a child (which would refuse it)."""
+    if (name, draft) not in _warned_drafts:
+        _warned_drafts.add((name, draft))
+        log.warning(
+            "preset [%s]: speculative decoding is not supported by the built-in child: the "
+            "draft model is ignored (spec-draft-hf = %s)", name, draft,
+        )  # fmt: skip
+
+
+def _cache_files(repos: Iterable[str]) -> set[Path]:
+    """The cache's files for ``repos`` (ORG/REPO[:QUANT]), resolved as llama-server compares
+    them; a repository not in the cache names none (it hides nothing)."""
+    files: set[Path] = set()
+    for repo in repos:
+        try:
+            found = _cached(repo).path
+        except ConfigInvalid:
+            continue
+        if found is not None:
+            files.add(found.resolve())
+    return files
 
 
 def _whole_file_problem(
@@ -245,8 +291,8 @@ def _table_of(section: _Section) -> dict[str, Any]:
         try:
             if known.option is not None:
                 args[known.option.key] = checked_value(known.option, value)
-            elif known.table_key == "load_on_startup":
-                table["load_on_startup"] = parse_bool(value)
+            elif known.table_key in ("load_on_startup", "dedup_cache_models"):
+                table[known.table_key] = parse_bool(value)
             elif known.table_key == "stop_timeout":
                 table["stop_timeout"] = int(value)
             elif known.table_key == "aliases":
@@ -312,7 +358,10 @@ def catalog_with_presets(
     if preset_file is None:
         return merge_catalog(found, confd)
     presets = read_presets(preset_file, found)
-    listed = {model_id: _with_globals(spec, presets.globals) for model_id, spec in found.items()}
+    listed = {
+        model_id: _deduplicated(_with_globals(spec, presets.globals), presets.deduplicated)
+        for model_id, spec in found.items()
+    }
     listed |= presets.specs
     problems = dict(presets.problems)
     for model_id in confd.specs.keys() | confd.problems.keys():
@@ -326,6 +375,15 @@ def catalog_with_presets(
         listed.pop(model_id, None)  # a broken section hides the folder model it would configure
     specs, confd_problems = merge_catalog(listed, confd)
     return specs, problems | confd_problems
+
+
+def _deduplicated(spec: ModelSpec, files: frozenset[Path]) -> ModelSpec:
+    """A cache's model whose file a preset with dedup-cache-models uses, unlisted: the preset's
+    entry stands for it, and a request that names it still works (llama-server's rule)."""
+    if spec.source != CACHE_SOURCE or spec.path is None or spec.path.resolve() not in files:
+        return spec
+    log.info("hiding cache model %s (deduplicated by a preset)", spec.id)
+    return replace(spec, is_listed=False)
 
 
 def _with_globals(spec: ModelSpec, base: Mapping[str, Any]) -> ModelSpec:
