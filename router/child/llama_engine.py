@@ -42,7 +42,7 @@ from router.child.engine import (
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.multimodal import ImageInput, Projector, no_projector
 from router.child.options import EngineOptions, FlashAttention, Pooling
-from router.child.sampling import Sampler, build_sampler
+from router.child.sampling import Sampler, build_sampler, end_of_generation_tokens
 from router.child.slots import Slot
 from router.errors import InvalidField, ModelLoadFailed, NotSupported
 
@@ -132,9 +132,7 @@ class LlamaCppEngine:
                 params = self._context_params(options)
                 params.n_ctx = n_ctx_seq
                 self._embedding_context = EmbeddingContext.sharing_model_of(self._llama, params)
-            self._end_of_generation_tokens = [
-                token for token in (model.token_eos(), model.token_eot()) if token >= 0
-            ]
+            self._end_of_generation_tokens = end_of_generation_tokens(model)
             self._loop = DecodeLoop(
                 self._context,
                 slots=[Slot(id=index, n_ctx=n_ctx_seq) for index in range(options.parallel)],

@@ -32,6 +32,9 @@ from llama_cpp import _internals as internals
 from router.child.engine import SamplingParams
 from router.errors import InvalidField
 
+_LIKELIEST = 1024
+"""How many of the likeliest tokens a greedy grammar sampler checks before the full pass."""
+
 
 class Sampler(Protocol):
     def sample(self, context: Any, index: int) -> int:
@@ -93,8 +96,11 @@ class GrammarSampler:
     without the grammar, and only that token is checked against it (a one-token array);
     a model that writes what the grammar wants pays nothing more. Only a rejected choice
     costs the grammar on the whole vocabulary, then the chain again (``resampled`` counts
-    these). Greedy choices are the same either way; sampled ones come from the same
-    distribution restricted to what the grammar allows, whenever the first choice fits.
+    these, ``full_passes`` the passes over the whole vocabulary). Plain greedy decoding looks
+    among the 1024 likeliest tokens first, which is enough when an allowed one there beats
+    every token left out. Greedy choices are the same either way; a sampled one comes, as in
+    llama.cpp, from the chain's distribution when it fits the grammar, and otherwise from
+    that distribution restricted to what the grammar allows.
 
     A grammar is never handed a token it does not allow, as ``llama_sampler_accept`` would
     kill the process (every candidate it allows was banned by ``logit_bias`` or
@@ -136,6 +142,8 @@ class GrammarSampler:
         _add_logit_bias(self._chain, params, n_vocab, banned_tokens)
         _add_rest(self._chain, params, n_vocab, default_seed)
         self._candidates = internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        self._n_likeliest = min(_LIKELIEST, n_vocab // 4)
+        self._likeliest = internals.LlamaTokenDataArray(n_vocab=self._n_likeliest)
         self._all_ids = np.arange(n_vocab, dtype=np.intc)
         self._one = (llama_cpp.llama_token_data * 1)()
         self._one_array = llama_cpp.llama_token_data_array(
@@ -145,6 +153,7 @@ class GrammarSampler:
             sorted=False,
         )
         self.resampled = 0  # tokens whose first choice the grammar rejected
+        self.full_passes = 0  # tokens that took the grammar over the whole vocabulary
 
     def sample(self, context: Any, index: int) -> int:
         pointer = llama_cpp.llama_get_logits_ith(context, index)
@@ -154,6 +163,11 @@ class GrammarSampler:
             if token is not None and self._grammar_allows(token):
                 return self._accept(token)
             self.resampled += 1
+            if self._is_argmax:
+                token = self._likeliest_allowed(logits)
+                if token is not None and self._grammar_allows(token):
+                    return self._accept(token)
+        self.full_passes += 1
         token = self._choice(logits, with_grammar=True)
         if token is not None and self._grammar_allows(token):
             return self._accept(token)
@@ -172,6 +186,33 @@ class GrammarSampler:
             masked[self._banned_ids] = -np.inf
             token = int(masked.argmax())
         return None if token in self._banned else token
+
+    def _likeliest_allowed(self, logits: np.ndarray[Any, Any]) -> int | None:
+        """Greedy's choice within the grammar, looked for among the likeliest tokens only.
+
+        Exact (the full pass would choose the same) when the likeliest allowed one there is
+        strictly likelier than every token left out; None otherwise.
+        """
+        n_likeliest = self._n_likeliest
+        if n_likeliest == 0:
+            return None
+        ids = np.argpartition(logits, self._n_vocab - n_likeliest)[-n_likeliest:]
+        ids.sort()  # in id order, as greedy keeps the first of equals
+        likeliest = logits[ids]
+        floor = float(likeliest.min())  # no token left out is likelier
+        candidates = self._likeliest
+        data = candidates.candidates_data
+        data.id[:] = ids
+        data.logit[:] = likeliest
+        data.p[:] = 0.0
+        array = candidates.candidates
+        array.size = n_likeliest
+        array.sorted = False
+        array.selected = -1
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        allowed = np.where(np.isin(ids, self._banned_ids), -np.inf, data.logit)
+        best = int(allowed.argmax())
+        return int(ids[best]) if allowed[best] > floor else None
 
     def _choice(self, logits: np.ndarray[Any, Any], *, with_grammar: bool) -> int | None:
         """The chain's choice among all tokens (None: none, or a banned one)."""
