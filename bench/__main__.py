@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import report, sections
 from bench.harness import Results
-from router.child.cpu import physical_core_count
+from router.cpu import physical_core_count
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from router.child.cpu import physical_core_count
+from router.cpu import physical_core_count
 
 
 @dataclass(frozen=True)

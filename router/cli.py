@@ -346,7 +346,7 @@ def child_options_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from router.child.options import add_child_arguments
+    from router.model_options import add_child_arguments
 
     parser = OptionParser(
         prog="llama-router",

@@ -3,7 +3,7 @@
 One row per option: its conf.d ``[args]`` key, llama-server's spellings (``common/arg.cpp`` in
 the llama.cpp that llama-cpp-python vendors is the contract), its ``LLAMA_ARG_*`` variable,
 kind, bounds, default and help, and whether a client may set it through ``POST /models/load``
-args. The child's parser (``router/child/options.py``), the router's "defaults passed to every
+args. The child's parser (``router/model_options.py``), the router's "defaults passed to every
 model" flags (``router/cli.py``), conf.d ``[args]`` checking (``router/models/confd.py``), the
 extra-args allowlist (``router/edge/extra_args.py``), ``--help`` and the table in
 docs/configuration.md are all generated from these rows, so they cannot drift apart.

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from router.child import cpu
+from router import cpu
 
 
 def test_physical_cores_counts_distinct_sibling_sets(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,18 @@ from pathlib import Path
 import router
 
 ROUTER = Path(router.__file__).parent
-BASE = {"errors", "spec", "child_options", "options_table", "settings", "hosts", "version", "logs"}
+BASE = {
+    "errors",
+    "spec",
+    "child_options",
+    "options_table",
+    "model_options",
+    "cpu",
+    "settings",
+    "hosts",
+    "version",
+    "logs",
+}
 # What each layer (a folder, or the base modules) may import besides itself.
 ALLOWED: dict[str, set[str]] = {
     "base": set(),

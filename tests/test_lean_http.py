@@ -809,8 +809,8 @@ async def test_a_quart_app_reads_bodies_and_closes_where_the_rest_is_unread() ->
 async def test_the_childs_app_serves_completions_on_a_real_model(tiny_model: Path) -> None:
     from router.child.app import create_app
     from router.child.llama_engine import LlamaCppEngine
-    from router.child.options import EngineOptions
     from router.child.service import ModelService
+    from router.model_options import EngineOptions
 
     engine = await LlamaCppEngine.load(EngineOptions(tiny_model, ctx_size=512, threads=1))
     try:

@@ -18,7 +18,11 @@ import httpx
 import pytest
 
 from router import options_table
-from router.child.options import (
+from router.child.reasoning import ReasoningFormat
+from router.cli import build_parser, child_options_from, main
+from router.edge.extra_args import ALLOWED_EXTRA_ARGS, ExtraArgLimits, checked_extra_args
+from router.errors import ConfigInvalid, InvalidField
+from router.model_options import (
     DESCRIPTION,
     EngineOptions,
     FlashAttention,
@@ -27,10 +31,6 @@ from router.child.options import (
     add_child_arguments,
     parse_child_arguments,
 )
-from router.child.reasoning import ReasoningFormat
-from router.cli import build_parser, child_options_from, main
-from router.edge.extra_args import ALLOWED_EXTRA_ARGS, ExtraArgLimits, checked_extra_args
-from router.errors import ConfigInvalid, InvalidField
 from router.models.confd import checked_child_options
 from router.options_table import COMPAT_FLAGS, MODEL_OPTIONS, ModelOption, OptionParser
 from tests.processes import run_child_to_exit, running_child

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from router.child.options import options_from_json, options_to_json, parse_child_arguments
+from router.model_options import options_from_json, options_to_json, parse_child_arguments
 from router.processes.own_children import can_run_in_a_spare, own_child_argv
 from router.spec import ModelSpec
 

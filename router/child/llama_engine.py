@@ -41,10 +41,10 @@ from router.child.engine import (
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.multimodal import ImageInput, Projector, no_projector
-from router.child.options import EngineOptions, FlashAttention, Pooling
 from router.child.sampling import Sampler, build_sampler, end_of_generation_tokens
 from router.child.slots import Slot
 from router.errors import InvalidField, ModelLoadFailed, NotSupported
+from router.model_options import EngineOptions, FlashAttention, Pooling
 
 # ggml's type numbers (ggml.h) for llama-server's --cache-type-k/-v names (options_table).
 _CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,

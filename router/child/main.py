@@ -30,17 +30,17 @@ from quart_trio import QuartTrio
 from router.child.app import create_app
 from router.child.fast_path import with_fast_path
 from router.child.llama_engine import LlamaCppEngine
-from router.child.options import (
-    EngineOptions,
-    ServeOptions,
-    options_from_json,
-    parse_child_arguments,
-)
 from router.child.parsing import RequestDefaults
 from router.child.service import ModelService
 from router.edge import lean_http
 from router.edge.web import MAX_BODY_BYTES
 from router.errors import ModelLoadFailed
+from router.model_options import (
+    EngineOptions,
+    ServeOptions,
+    options_from_json,
+    parse_child_arguments,
+)
 from router.processes.lifeline import ChildLifeline
 
 log = logging.getLogger("router.child")

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import trio
 
-from router.child.options import options_to_json, parsed_or_none
 from router.child_options import child_argv
+from router.model_options import options_to_json, parsed_or_none
 from router.processes import lifeline, resident
 from router.processes.child_process import Child, each_line
 from router.spec import ModelSpec

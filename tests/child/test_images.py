@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from router.child.options import parse_child_arguments
+from router.model_options import parse_child_arguments
 from router.processes.own_children import own_child_argv
 from router.spec import ModelSpec
 from tests.processes import run_child_to_exit, running_router

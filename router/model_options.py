@@ -1,4 +1,7 @@
-"""The child's settings and its command line, named as llama-server names them."""
+"""The child's settings and its command line, named as llama-server names them.
+
+A base module, not the child's own: the router parses a model's options here too, to hand a
+waiting spare typed options (``options_to_json``) rather than a command line to parse again."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from router.child.cpu import physical_core_count
+from router.cpu import physical_core_count
 from router.options_table import MODEL_OPTIONS, OptionParser, add_compat_flags, add_model_option
 
 
