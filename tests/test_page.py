@@ -278,6 +278,9 @@ def test_a_chat_streams_its_answer_into_the_page(
         assert answer.evaluate("node => node.children.length") == 0  # text, never markup
         expect(page.page.locator("#chat-stats")).to_have_text(re.compile(r"tokens/s"))
         expect(page.status("tiny")).to_have_text("loaded")  # the chat loaded it
+        # No event marks a request's end: the page reads the models again after its chat.
+        row = page.page.locator('tr[data-model="tiny"] td.requests')
+        expect(row).to_have_text("0 running")
         _shot(page, tmp_path, "chat")
 
 

@@ -641,6 +641,7 @@
       answering = null;
       $("chat-send").disabled = false;
       $("chat-stop").disabled = true;
+      refreshModels(); // requests in flight and last used changed, and no event says so
     }
   }
 
