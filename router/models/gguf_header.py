@@ -16,11 +16,14 @@ import functools
 import math
 import mmap
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from gguf.constants import GGUF_MAGIC, GGUFValueType
+
+_T = TypeVar("_T")
 
 Scalar = int | float | bool | str
 
@@ -51,6 +54,12 @@ def scalar_metadata(path: Path) -> Mapping[str, Scalar]:
 
 @functools.lru_cache(maxsize=64)
 def _cached_metadata(path: Path, _mtime_ns: int, _size: int) -> Mapping[str, Scalar]:
+    return MappingProxyType(_read_mapped(path, lambda data: _walk_header(data)[0]))
+
+
+def _read_mapped(path: Path, read: Callable[[mmap.mmap], _T]) -> _T:
+    """``read`` over the file mapped in memory; any way a header can be broken is a ValueError
+    that names the file."""
     with path.open("rb") as file:
         try:
             data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -58,13 +67,9 @@ def _cached_metadata(path: Path, _mtime_ns: int, _size: int) -> Mapping[str, Sca
             raise ValueError(f"{path} has no readable GGUF header (it is empty)") from exc
         with data:
             try:
-                return MappingProxyType(_walk(data))
+                return read(data)
             except (ValueError, struct.error, RecursionError) as exc:
                 raise ValueError(f"{path} has no readable GGUF header ({exc})") from exc
-
-
-def _walk(data: mmap.mmap) -> dict[str, Scalar]:
-    return _walk_header(data)[0]
 
 
 def _walk_header(data: mmap.mmap) -> tuple[dict[str, Scalar], _Reader, int]:
@@ -95,16 +100,7 @@ def parameter_count(path: Path) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _cached_parameter_count(path: Path, _mtime_ns: int, _size: int) -> int:
-    with path.open("rb") as file:
-        try:
-            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError as exc:  # an empty file
-            raise ValueError(f"{path} has no readable GGUF header (it is empty)") from exc
-        with data:
-            try:
-                return _tensor_weights(data)
-            except (ValueError, struct.error, RecursionError) as exc:
-                raise ValueError(f"{path} has no readable GGUF header ({exc})") from exc
+    return _read_mapped(path, _tensor_weights)
 
 
 def _tensor_weights(data: mmap.mmap) -> int:
