@@ -269,6 +269,12 @@ def _ps(api: RouterAPI, args: argparse.Namespace) -> int:
 COLUMNS = ("MODEL", "STATUS", "PID", "IN FLIGHT", "LAST USED", "MEMORY", "REASON")
 
 
+def _spare_state(spare: dict[str, Any]) -> str:
+    if spare.get("is_ready"):
+        return "ready"
+    return "paused" if spare.get("is_paused") else "starting"
+
+
 def format_table(models: dict[str, Any], *, now: float) -> str:
     """``GET /models`` as a table, one model a row, then the waiting spares. A column the
     router does not report reads ``-``: a model's ``last_used`` (Unix time) and ``memory``
@@ -277,7 +283,7 @@ def format_table(models: dict[str, Any], *, now: float) -> str:
     rows += [
         [
             "(spare)",
-            "ready" if spare.get("is_ready") else "starting",
+            _spare_state(spare),
             _text(spare.get("pid")),
             "-",
             "-",

@@ -268,7 +268,8 @@ def test_the_table_reads_memory_last_use_failures_and_spares() -> None:
              "status": {"value": "unloaded", "failed": True, "exit_code": 1,
                         "error": "not a GGUF file:\n  bad magic"}},
         ],
-        "spares": [{"pid": 42, "rss_mib": 61, "is_ready": True, "models_served": 0}],
+        "spares": [{"pid": 42, "rss_mib": 61, "is_ready": True, "models_served": 0},
+                   {"pid": 43, "rss_mib": 20, "is_ready": False, "is_paused": True}],
     }  # fmt: skip
     lines = format_table(models, now=1000.0 + 125).splitlines()
     assert lines[1].split() == ["a", "loaded", "41", "2", "2m", "ago", "310", "MiB"]
@@ -276,6 +277,7 @@ def test_the_table_reads_memory_last_use_failures_and_spares() -> None:
     assert lines[3].split() == ["b", "failed", "-", "0", "-", "-", "not", "a", "GGUF", "file:",
                                 "bad", "magic"]  # fmt: skip
     assert lines[4].split() == ["(spare)", "ready", "42", "-", "-", "61", "MiB"]
+    assert lines[5].split() == ["(spare)", "paused", "43", "-", "-", "20", "MiB"]
 
 
 def test_pin_and_unpin_keep_a_model_and_ps_shows_it(

@@ -26,6 +26,7 @@ class RecordingSupervisor:
     def __init__(self) -> None:
         self.started: list[str] = []
         self.stopped: list[str] = []
+        self.running: list[bool] = []  # what requests_running was told, in order
 
     def start(self, spec: ModelSpec, *, extra_args: tuple[str, ...] = ()) -> list[str]:
         self.started.append(spec.id)
@@ -33,6 +34,9 @@ class RecordingSupervisor:
 
     def stop(self, model_id: str) -> None:
         self.stopped.append(model_id)
+
+    def requests_running(self, are_running: bool) -> None:
+        self.running.append(are_running)
 
 
 def attached_pool(
@@ -66,6 +70,36 @@ async def test_a_request_cancelled_at_admission_gives_its_slot_back(
         async with pool.lease(pool.models["m"], autoload=True):
             raise AssertionError("a cancelled request must not get the model")
     assert pool.models["m"].in_flight == 0  # not busy for ever: it can still be evicted
+    assert supervisor.running == [True, False, True, False]  # the spares run again
+
+
+async def test_the_supervisor_hears_when_requests_start_and_stop_running(
+    nursery: trio.Nursery,
+) -> None:
+    """Only the first request in and the last one out change anything (the supervisor
+    pauses its importing spares in between), whichever models they are for."""
+    specs = {name: ModelSpec(id=name, path=Path(f"{name}.gguf")) for name in ("a", "b")}
+    pool, supervisor = attached_pool(specs, nursery, models_max=2)
+    release = {name: trio.Event() for name in specs}
+
+    async def hold(name: str) -> None:
+        async with pool.lease(pool.models[name], autoload=True):
+            await release[name].wait()
+
+    for name in specs:
+        nursery.start_soon(hold, name)
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == []  # waiting for a load is not running
+    for name in specs:
+        pool.child_ready(name, "unix:/nonexistent.sock", 1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True]
+    release["a"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True]  # b still runs
+    release["b"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True, False]
 
 
 async def _use_once(pool: ModelPool) -> None:

@@ -5,7 +5,12 @@ bounds, and keeps no file descriptor, thread or memory of the model it served.""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,7 +24,7 @@ from router.processes import lifeline
 from router.processes.supervisor import ChildExit, Supervisor, SupervisorSettings
 from router.settings import RouterSettings
 from router.spec import ModelSpec
-from tests.processes import RouterProcess, running_router
+from tests.processes import RouterProcess, pid_is_alive, running_router
 from tests.test_router_e2e import wait_until
 from tests.tiny_models import write_tiny_llama, write_truncated_gguf
 
@@ -213,3 +218,109 @@ async def test_a_process_serves_no_more_models_than_its_bound(
     assert pids[0] == pids[1] != pids[2]  # the second model was its process's last
     assert [ended.exit_code for ended in events.exits] == [0, 0, 0]
     assert all(ended.was_stopped for ended in events.exits)
+
+
+def process_state(pid: int) -> str:
+    """``R``, ``S``, ``T`` (stopped)...: the state letter of ``/proc/PID/stat``."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def wait_for_spare(supervisor: Supervisor, condition: Callable[[dict], bool]) -> dict:
+    with trio.fail_after(WAIT_S):
+        while True:
+            for spare in supervisor.spare_report():
+                if condition(spare):
+                    return spare
+            await trio.sleep(0.02)
+
+
+async def wait_in_trio(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        while not condition():
+            await trio.sleep(0.02)
+
+
+async def test_a_spare_imports_only_while_no_request_runs(
+    two_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spare's second of imports would take the CPU from the model that requests run on:
+    it is paused while they run, resumed when none do, and resumed for a load that takes it."""
+    events = _Swapper()
+    settings = SupervisorSettings(
+        runtime_dir=tmp_path, child_options={"ctx_size": 512, "threads": 1}, spares=1
+    )
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, settings, events)
+        supervisor.requests_running(True)
+        supervisor.keep_spares()
+        spare = await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
+        await wait_in_trio(lambda: process_state(spare["pid"]) == "T")
+        supervisor.requests_running(False)
+        await wait_for_spare(supervisor, lambda spare: bool(spare["is_ready"]))
+        supervisor.requests_running(True)  # a ready spare has nothing left to take: it waits
+        assert [(s["is_ready"], s["is_paused"]) for s in supervisor.spare_report()] == [
+            (True, False)
+        ]
+        supervisor.start(ModelSpec(id="a", path=two_models / "a.gguf"))
+        await events.wait_for(events.has_loaded(1))
+        # The load's replacement starts while requests run: paused from its start...
+        second = await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
+        supervisor.stop("a")
+        await events.wait_for(lambda: len(events.exits) == 1)
+        supervisor.start(ModelSpec(id="b", path=two_models / "b.gguf"))  # reuses a's process
+        await events.wait_for(events.has_loaded(2))
+        assert events.ready[0][1] == events.ready[1][1]
+        # One spare too many, the paused one went (a signal it needs not be running for).
+        await wait_in_trio(lambda: not pid_is_alive(second["pid"]))
+        third = await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
+        await supervisor.stop_all()  # ...and the paused one is resumed to read its EOF
+        nursery.cancel_scope.cancel()
+    assert "did not exit on end-of-file" not in caplog.text
+    assert not pid_is_alive(third["pid"])
+
+
+PAUSED_SPARE_SCRIPT = """
+import sys, trio
+from pathlib import Path
+from router.processes.supervisor import Supervisor, SupervisorSettings
+
+class Events:
+    def child_ready(self, *args): pass
+    def child_exited(self, *args): pass
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        settings = SupervisorSettings(runtime_dir=Path(sys.argv[1]), spares=1)
+        supervisor = Supervisor(nursery, settings, Events())
+        supervisor.requests_running(True)
+        supervisor.keep_spares()
+        while not supervisor.spare_report():
+            await trio.sleep(0.01)
+        print(supervisor.spare_report()[0]["pid"], flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def test_a_paused_spare_does_not_outlive_a_killed_router(tmp_path: Path) -> None:
+    """Paused, a spare cannot read the end-of-file that tells a child its router is gone: the
+    kernel must wake it when its group is orphaned, which it does only in the router's
+    session."""
+    router = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_SPARE_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # the stand-in router leads a session, as under systemd
+    )
+    assert router.stdout is not None
+    pid = int(router.stdout.readline())
+    try:
+        wait_until(lambda: process_state(pid) == "T", "the spare is paused")
+        router.kill()
+        router.wait(timeout=WAIT_S)
+        wait_until(lambda: not pid_is_alive(pid), "the spare exits with its router")
+    finally:
+        router.kill()
+        router.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # had the test failed, no stopped orphan stays

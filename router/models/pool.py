@@ -108,6 +108,7 @@ class ModelPool:
         self.events.listen(LifecycleLog().on_event)
         self._load_started: dict[str, float] = {}  # by model: when its load began (load_s)
         self._restarting: set[str] = set()  # stopped for new settings, to be loaded again
+        self._admitted = 0  # local requests admitted and not yet over, all models together
 
     def attach(
         self, supervisor: Supervisor, nursery: trio.Nursery, context: PluginContext | None = None
@@ -302,7 +303,7 @@ class ModelPool:
             elif not is_resumed and waiter.error is None:
                 # Admitted, then cancelled before it could resume: give the slot back, or the
                 # model would look busy for ever and never be evicted.
-                state.in_flight -= 1
+                self._count_admitted(state, -1)
                 self._reschedule()
         if waiter.error is not None:
             raise waiter.error
@@ -312,11 +313,19 @@ class ModelPool:
                 raise Unavailable(f"model {state.spec.id!r} exited before the request reached it")
             yield client
         finally:
-            state.in_flight -= 1
+            self._count_admitted(state, -1)
             state.last_used = self._clock()
             if state.in_flight == 0:
                 self._apply_pending_spec(state)
             self._reschedule()
+
+    def _count_admitted(self, state: ModelState, change: int) -> None:
+        """Count a request admitted to (1) or done with (-1) ``state``'s model; tell the
+        supervisor when requests start or stop running (it pauses the spares meanwhile)."""
+        state.in_flight += change
+        self._admitted += change
+        if self._supervisor is not None and self._admitted == max(change, 0):
+            self._supervisor.requests_running(self._admitted > 0)
 
     def request_load(
         self, state: ModelState, nursery: trio.Nursery, *, extra_args: tuple[str, ...] = ()
@@ -477,7 +486,7 @@ class ModelPool:
         by_ticket = {w.ticket: w for w in self._queue}
         for ticket in decisions.admit:
             waiter = by_ticket[ticket]
-            self.models[waiter.model].in_flight += 1
+            self._count_admitted(self.models[waiter.model], 1)
             self._finish(waiter, None)
         for ticket in decisions.refuse:
             waiter = by_ticket[ticket]

@@ -107,6 +107,7 @@ class _Holder:
     process: trio.Process | None = None  # set once spawned (a spare is usable from then)
     is_spare_process: bool = False  # started as a spare: it can serve one model after another
     is_waiting: bool = False  # it said it waits, imports done, with no model
+    is_paused: bool = False  # stopped (SIGSTOP) while requests run: see requests_running
     models_served: int = 0
     waiting_rss_mib: int | None = None  # its resident memory the first time it waited
 
@@ -158,6 +159,7 @@ class Supervisor:
         self._children: dict[str, Child] = {}
         self._spares: list[_Holder] = []  # oldest first: the likeliest to be ready
         self._is_stopping = False
+        self._are_requests_running = False  # the pool says: see requests_running
         # Every line a model's child prints, as (model id, line, stream): the pool's once it
         # attaches (its log view and ``/models/sse?logs=1``).
         self.on_output: Callable[[str, str, str], None] = _ignore_output
@@ -250,7 +252,11 @@ class Supervisor:
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
                             env=env,
-                            start_new_session=True,  # its own process group, killed as one
+                            # Its own process group, killed as one. A spare's stays in the
+                            # router's session: if the router dies while the spare is paused
+                            # (requests_running), the kernel wakes the orphaned group (SIGHUP,
+                            # SIGCONT) and it exits; in a session of its own none would wake it.
+                            **_new_group(session=child is not None),
                             cwd=command_children.working_dir(child.spec) if child else None,
                             check=False,
                             deliver_cancel=partial(self._terminate_held, holder),
@@ -263,6 +269,8 @@ class Supervisor:
                         child.fatal_error = message
                     return
                 holder.process = process
+                if child is None and self._are_requests_running:
+                    self._pause(holder, True)
                 if child is not None and child.is_command:
                     await self._supervise_command(nursery, child, process)
                 else:
@@ -405,12 +413,14 @@ class Supervisor:
         await self._end_spare(process)
 
     async def _end_spare(self, process: trio.Process) -> None:
+        signal_group(process, signal.SIGCONT)  # a paused spare must run to read its end-of-file
         if process.stdin is not None:  # an idle spare: end-of-file makes it exit at once
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await process.stdin.aclose()
         with trio.move_on_after(KILL_AFTER_TERM_S):
             await process.wait()
             return
+        log.warning("a spare (pid %d) did not exit on end-of-file: killed", process.pid)
         signal_group(process, signal.SIGKILL)
         await process.wait()
 
@@ -433,15 +443,36 @@ class Supervisor:
             self._spares.append(spare)
             self._nursery.start_soon(self._run, spare, name="spare child")
 
+    def requests_running(self, are_running: bool) -> None:
+        """Pause the spares still importing while requests run; resume them when none do.
+
+        A spare's imports take about a second of CPU. On a small machine they would take it
+        from the inference threads of the model just loaded (a tiny model's 1-token completion
+        went from 30 to 300 ms while a spare started beside it), so a spare imports in the
+        gaps between requests only. The pool calls this when its count of admitted requests
+        leaves or reaches zero; a spare that a load takes or that ends is resumed first.
+        """
+        self._are_requests_running = are_running
+        for spare in self._spares:
+            if not spare.is_waiting:
+                self._pause(spare, are_running)
+
+    def _pause(self, holder: _Holder, paused: bool) -> None:
+        """Stop or continue ``holder``'s process group (SIGSTOP, SIGCONT), once each way."""
+        if holder.process is not None and holder.is_paused != paused:
+            holder.is_paused = paused
+            signal_group(holder.process, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def spare_report(self) -> list[dict[str, int | bool | None]]:
         """The waiting spares: each one's pid and resident memory (MiB), which is what it
-        costs while it waits (None while it starts), whether it is ready (its imports done)
-        and how many models it has served."""
+        costs while it waits (None while it starts), whether it is ready (its imports done),
+        whether it is paused while requests run, and how many models it has served."""
         return [
             {
                 "pid": spare.process.pid,
                 "rss_mib": own_children.resident_mib(spare.process.pid),
                 "is_ready": spare.is_waiting,
+                "is_paused": spare.is_paused,
                 "models_served": spare.models_served,
             }
             for spare in self._spares
@@ -469,6 +500,7 @@ class Supervisor:
             "ready" if spare.is_waiting else "still starting",
             own_children.resident_mib(spare.process.pid),
         )  # fmt: skip
+        self._pause(spare, False)  # it imports for the load now, whatever else runs
         spare.child = child
         spare.is_waiting = False
         spare.assigned.set()
@@ -543,6 +575,11 @@ class Supervisor:
                 # Still importing, it would read its end-of-file only after a second of CPU
                 # that the next load needs: it holds nothing, so it goes at once.
                 signal_group(spare.process, signal.SIGKILL)
+
+
+def _new_group(*, session: bool) -> dict[str, Any]:
+    """``Popen`` arguments for a process that leads a new group, in a new session or not."""
+    return {"start_new_session": True} if session else {"process_group": 0}
 
 
 async def _cancel_after(event: trio.Event, scope: trio.CancelScope) -> None:
