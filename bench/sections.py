@@ -111,27 +111,30 @@ def _wait_status(base: str, model: str, value: str, timeout_s: float = 120) -> N
 
 
 def added_latency(setup: Setup, results: Results) -> None:
-    """A 1-token completion, through the router and straight to the same kind of child."""
-    n = 60 if setup.quick else 300
+    """A 1-token completion, through each router and straight to its kind of child: all four
+    servers up at once and asked in turn, so that a change in the machine's load between
+    routers cannot pass for a difference between them."""
+    n = 60 if setup.quick else 1000
     model = setup.tiny_dir / "a.gguf"
-    pairs = [("direct", "llama-router")]
-    ours_port, child_port = harness.free_port(), harness.free_port()
     args = ["-t", "1", "-c", "512"]
-    samples: dict[str, list[float]] = {}
-    drops: dict[str, int] = {}
-    with (
-        harness.serve(harness.our_child(model, child_port, *args), child_port) as child,
-        harness.serve(harness.our_router(setup.tiny_dir, ours_port, *args), ours_port) as ours,
-    ):
-        systems = {"direct": child.base_url, "llama-router": ours.base_url}
-        if setup.llama_server:
-            theirs, their_drops = _latency_llama_cpp(setup, model, n)
-            samples.update(theirs)
-            drops.update(their_drops)
-            pairs.append(("llama-server", "llama.cpp-router"))
-        ours_samples, our_drops = _interleaved_latencies(systems, "a", n, setup.progress)
-        samples.update(ours_samples)
-        drops.update(our_drops)
+    commands = {
+        "direct": harness.our_child(model, harness.free_port(), *args),
+        "llama-router": harness.our_router(setup.tiny_dir, harness.free_port(), *args),
+    }
+    pairs = [("direct", "llama-router")]
+    if setup.llama_server:
+        binary = setup.llama_server
+        commands["llama-server"] = harness.llama_server(binary, model, harness.free_port(), *args)
+        commands["llama.cpp-router"] = harness.llama_cpp_router(
+            binary, setup.tiny_dir, harness.free_port(), *args
+        )
+        pairs.append(("llama-server", "llama.cpp-router"))
+    with contextlib.ExitStack() as stack:
+        systems = {
+            name: stack.enter_context(harness.serve(command, _port_of(command))).base_url
+            for name, command in commands.items()
+        }
+        samples, drops = _interleaved_latencies(systems, "a", n, setup.progress)
     for system, values in samples.items():
         for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
             results.add("one_token_latency", system, label, percentile(values, fraction), "ms")
@@ -145,20 +148,8 @@ def added_latency(setup: Setup, results: Results) -> None:
         results.add("added_latency", router, "p50_ratio", ratio, "x")
 
 
-def _latency_llama_cpp(
-    setup: Setup, model: Path, n: int
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    assert setup.llama_server is not None
-    server_port, router_port = harness.free_port(), harness.free_port()
-    args = ["-t", "1", "-c", "512"]
-    with (
-        harness.serve(harness.llama_server(setup.llama_server, model, server_port, *args),
-                      server_port) as server,
-        harness.serve(harness.llama_cpp_router(setup.llama_server, setup.tiny_dir,
-                                               router_port, *args), router_port) as router,
-    ):  # fmt: skip
-        systems = {"llama-server": server.base_url, "llama.cpp-router": router.base_url}
-        return _interleaved_latencies(systems, "a", n, setup.progress)
+def _port_of(command: list[str]) -> int:
+    return int(command[command.index("--port") + 1])
 
 
 WARM_UP = 20

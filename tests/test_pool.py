@@ -58,47 +58,27 @@ async def test_a_request_cancelled_at_admission_gives_its_slot_back(
     nursery: trio.Nursery,
 ) -> None:
     pool, supervisor = new_pool(nursery)
+    scope = trio.CancelScope()
+
+    async def use_within_scope() -> None:
+        with scope:
+            await _use_once(pool)
+
     async with trio.open_nursery() as loading:
-        loading.start_soon(_use_once, pool)
+        loading.start_soon(use_within_scope)
         await trio.testing.wait_all_tasks_blocked()
         assert supervisor.started == ["m"]
-        pool.child_ready("m", "unix:/nonexistent.sock", 1)
+        pool.child_ready("m", "unix:/nonexistent.sock", 1)  # admits the waiting request...
+        assert pool.models["m"].in_flight == 1
+        scope.cancel()  # ...which is cancelled before it resumes
     assert pool.models["m"].status is Status.LOADED
-    assert pool.models["m"].in_flight == 0
-    with trio.CancelScope() as scope:
-        scope.cancel()  # already cancelled when it is admitted
+    assert pool.models["m"].in_flight == 0  # not busy for ever: it can still be evicted
+    assert supervisor.running == [True, False]  # and the spares run again
+    with trio.CancelScope() as already:
+        already.cancel()  # a loaded model's request, cancelled before it asks
         async with pool.lease(pool.models["m"], autoload=True):
             raise AssertionError("a cancelled request must not get the model")
-    assert pool.models["m"].in_flight == 0  # not busy for ever: it can still be evicted
-    assert supervisor.running == [True, False, True, False]  # the spares run again
-
-
-async def test_the_supervisor_hears_when_requests_start_and_stop_running(
-    nursery: trio.Nursery,
-) -> None:
-    """Only the first request in and the last one out change anything (the supervisor
-    pauses its importing spares in between), whichever models they are for."""
-    specs = {name: ModelSpec(id=name, path=Path(f"{name}.gguf")) for name in ("a", "b")}
-    pool, supervisor = attached_pool(specs, nursery, models_max=2)
-    release = {name: trio.Event() for name in specs}
-
-    async def hold(name: str) -> None:
-        async with pool.lease(pool.models[name], autoload=True):
-            await release[name].wait()
-
-    for name in specs:
-        nursery.start_soon(hold, name)
-    await trio.testing.wait_all_tasks_blocked()
-    assert supervisor.running == []  # waiting for a load is not running
-    for name in specs:
-        pool.child_ready(name, "unix:/nonexistent.sock", 1)
-    await trio.testing.wait_all_tasks_blocked()
-    assert supervisor.running == [True]
-    release["a"].set()
-    await trio.testing.wait_all_tasks_blocked()
-    assert supervisor.running == [True]  # b still runs
-    release["b"].set()
-    await trio.testing.wait_all_tasks_blocked()
+    assert pool.models["m"].in_flight == 0
     assert supervisor.running == [True, False]
 
 

@@ -284,6 +284,31 @@ class ModelPool:
                     f"{waiting} requests already wait for model {state.spec.id!r}, which is all "
                     f"its max_queue allows; retry later"
                 )
+        if state.status is Status.LOADED and not self._queue:
+            # The scheduler's first rule, without a round of it: a loaded model's request is
+            # admitted at once, and with nobody queued that changes no other decision.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._count_admitted(state, 1)
+        else:
+            await self._wait_in_queue(state)
+        client = state.client
+        try:
+            if client is None:  # it crashed between our admission and now
+                raise Unavailable(f"model {state.spec.id!r} exited before the request reached it")
+            yield client
+        finally:
+            self._count_admitted(state, -1)
+            state.last_used = self._clock()
+            if state.in_flight == 0:
+                self._apply_pending_spec(state)
+            if self._queue:
+                self._reschedule()  # its model may be the one to evict now
+            elif state.in_flight == 0 and state.idle_ttl_s > 0:
+                self._changed.set()  # idle from now: its ttl counts from here
+
+    async def _wait_in_queue(self, state: ModelState) -> None:
+        """Queue a request for ``state``'s model until the scheduler admits it (or refuses
+        it: raised), within ``slot_timeout_s`` unless its model is loading for it."""
         waiter = _Waiter(ticket=next(self._tickets), model=state.spec.id)
         self._queue.append(waiter)
         is_resumed = False
@@ -307,17 +332,6 @@ class ModelPool:
                 self._reschedule()
         if waiter.error is not None:
             raise waiter.error
-        client = state.client
-        try:
-            if client is None:  # it crashed between our admission and now
-                raise Unavailable(f"model {state.spec.id!r} exited before the request reached it")
-            yield client
-        finally:
-            self._count_admitted(state, -1)
-            state.last_used = self._clock()
-            if state.in_flight == 0:
-                self._apply_pending_spec(state)
-            self._reschedule()
 
     def _count_admitted(self, state: ModelState, change: int) -> None:
         """Count a request admitted to (1) or done with (-1) ``state``'s model; tell the
