@@ -112,8 +112,8 @@ def _wait_status(base: str, model: str, value: str, timeout_s: float = 120) -> N
 
 def added_latency(setup: Setup, results: Results) -> None:
     """A 1-token completion, through each router and straight to its kind of child: all four
-    servers up at once and asked in turn, so that a change in the machine's load between
-    routers cannot pass for a difference between them."""
+    servers up at once, each router and its child asked in turn, the two pairs by turns of
+    a block, so that a change in the machine's load over the run weighs on both routers."""
     n = 60 if setup.quick else 1000
     model = setup.tiny_dir / "a.gguf"
     args = ["-t", "1", "-c", "512"]
@@ -134,7 +134,7 @@ def added_latency(setup: Setup, results: Results) -> None:
             name: stack.enter_context(harness.serve(command, _port_of(command))).base_url
             for name, command in commands.items()
         }
-        samples, drops = _interleaved_latencies(systems, "a", n, setup.progress)
+        samples, drops = _interleaved_latencies(systems, pairs, "a", n, setup.progress)
     for system, values in samples.items():
         for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
             results.add("one_token_latency", system, label, percentile(values, fraction), "ms")
@@ -156,10 +156,20 @@ WARM_UP = 20
 
 
 def _interleaved_latencies(
-    systems: dict[str, str], model: str, n: int, progress: Callable[[str], None]
+    systems: dict[str, str],
+    pairs: list[tuple[str, str]],
+    model: str,
+    n: int,
+    progress: Callable[[str], None],
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Latencies in ms of n 1-token requests per system, and how many requests each one's
-    keep-alive connection dropped unanswered (the client reuses one connection per system)."""
+    keep-alive connection dropped unanswered (the client reuses one connection per system).
+
+    Each pair (a router and its child) is asked in turns, request by request; the pairs take
+    turns by blocks of ``LATENCY_BLOCK``. A pair is never asked right after the other: what a
+    server leaves running after its answer (llama.cpp's threads poll for work a while) would
+    slow the next server asked, whichever it is.
+    """
     samples: dict[str, list[float]] = {name: [] for name in systems}
     drops = dict.fromkeys(systems, 0)
     clients = {name: httpx.Client(timeout=60) for name in systems}
@@ -169,17 +179,23 @@ def _interleaved_latencies(
         for name, base in systems.items():
             for _ in range(WARM_UP):  # warm-up: loads the model, fills keep-alive pools
                 drops[name] += _one_token_dropped(clients[name], base, model)[1]
-        for index in range(n):
-            for name, base in systems.items():
-                milliseconds, dropped = _one_token_dropped(clients[name], base, model)
-                samples[name].append(milliseconds)
-                drops[name] += dropped
-            if index % 50 == 0:
-                progress(f"latency {index}/{n}")
+        for start in range(0, n, LATENCY_BLOCK):
+            for pair in pairs:
+                for _ in range(min(LATENCY_BLOCK, n - start)):
+                    for name in pair:
+                        milliseconds, dropped = _one_token_dropped(
+                            clients[name], systems[name], model
+                        )
+                        samples[name].append(milliseconds)
+                        drops[name] += dropped
+            progress(f"latency {min(start + LATENCY_BLOCK, n)}/{n}")
     finally:
         for client in clients.values():
             client.close()
     return samples, drops
+
+
+LATENCY_BLOCK = 100
 
 
 # ---- 2. streaming ----------------------------------------------------------------------------
@@ -189,8 +205,8 @@ def streaming(setup: Setup, results: Results) -> None:
     """A greedy stream of Gemma (or a tiny model in --quick) through the router vs direct."""
     model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
     folder = model.parent
-    tokens = 32 if setup.quick else 128
-    rounds = 2 if setup.quick else 5
+    tokens = 32 if setup.quick else 256
+    rounds = 2 if setup.quick else 9
     args = ["-t", str(setup.threads), "-c", "2048"]
     child_port, ours_port = harness.free_port(), harness.free_port()
     name = f"stream_{model.stem}"
@@ -204,7 +220,10 @@ def streaming(setup: Setup, results: Results) -> None:
             _ensure_loaded(base, model.stem)
             _stream(base, model.stem, "Once upon a time", 4)
         for round_index in range(rounds):
-            for system, base in systems.items():
+            # Each round a pair, in turns first and second, so that a drift of the machine's
+            # speed over the run weighs on both alike; the ratio is the pairs' median.
+            order = list(systems.items())
+            for system, base in order if round_index % 2 == 0 else reversed(order):
                 runs.setdefault(system, []).append(
                     _stream(base, model.stem, "Once upon a time", tokens)
                 )
@@ -212,7 +231,8 @@ def streaming(setup: Setup, results: Results) -> None:
     for system, values in runs.items():
         results.add(name, system, "ttft_ms", median([v[0] for v in values]) * 1000, "ms")
         results.add(name, system, "tokens_per_s", median([v[1] for v in values]), "tok/s")
-    ratio = median([v[1] for v in runs["llama-router"]]) / median([v[1] for v in runs["direct"]])
+    pairs = zip(runs["llama-router"], runs["direct"], strict=True)
+    ratio = median([ours[1] / direct[1] for ours, direct in pairs])
     results.add(name, "llama-router", "tokens_per_s_ratio", ratio, "x")
 
 
