@@ -65,3 +65,16 @@ def test_router_table_gives_ratio_and_verdict_per_target() -> None:
     assert "of 900 " in closed and "| 0 | 6 |" in closed and "keep 0: met" in closed
     peak = next(line for key, line in rows.items() if key.startswith("requests/s at 128"))
     assert "≥ 0.9x of peak: MISSED" in peak  # 40/s at 128 clients after 50/s at 1
+
+
+def test_the_probes_run_and_print_a_line_a_round() -> None:
+    """``bench.probes`` (router_profile.md's numbers): the router and the least relay in front
+    of a real child each print their round; what they say is not asserted."""
+    for probe in ("added", "floor"):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.probes", probe, "--rounds", "2", "--requests", "20"],
+            check=True, timeout=300, cwd=Path(__file__).parent.parent,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        lines = done.stdout.splitlines()
+        assert len(lines) == 2 and all("added" in line and "CPU" in line for line in lines)
