@@ -88,7 +88,8 @@ def added(args: argparse.Namespace, relay: Callable[[int, int], list[str]] | Non
         )
         cwd = None  # the router: a neutral folder, as in the bench
         if relay is None:
-            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            out = str(Path(args.profile).resolve()) if args.profile else ""
+            profile = ["-m", "cProfile", "-o", out] if out else []
             command = harness.our_router(folder, port, *args_, "--spares", "0")
             command[1:1] = profile
         else:
@@ -127,20 +128,23 @@ async def _relay_server(port: int, child_port: int) -> None:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         while len(buffer) < end + 4 + length:
-            buffer += await stream.receive_some(65536)
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            buffer += data
         whole = bytes(buffer[: end + 4 + length])
         del buffer[: end + 4 + length]
         return whole
 
     async def handle(client: trio.SocketStream) -> None:
-        child = await trio.open_tcp_stream("127.0.0.1", child_port)
         from_client, from_child = bytearray(), bytearray()
-        while (request := await message(client, from_client)) is not None:
-            await child.send_all(request)
-            answer = await message(child, from_child)
-            if answer is None:
-                return
-            await client.send_all(answer)
+        async with await trio.open_tcp_stream("127.0.0.1", child_port) as child:
+            while (request := await message(client, from_client)) is not None:
+                await child.send_all(request)
+                answer = await message(child, from_child)
+                if answer is None:
+                    return
+                await client.send_all(answer)
 
     await trio.serve_tcp(handle, port, host="127.0.0.1")
 
@@ -156,9 +160,10 @@ def stream(args: argparse.Namespace) -> None:
             for _ in range(args.rounds):
                 used, events = cpu_seconds(router.pid), 0
                 with client.stream("POST", router.base_url + COMPLETION, json=body) as answer:
+                    answer.raise_for_status()
                     for line in answer.iter_lines():
                         events += line.startswith("data: {")
-                cpu_us = (cpu_seconds(router.pid) - used) / events * 1e6
+                cpu_us = (cpu_seconds(router.pid) - used) / max(events, 1) * 1e6
                 print(f"{events} events, router CPU {cpu_us:.0f} µs an event", flush=True)
 
 

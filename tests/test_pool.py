@@ -82,6 +82,35 @@ async def test_a_request_cancelled_at_admission_gives_its_slot_back(
     assert supervisor.running == [True, False]
 
 
+async def test_the_supervisor_hears_when_requests_start_and_stop_running(
+    nursery: trio.Nursery,
+) -> None:
+    """Only the first request in and the last one out change anything (the supervisor
+    pauses its importing spares in between), whichever models they are for."""
+    specs = {name: ModelSpec(id=name, path=Path(f"{name}.gguf")) for name in ("a", "b")}
+    pool, supervisor = attached_pool(specs, nursery, models_max=2)
+    release = {name: trio.Event() for name in specs}
+
+    async def hold(name: str) -> None:
+        async with pool.lease(pool.models[name], autoload=True):
+            await release[name].wait()
+
+    for name in specs:
+        nursery.start_soon(hold, name)
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == []  # waiting for a load is not running
+    for name in specs:
+        pool.child_ready(name, "unix:/nonexistent.sock", 1)
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True]
+    release["a"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True]  # b still runs
+    release["b"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert supervisor.running == [True, False]
+
+
 async def _use_once(pool: ModelPool) -> None:
     async with pool.lease(pool.models["m"], autoload=True):
         pass

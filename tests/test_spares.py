@@ -247,7 +247,10 @@ async def test_a_spare_imports_only_while_no_request_runs(
     it is paused while they run, resumed when none do, and resumed for a load that takes it."""
     events = _Swapper()
     settings = SupervisorSettings(
-        runtime_dir=tmp_path, child_options={"ctx_size": 512, "threads": 1}, spares=1
+        runtime_dir=tmp_path,
+        child_options={"ctx_size": 512, "threads": 1},
+        spares=1,
+        pause_importing_spares=True,  # pytest may not lead its session
     )
     async with trio.open_nursery() as nursery:
         supervisor = Supervisor(nursery, settings, events)
@@ -296,7 +299,8 @@ async def main():
         supervisor.keep_spares()
         while not supervisor.spare_report():
             await trio.sleep(0.01)
-        print(supervisor.spare_report()[0]["pid"], flush=True)
+        spare = supervisor.spare_report()[0]
+        print(spare["pid"], spare["is_paused"], flush=True)
         await trio.sleep_forever()
 
 trio.run(main)
@@ -305,17 +309,33 @@ trio.run(main)
 
 def test_a_paused_spare_does_not_outlive_a_killed_router(tmp_path: Path) -> None:
     """Paused, a spare cannot read the end-of-file that tells a child its router is gone: the
-    kernel must wake it when its group is orphaned, which it does only in the router's
-    session."""
+    kernel must wake it when its group is orphaned, which it does for sure when the router
+    leads its session (as under systemd)."""
+    assert stand_in_router_with_a_spare(tmp_path, leads_session=True)
+
+
+def test_a_router_that_does_not_lead_its_session_pauses_no_spare(tmp_path: Path) -> None:
+    """Whatever adopted a paused spare after the router's death could be in the router's
+    session (a supervisor that starts programs in its own): its group would not count as
+    orphaned and nothing would wake it. Such a router lets its spares import."""
+    assert not stand_in_router_with_a_spare(tmp_path, leads_session=False)
+
+
+def stand_in_router_with_a_spare(tmp_path: Path, *, leads_session: bool) -> bool:
+    """Run PAUSED_SPARE_SCRIPT (a supervisor with requests running and one spare), kill it
+    with SIGKILL once its spare is up (and paused, if it pauses), and check that the spare
+    exits; whether it was paused."""
     router = subprocess.Popen(
         [sys.executable, "-c", PAUSED_SPARE_SCRIPT, str(tmp_path)],
         stdout=subprocess.PIPE,
-        start_new_session=True,  # the stand-in router leads a session, as under systemd
+        start_new_session=leads_session,
     )
     assert router.stdout is not None
-    pid = int(router.stdout.readline())
+    pid_text, paused_text = router.stdout.readline().split()
+    pid, is_paused = int(pid_text), paused_text == b"True"
     try:
-        wait_until(lambda: process_state(pid) == "T", "the spare is paused")
+        if is_paused:
+            wait_until(lambda: process_state(pid) == "T", "the spare is paused")
         router.kill()
         router.wait(timeout=WAIT_S)
         wait_until(lambda: not pid_is_alive(pid), "the spare exits with its router")
@@ -324,3 +344,4 @@ def test_a_paused_spare_does_not_outlive_a_killed_router(tmp_path: Path) -> None
         router.wait()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # had the test failed, no stopped orphan stays
+    return is_paused

@@ -5,7 +5,9 @@ and the FIFO queue of requests. Everything that changes state (a request arrives
 leaves; a child becomes ready or exits) happens on the Trio thread and ends with
 ``_reschedule()``: a snapshot goes to the pure ``scheduler.plan``, and the plan is carried out
 at once, before any other task runs. So a decision is never made on a stale reading, which is
-how peers ended up with requests waiting forever during an unload.
+how peers ended up with requests waiting forever during an unload. One shortcut, the hot path:
+with nobody queued, a request for a loaded model is admitted, and its end counted, without a
+round (the scheduler's first rule; an empty queue leaves it nothing else to decide).
 """
 
 from __future__ import annotations

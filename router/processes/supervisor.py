@@ -9,7 +9,7 @@ the pool decides what to start and stop. What differs by kind of child lives bes
 Stopping a child, by request or because the router shuts down: the graceful stop, then SIGTERM
 to its process group after ``stop_timeout_s``, then SIGKILL two seconds later. If the router
 itself dies, the kernel closes the children's stdin and they exit at once (a command's guard
-sees it too).
+sees it too; a spare paused by ``requests_running`` is woken first, see there).
 
 Once ready, every child is pinged (``GET /health`` on a connection of its own) every
 ``health_interval_s``; one that misses ``health_misses`` pings in a row (stopped with SIGSTOP,
@@ -96,6 +96,9 @@ class SupervisorSettings:
     # to this many models in all, and while its waiting RSS grew by no more than this much.
     models_per_process: int = 32
     spare_growth_mib: int = 64
+    # Whether spares still importing are paused while requests run (requests_running). None:
+    # only when the router leads its session, where the kernel can wake them should it die.
+    pause_importing_spares: bool | None = None
 
 
 @dataclass
@@ -160,6 +163,8 @@ class Supervisor:
         self._spares: list[_Holder] = []  # oldest first: the likeliest to be ready
         self._is_stopping = False
         self._are_requests_running = False  # the pool says: see requests_running
+        pause = settings.pause_importing_spares
+        self._may_pause = os.getsid(0) == os.getpid() if pause is None else pause
         # Every line a model's child prints, as (model id, line, stream): the pool's once it
         # attaches (its log view and ``/models/sse?logs=1``).
         self.on_output: Callable[[str, str, str], None] = _ignore_output
@@ -410,6 +415,10 @@ class Supervisor:
             if process.returncode is None:  # it went back to being a spare: end it as one
                 await self._end_spare(process)
             return
+        if not holder.is_waiting:
+            # Still importing, it would read its end-of-file only after its imports (a second
+            # of CPU, often paused): it holds nothing, so it goes at once.
+            signal_group(process, signal.SIGKILL)
         await self._end_spare(process)
 
     async def _end_spare(self, process: trio.Process) -> None:
@@ -450,15 +459,24 @@ class Supervisor:
         from the inference threads of the model just loaded (a tiny model's 1-token completion
         went from 30 to 300 ms while a spare started beside it), so a spare imports in the
         gaps between requests only. The pool calls this when its count of admitted requests
-        leaves or reaches zero; a spare that a load takes or that ends is resumed first.
+        leaves or reaches zero; a spare that a load takes or that ends is resumed first. Under
+        requests that never stop a spare stays paused, and a load takes it as it is.
+
+        A paused spare cannot read the end of its stdin that tells a child its router died: the
+        kernel wakes it (SIGHUP, SIGCONT) when its process group becomes orphaned, which is
+        certain only when the router leads its session (systemd, a container's init,
+        ``setsid``): whatever adopts the spare is then outside that session. Elsewhere (a shell's
+        job, a supervisor that starts programs in its own session) spares are not paused
+        (``pause_importing_spares``).
         """
         self._are_requests_running = are_running
         for spare in self._spares:
-            if not spare.is_waiting:
-                self._pause(spare, are_running)
+            # One that said it is ready while paused (the line read after) is resumed too.
+            self._pause(spare, are_running and not spare.is_waiting)
 
     def _pause(self, holder: _Holder, paused: bool) -> None:
         """Stop or continue ``holder``'s process group (SIGSTOP, SIGCONT), once each way."""
+        paused = paused and self._may_pause
         if holder.process is not None and holder.is_paused != paused:
             holder.is_paused = paused
             signal_group(holder.process, signal.SIGSTOP if paused else signal.SIGCONT)
@@ -570,11 +588,7 @@ class Supervisor:
         while len(self._spares) > self._settings.spares:
             spare = min(self._spares, key=lambda spare: (spare.is_waiting, -spare.models_served))
             self._spares.remove(spare)
-            spare.assigned.set()  # with no child: it ends
-            if not spare.is_waiting and spare.process is not None:
-                # Still importing, it would read its end-of-file only after a second of CPU
-                # that the next load needs: it holds nothing, so it goes at once.
-                signal_group(spare.process, signal.SIGKILL)
+            spare.assigned.set()  # with no child: it ends (at once if still importing)
 
 
 def _new_group(*, session: bool) -> dict[str, Any]:
