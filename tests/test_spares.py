@@ -282,6 +282,27 @@ async def test_a_spare_imports_only_while_no_request_runs(
     assert not pid_is_alive(third["pid"])
 
 
+async def test_a_spare_is_held_back_for_a_while_only(tmp_path: Path) -> None:
+    """Under requests that never stop (a swap after another), a paused spare would never be
+    ready and the next load would pay for all of its imports: it imports once held back for
+    ``spare_pause_max_s``, requests or not."""
+    settings = SupervisorSettings(
+        runtime_dir=tmp_path,
+        spares=1,
+        pause_importing_spares=True,
+        spare_pause_max_s=0.5,
+    )
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(nursery, settings, _Swapper())
+        supervisor.requests_running(True)  # and they never stop
+        supervisor.keep_spares()
+        await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
+        ready = await wait_for_spare(supervisor, lambda spare: bool(spare["is_ready"]))
+        assert not ready["is_paused"]
+        await supervisor.stop_all()
+        nursery.cancel_scope.cancel()
+
+
 PAUSED_SPARE_SCRIPT = """
 import sys, trio
 from pathlib import Path

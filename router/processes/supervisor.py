@@ -99,6 +99,9 @@ class SupervisorSettings:
     # Whether spares still importing are paused while requests run (requests_running). None:
     # only when the router leads its session, where the kernel can wake them should it die.
     pause_importing_spares: bool | None = None
+    # A new spare is held back so for this long at most: past it, it imports whatever runs
+    # (under requests that never stop, the next load would otherwise pay for its imports).
+    spare_pause_max_s: float = 5.0
 
 
 @dataclass
@@ -111,6 +114,7 @@ class _Holder:
     is_spare_process: bool = False  # started as a spare: it can serve one model after another
     is_waiting: bool = False  # it said it waits, imports done, with no model
     is_paused: bool = False  # stopped (SIGSTOP) while requests run: see requests_running
+    may_pause: bool = True  # False once held back for spare_pause_max_s
     models_served: int = 0
     waiting_rss_mib: int | None = None  # its resident memory the first time it waited
 
@@ -459,8 +463,10 @@ class Supervisor:
         from the inference threads of the model just loaded (a tiny model's 1-token completion
         went from 30 to 300 ms while a spare started beside it), so a spare imports in the
         gaps between requests only. The pool calls this when its count of admitted requests
-        leaves or reaches zero; a spare that a load takes or that ends is resumed first. Under
-        requests that never stop a spare stays paused, and a load takes it as it is.
+        leaves or reaches zero; a spare that a load takes or that ends is resumed first. A new
+        spare is held back so for ``spare_pause_max_s`` at most, then imports whatever runs:
+        under requests that never stop (a swap after another), the next load would otherwise
+        pay for all of its imports.
 
         A paused spare cannot read the end of its stdin that tells a child its router died: the
         kernel wakes it (SIGHUP, SIGCONT) when its process group becomes orphaned, which is
@@ -476,7 +482,7 @@ class Supervisor:
 
     def _pause(self, holder: _Holder, paused: bool) -> None:
         """Stop or continue ``holder``'s process group (SIGSTOP, SIGCONT), once each way."""
-        paused = paused and self._may_pause
+        paused = paused and self._may_pause and holder.may_pause
         if holder.process is not None and holder.is_paused != paused:
             holder.is_paused = paused
             signal_group(holder.process, signal.SIGSTOP if paused else signal.SIGCONT)
@@ -532,7 +538,14 @@ class Supervisor:
                 await process.wait()
                 nursery.cancel_scope.cancel()
 
+            async def hold_back_no_longer() -> None:
+                await trio.sleep(self._settings.spare_pause_max_s)
+                holder.may_pause = False
+                self._pause(holder, False)
+
             nursery.start_soon(end_if_it_dies)
+            if holder.may_pause and not holder.is_waiting:  # a new spare, still importing
+                nursery.start_soon(hold_back_no_longer)
             await holder.assigned.wait()
             nursery.cancel_scope.cancel()
         child = holder.child
