@@ -190,14 +190,19 @@ def router_table(results: Results) -> list[str]:
                  f"{ratio:.2f}x", _verdict(ratio, row.target, row.higher, "x")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     for item in results.items:
-        if item.name.startswith("stream_") and item.metric == "tokens_per_s_ratio":
+        if (
+            item.name.startswith("stream_")
+            and item.metric == "tokens_per_s_ratio"
+            and item.system == "llama-router"
+        ):
             direct = measured.get((item.name, "direct", "tokens_per_s"))
             routed = measured.get((item.name, "llama-router", "tokens_per_s"))
             figures = f"{routed.value:.1f} vs {direct.value:.1f} tok/s" if routed and direct else ""
+            theirs = measured.get((item.name, "llama.cpp-router", "tokens_per_s_ratio"))
             cells = [
-                f"{label(item.name)}: through the router vs direct",
+                f"{label(item.name)}: through the router vs straight to its child",
                 figures,
-                "—",
+                f"{theirs.value:.3f}x (vs llama-server)" if theirs else "—",
                 f"{item.value:.3f}x (vs direct)",
                 _verdict(item.value, 0.99, True, "x"),
             ]

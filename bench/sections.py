@@ -202,38 +202,51 @@ LATENCY_BLOCK = 100
 
 
 def streaming(setup: Setup, results: Results) -> None:
-    """A greedy stream of Gemma (or a tiny model in --quick) through the router vs direct."""
+    """A greedy stream of Gemma (or a tiny model in --quick) through each router vs straight
+    to its kind of child (ours; llama.cpp's when ``--llama-server`` is given)."""
     model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
     folder = model.parent
     tokens = 32 if setup.quick else 256
     rounds = 2 if setup.quick else 9
     args = ["-t", str(setup.threads), "-c", "2048"]
-    child_port, ours_port = harness.free_port(), harness.free_port()
+    commands = {
+        "direct": harness.our_child(model, harness.free_port(), *args),
+        "llama-router": harness.our_router(folder, harness.free_port(), *args),
+    }
+    pairs = [("llama-router", "direct")]
+    if setup.llama_server:
+        binary = setup.llama_server
+        commands["llama-server"] = harness.llama_server(binary, model, harness.free_port(), *args)
+        commands["llama.cpp-router"] = harness.llama_cpp_router(
+            binary, folder, harness.free_port(), *args
+        )
+        pairs.append(("llama.cpp-router", "llama-server"))
     name = f"stream_{model.stem}"
     runs: dict[str, list[tuple[float, float, int]]] = {}
-    with (
-        harness.serve(harness.our_child(model, child_port, *args), child_port) as child,
-        harness.serve(harness.our_router(folder, ours_port, *args), ours_port) as ours,
-    ):
-        systems = {"direct": child.base_url, "llama-router": ours.base_url}
+    with contextlib.ExitStack() as stack:
+        systems = {
+            system: stack.enter_context(harness.serve(command, _port_of(command))).base_url
+            for system, command in commands.items()
+        }
         for base in systems.values():
             _ensure_loaded(base, model.stem)
             _stream(base, model.stem, "Once upon a time", 4)
         for round_index in range(rounds):
-            # Each round a pair, in turns first and second, so that a drift of the machine's
-            # speed over the run weighs on both alike; the ratio is the pairs' median.
-            order = list(systems.items())
-            for system, base in order if round_index % 2 == 0 else reversed(order):
-                runs.setdefault(system, []).append(
-                    _stream(base, model.stem, "Once upon a time", tokens)
-                )
+            # Each round a stream through each router and one straight to its child, in turns
+            # first and second, so that a drift of the machine's speed over the run weighs on
+            # both alike; a ratio is the median of its pairs'.
+            for pair in pairs:
+                for system in pair if round_index % 2 == 0 else reversed(pair):
+                    runs.setdefault(system, []).append(
+                        _stream(systems[system], model.stem, "Once upon a time", tokens)
+                    )
             setup.progress(f"streaming round {round_index + 1}/{rounds}")
     for system, values in runs.items():
         results.add(name, system, "ttft_ms", median([v[0] for v in values]) * 1000, "ms")
         results.add(name, system, "tokens_per_s", median([v[1] for v in values]), "tok/s")
-    pairs = zip(runs["llama-router"], runs["direct"], strict=True)
-    ratio = median([ours[1] / direct[1] for ours, direct in pairs])
-    results.add(name, "llama-router", "tokens_per_s_ratio", ratio, "x")
+    for router, child in pairs:
+        ratio = median([r[1] / c[1] for r, c in zip(runs[router], runs[child], strict=True)])
+        results.add(name, router, "tokens_per_s_ratio", ratio, "x")
 
 
 # ---- 3. cold start and 4. swap ---------------------------------------------------------------
