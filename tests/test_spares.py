@@ -251,6 +251,7 @@ async def test_a_spare_imports_only_while_no_request_runs(
         child_options={"ctx_size": 512, "threads": 1},
         spares=1,
         pause_importing_spares=True,  # pytest may not lead its session
+        spare_pause_max_s=WAIT_S * 4,  # held back for as long as the test needs
     )
     async with trio.open_nursery() as nursery:
         supervisor = Supervisor(nursery, settings, events)
@@ -276,10 +277,14 @@ async def test_a_spare_imports_only_while_no_request_runs(
         # One spare too many, the paused one went (a signal it needs not be running for).
         await wait_in_trio(lambda: not pid_is_alive(second["pid"]))
         third = await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
-        await supervisor.stop_all()  # ...and the paused one is resumed to read its EOF
+        supervisor.start(ModelSpec(id="a", path=two_models / "a.gguf"))  # takes the paused one
+        await events.wait_for(events.has_loaded(3))
+        assert events.ready[2] == ("a", third["pid"])  # resumed, it imported and loaded
+        fourth = await wait_for_spare(supervisor, lambda spare: bool(spare["is_paused"]))
+        await supervisor.stop_all()  # ...and one still importing goes at once
         nursery.cancel_scope.cancel()
     assert "did not exit on end-of-file" not in caplog.text
-    assert not pid_is_alive(third["pid"])
+    assert not pid_is_alive(fourth["pid"])
 
 
 async def test_a_spare_is_held_back_for_a_while_only(tmp_path: Path) -> None:
