@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report, sections
+from bench import harness, report, sections
 from bench.harness import Results
 from router.cpu import physical_core_count
 
@@ -53,10 +53,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llama-router-bench-") as scratch:
         tiny_dir = Path(scratch) / "tiny"
         tiny_dir.mkdir()
-        from tests.tiny_models import write_tiny_llama
-
-        for seed, name in enumerate("abc"):
-            write_tiny_llama(tiny_dir / f"{name}.gguf", seed=seed, context_length=8192)
+        harness.write_tiny_models(tiny_dir)
         gemma = args.gemma
         if gemma is None and not args.quick:
             gemma = assembled_gemma(Path(scratch) / "gemma")

@@ -152,6 +152,14 @@ def serve(command: list[str], port: int, *, cwd: Path | None = None) -> Iterator
         log.close()
 
 
+def write_tiny_models(folder: Path, names: str = "abc") -> None:
+    """A tiny random-weight llama per name (``tests/tiny_models.py``), NAME.gguf in ``folder``."""
+    from tests.tiny_models import write_tiny_llama
+
+    for seed, name in enumerate(names):
+        write_tiny_llama(folder / f"{name}.gguf", seed=seed, context_length=8192)
+
+
 def our_child(model: Path, port: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "router", "child", "-m", str(model), "--port", str(port),
             "--alias", model.stem, *args]  # fmt: skip

@@ -22,7 +22,6 @@ profile raises, on a tiny model that they write themselves, and print one line p
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -41,21 +40,14 @@ ONE_TOKEN = {"model": "a", "prompt": "hi", "max_tokens": 1}
 REPO = Path(__file__).resolve().parent.parent  # where ``python -m bench.probes`` runs
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = harness.process_tree_cpu_seconds  # the process's own user + system time
 
 
 @contextmanager
 def tiny_models() -> Iterator[Path]:
-    from tests.tiny_models import write_tiny_llama
-
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        for seed, name in enumerate("ab"):
-            write_tiny_llama(folder / f"{name}.gguf", seed=seed, context_length=8192)
-        yield folder
+        harness.write_tiny_models(Path(scratch), "ab")
+        yield Path(scratch)
 
 
 def in_turns(

@@ -100,10 +100,8 @@ def main() -> int:
     results = Results()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="llama-router-bench-ray-") as scratch:
-        from tests.tiny_models import write_tiny_llama
-
         models_dir = Path(scratch)
-        write_tiny_llama(models_dir / "a.gguf", context_length=8192)
+        harness.write_tiny_models(models_dir, "a")
         measure(models_dir, args.n, results)
     results.note(
         f"Load average (1 min) {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the "

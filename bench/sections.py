@@ -8,8 +8,9 @@ import ctypes
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -115,25 +116,8 @@ def added_latency(setup: Setup, results: Results) -> None:
     servers up at once, each router and its child asked in turn, the two pairs by turns of
     a block, so that a change in the machine's load over the run weighs on both routers."""
     n = 60 if setup.quick else 1000
-    model = setup.tiny_dir / "a.gguf"
     args = ["-t", "1", "-c", "512"]
-    commands = {
-        "direct": harness.our_child(model, harness.free_port(), *args),
-        "llama-router": harness.our_router(setup.tiny_dir, harness.free_port(), *args),
-    }
-    pairs = [("direct", "llama-router")]
-    if setup.llama_server:
-        binary = setup.llama_server
-        commands["llama-server"] = harness.llama_server(binary, model, harness.free_port(), *args)
-        commands["llama.cpp-router"] = harness.llama_cpp_router(
-            binary, setup.tiny_dir, harness.free_port(), *args
-        )
-        pairs.append(("llama-server", "llama.cpp-router"))
-    with contextlib.ExitStack() as stack:
-        systems = {
-            name: stack.enter_context(harness.serve(command, _port_of(command))).base_url
-            for name, command in commands.items()
-        }
+    with _side_by_side(setup, setup.tiny_dir / "a.gguf", args) as (systems, pairs):
         samples, drops = _interleaved_latencies(systems, pairs, "a", n, setup.progress)
     for system, values in samples.items():
         for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
@@ -148,8 +132,30 @@ def added_latency(setup: Setup, results: Results) -> None:
         results.add("added_latency", router, "p50_ratio", ratio, "x")
 
 
-def _port_of(command: list[str]) -> int:
-    return int(command[command.index("--port") + 1])
+@contextlib.contextmanager
+def _side_by_side(
+    setup: Setup, model: Path, args: list[str]
+) -> Iterator[tuple[dict[str, str], list[tuple[str, str]]]]:
+    """Our child and our router over ``model`` (its folder, for the router), and with
+    ``--llama-server`` llama-server and llama.cpp's router, all up for the block: their base
+    URLs by system, and the pairs (child, its router)."""
+    commands = {
+        "direct": (harness.our_child, model),
+        "llama-router": (harness.our_router, model.parent),
+    }
+    pairs = [("direct", "llama-router")]
+    if setup.llama_server:
+        binary = setup.llama_server
+        commands["llama-server"] = (partial(harness.llama_server, binary), model)
+        commands["llama.cpp-router"] = (partial(harness.llama_cpp_router, binary), model.parent)
+        pairs.append(("llama-server", "llama.cpp-router"))
+    with contextlib.ExitStack() as stack:
+        systems = {}
+        for system, (command, path) in commands.items():
+            port = harness.free_port()
+            server = stack.enter_context(harness.serve(command(path, port, *args), port))
+            systems[system] = server.base_url
+        yield systems, pairs
 
 
 WARM_UP = 20
@@ -205,29 +211,12 @@ def streaming(setup: Setup, results: Results) -> None:
     """A greedy stream of Gemma (or a tiny model in --quick) through each router vs straight
     to its kind of child (ours; llama.cpp's when ``--llama-server`` is given)."""
     model = setup.gemma if setup.gemma and not setup.quick else setup.tiny_dir / "a.gguf"
-    folder = model.parent
     tokens = 32 if setup.quick else 256
     rounds = 2 if setup.quick else 9
     args = ["-t", str(setup.threads), "-c", "2048"]
-    commands = {
-        "direct": harness.our_child(model, harness.free_port(), *args),
-        "llama-router": harness.our_router(folder, harness.free_port(), *args),
-    }
-    pairs = [("llama-router", "direct")]
-    if setup.llama_server:
-        binary = setup.llama_server
-        commands["llama-server"] = harness.llama_server(binary, model, harness.free_port(), *args)
-        commands["llama.cpp-router"] = harness.llama_cpp_router(
-            binary, folder, harness.free_port(), *args
-        )
-        pairs.append(("llama.cpp-router", "llama-server"))
     name = f"stream_{model.stem}"
     runs: dict[str, list[tuple[float, float, int]]] = {}
-    with contextlib.ExitStack() as stack:
-        systems = {
-            system: stack.enter_context(harness.serve(command, _port_of(command))).base_url
-            for system, command in commands.items()
-        }
+    with _side_by_side(setup, model, args) as (systems, pairs):
         for base in systems.values():
             _ensure_loaded(base, model.stem)
             _stream(base, model.stem, "Once upon a time", 4)
@@ -236,7 +225,7 @@ def streaming(setup: Setup, results: Results) -> None:
             # first and second, so that a drift of the machine's speed over the run weighs on
             # both alike; a ratio is the median of its pairs'.
             for pair in pairs:
-                for system in pair if round_index % 2 == 0 else reversed(pair):
+                for system in reversed(pair) if round_index % 2 == 0 else pair:
                     runs.setdefault(system, []).append(
                         _stream(systems[system], model.stem, "Once upon a time", tokens)
                     )
@@ -244,7 +233,7 @@ def streaming(setup: Setup, results: Results) -> None:
     for system, values in runs.items():
         results.add(name, system, "ttft_ms", median([v[0] for v in values]) * 1000, "ms")
         results.add(name, system, "tokens_per_s", median([v[1] for v in values]), "tok/s")
-    for router, child in pairs:
+    for child, router in pairs:
         ratio = median([r[1] / c[1] for r, c in zip(runs[router], runs[child], strict=True)])
         results.add(name, router, "tokens_per_s_ratio", ratio, "x")
 

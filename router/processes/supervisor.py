@@ -168,7 +168,7 @@ class Supervisor:
         self._is_stopping = False
         self._are_requests_running = False  # the pool says: see requests_running
         pause = settings.pause_importing_spares
-        self._may_pause = os.getsid(0) == os.getpid() if pause is None else pause
+        self._pauses_spares = os.getsid(0) == os.getpid() if pause is None else pause
         # Every line a model's child prints, as (model id, line, stream): the pool's once it
         # attaches (its log view and ``/models/sse?logs=1``).
         self.on_output: Callable[[str, str, str], None] = _ignore_output
@@ -482,7 +482,7 @@ class Supervisor:
 
     def _pause(self, holder: _Holder, paused: bool) -> None:
         """Stop or continue ``holder``'s process group (SIGSTOP, SIGCONT), once each way."""
-        paused = paused and self._may_pause and holder.may_pause
+        paused = paused and self._pauses_spares and holder.may_pause
         if holder.process is not None and holder.is_paused != paused:
             holder.is_paused = paused
             signal_group(holder.process, signal.SIGSTOP if paused else signal.SIGCONT)
