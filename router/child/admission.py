@@ -61,11 +61,13 @@ class Admission:
         """
         if not 1 <= count <= self.capacity:
             raise ValueError(f"{count} slots asked of {self.capacity}")
+        # A cancellation point before anything changes; slots that are free are then taken
+        # without a schedule point (a round of Trio's loop would only delay the request).
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._idle.is_set():
             self._idle = trio.Event()
         if not self._line and self.capacity - self.running >= count:  # nobody is ahead
             self.running += count
-            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             if self.waiting >= self.max_waiting:
                 self._note_if_idle()

@@ -135,7 +135,21 @@ class TextStream:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Piece]:
-        async for item in self._pieces:
+        while True:
+            # What the decode loop has already handed over is taken without a schedule point
+            # (the channel's ``receive`` yields on every item: a 1-token answer's piece and
+            # end came together and cost two extra rounds of Trio's loop, ~20 µs); waiting
+            # for more is one, and a cancelled reader stops at its next item.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                item = self._pieces.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    item = await self._pieces.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             if isinstance(item, Finished):
                 self._finished = item
                 return

@@ -41,7 +41,7 @@ from router.child.engine import (
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
 from router.child.multimodal import ImageInput, Projector, no_projector
-from router.child.sampling import Sampler, build_sampler, end_of_generation_tokens
+from router.child.sampling import ChainPool, Sampler, build_sampler, end_of_generation_tokens
 from router.child.slots import Slot
 from router.errors import InvalidField, ModelLoadFailed, NotSupported
 from router.model_options import EngineOptions, FlashAttention, Pooling
@@ -62,6 +62,10 @@ _POOLING_TYPES = {
     Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
     Pooling.RANK: llama_cpp.LLAMA_POOLING_TYPE_RANK,
 }
+
+
+# Up to this many tokens, a tokenizer's buffer is a ctypes array (zeroed: cheap when small).
+_SMALL_TOKEN_BUFFER = 4096
 
 
 class LlamaCppEngine:
@@ -117,6 +121,7 @@ class LlamaCppEngine:
         self._context: internals.LlamaContext | None = None
         self._loop: DecodeLoop | None = None
         self._projector: Projector | None = None
+        self._chains = ChainPool()  # the decode thread's, as the samplers it builds
         try:
             if options.mmproj is not None:
                 self._projector = Projector(
@@ -257,23 +262,30 @@ class LlamaCppEngine:
         """See ``engine.py``. One pass of llama.cpp's tokenizer (llama-cpp-python's own
         ``tokenize`` makes two for texts longer than the trained context)."""
         data = text.encode("utf-8")
-        # A token covers at least one byte, but for the BOS, EOS and space-prefix tokens; the
-        # buffer is left uninitialised, so only the pages the tokens fill are ever touched.
+        # A token covers at least one byte, but for the BOS, EOS and space-prefix tokens.
         capacity = len(data) + 8
         while True:
-            buffer = np.empty(capacity, dtype=np.intc)
-            n_tokens = llama_cpp.llama_tokenize(
-                self._vocab,
-                data,
-                len(data),
-                buffer.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
-                capacity,
-                add_special,
-                parse_special,
-            )
-            if n_tokens >= 0:
-                tokens: list[int] = buffer[:n_tokens].tolist()
-                return tokens
+            if capacity <= _SMALL_TOKEN_BUFFER:  # a ctypes array: a third of numpy's cost
+                small = (llama_cpp.llama_token * capacity)()
+                n_tokens = llama_cpp.llama_tokenize(
+                    self._vocab, data, len(data), small, capacity, add_special, parse_special
+                )
+                if n_tokens >= 0:
+                    return small[:n_tokens]
+            else:  # left uninitialised: only the pages the tokens fill are ever touched
+                buffer = np.empty(capacity, dtype=np.intc)
+                n_tokens = llama_cpp.llama_tokenize(
+                    self._vocab,
+                    data,
+                    len(data),
+                    buffer.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+                    capacity,
+                    add_special,
+                    parse_special,
+                )
+                if n_tokens >= 0:
+                    tokens: list[int] = buffer[:n_tokens].tolist()
+                    return tokens
             capacity = -n_tokens  # a tokenizer that expands text (normalization): exact size
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -319,6 +331,7 @@ class LlamaCppEngine:
             n_vocab=self.info.n_vocab,
             default_seed=self._llama._seed,
             banned_tokens=self._end_of_generation_tokens if request.ignore_eos else (),
+            pool=self._chains,
         )
 
     # ---- embeddings ----------------------------------------------------------------------
@@ -370,6 +383,7 @@ class LlamaCppEngine:
         """Free the contexts, then the model; the decode loop must have stopped."""
         if self._loop is not None:
             self._loop.close()
+        self._chains.close()
         if self._embedding_context is not None:
             self._embedding_context.close()
         if self._context is not None:

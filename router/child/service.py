@@ -158,7 +158,9 @@ class ModelService:
         end in the background, keeping its place until then.
         """
         if size <= SMALL_TEXT:
-            await trio.lowlevel.checkpoint()
+            # A cancellation point, not a schedule point: small work takes less time than a
+            # round of Trio's loop, which would only delay the request by that round.
+            await trio.lowlevel.checkpoint_if_cancelled()
             return work()
         limiter = self._large_text_work if size > LARGE_TEXT else None  # None: trio's own
         return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=limiter)
