@@ -38,6 +38,13 @@ def main() -> int:
         help="the child under test gives every slot the whole -c (the engine before issue 11): "
         "engine passes it -c divided by -np, so both servers get the same tokens per slot",
     )
+    parser.add_argument(
+        "--settle-ms",
+        type=float,
+        default=0.0,
+        help="latency: quiet after each request (default 0: back to back; with 0.5 or more "
+        "the CPUs go idle between requests, as with a lone user)",
+    )
     args = parser.parse_args()
 
     wanted = args.only.split(",") if args.only else list(sections.SECTIONS)
@@ -65,6 +72,7 @@ def main() -> int:
             quick=args.quick,
             progress=progress,
             child_ctx_per_slot=args.child_ctx_per_slot,
+            settle_s=args.settle_ms / 1000,
         )
         results = Results()
         devices: list[str] = []

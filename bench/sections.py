@@ -30,6 +30,7 @@ class Setup:
     quick: bool
     progress: Callable[[str], None]
     child_ctx_per_slot: bool = False  # the child before issue 11: its -c is per slot
+    settle_s: float = 0.0  # the latency section's quiet after each request (--settle-ms)
 
     @property
     def gemma_dir(self) -> Path | None:
@@ -118,7 +119,11 @@ def added_latency(setup: Setup, results: Results) -> None:
     n = 60 if setup.quick else 1000
     args = ["-t", "1", "-c", "512"]
     with _side_by_side(setup, setup.tiny_dir / "a.gguf", args) as (systems, pairs):
-        samples, drops = _interleaved_latencies(systems, pairs, "a", n, setup.progress)
+        samples, drops = _interleaved_latencies(
+            systems, pairs, "a", n, setup.progress, settle_s=setup.settle_s
+        )
+    if setup.settle_s:
+        results.note(f"Latency rows: {setup.settle_s * 1000:g} ms of quiet after each request.")
     for system, values in samples.items():
         for fraction, label in ((0.5, "p50_ms"), (0.9, "p90_ms"), (0.99, "p99_ms")):
             results.add("one_token_latency", system, label, percentile(values, fraction), "ms")
@@ -167,6 +172,8 @@ def _interleaved_latencies(
     model: str,
     n: int,
     progress: Callable[[str], None],
+    *,
+    settle_s: float = 0.0,
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Latencies in ms of n 1-token requests per system, and how many requests each one's
     keep-alive connection dropped unanswered (the client reuses one connection per system).
@@ -174,7 +181,10 @@ def _interleaved_latencies(
     Each pair (a router and its child) is asked in turns, request by request; the pairs take
     turns by blocks of ``LATENCY_BLOCK``. A pair is never asked right after the other: what a
     server leaves running after its answer (llama.cpp's threads poll for work a while) would
-    slow the next server asked, whichever it is.
+    slow the next server asked, whichever it is. ``settle_s`` of quiet after each request
+    (``--settle-ms``) lets a router's work after its answer (its log line, its metrics) end
+    before the request to its child that follows, and the CPUs go idle, as between a lone
+    user's requests: each thread a request wakes then wakes an idle CPU (slower on a VM).
     """
     samples: dict[str, list[float]] = {name: [] for name in systems}
     drops = dict.fromkeys(systems, 0)
@@ -194,6 +204,8 @@ def _interleaved_latencies(
                         )
                         samples[name].append(milliseconds)
                         drops[name] += dropped
+                        if settle_s:
+                            time.sleep(settle_s)
             progress(f"latency {min(start + LATENCY_BLOCK, n)}/{n}")
     finally:
         for client in clients.values():
