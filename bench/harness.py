@@ -114,11 +114,14 @@ class Server:
 
 
 @contextmanager
-def serve(command: list[str], port: int, *, cwd: Path | None = None) -> Iterator[Server]:
+def serve(
+    command: list[str], port: int, *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """Run ``command`` (which listens on ``port``) until the block ends; wait for /health.
 
     It runs in a neutral folder (default: the temporary folder), so that no conf.d or
-    router.toml of the current folder changes what is measured.
+    router.toml of the current folder changes what is measured; ``env`` is added to this
+    process's environment.
     """
     log = open(os.devnull, "wb")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen(
@@ -127,6 +130,7 @@ def serve(command: list[str], port: int, *, cwd: Path | None = None) -> Iterator
         stderr=log,
         start_new_session=True,
         cwd=cwd or tempfile.gettempdir(),
+        env={**os.environ, **(env or {})},
     )
     base_url = f"http://127.0.0.1:{port}"
     try:

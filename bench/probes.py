@@ -17,6 +17,11 @@ profile raises, on a tiny model that they write themselves, and print one line p
     python -m bench.probes cold [--rounds 8]
         Load, unload, load again, then three streamed 1-token requests: each one's time to
         its first byte (the spare that replaces the one a load took starts meanwhile).
+    python -m bench.probes child [--rounds 6] [--requests 500] [--base DIR] [--llama-server BIN]
+        Our child alone, a 1-token completion with the default sampling, in turns (a block of
+        requests each) with the child of another checkout of the project (``--base``: its
+        folder, e.g. a ``git worktree`` of the commit before a change) and with llama-server:
+        each one's p50 and CPU a request, over all rounds.
 """
 
 from __future__ import annotations
@@ -174,6 +179,47 @@ def cold(args: argparse.Namespace) -> None:
                 print("first byte, ms: " + " ".join(f"{ms:.0f}" for ms in firsts), flush=True)
 
 
+def child(args: argparse.Namespace) -> None:
+    with tiny_models() as folder, ExitStack() as stack:
+        servers: dict[str, harness.Server] = {}
+        checkouts = {"child": REPO, "base": Path(args.base).resolve() if args.base else None}
+        for name, checkout in checkouts.items():
+            if checkout is not None:
+                port = harness.free_port()
+                command = harness.our_child(folder / "a.gguf", port, "-t", "1", "-c", "512")
+                servers[name] = stack.enter_context(
+                    harness.serve(command, port, env={"PYTHONPATH": str(checkout)})
+                )
+        if args.llama_server:
+            port = harness.free_port()
+            command = harness.llama_server(
+                Path(args.llama_server), folder / "a.gguf", port, "-t", "1", "-c", "512"
+            )
+            servers["llama-server"] = stack.enter_context(harness.serve(command, port))
+        clients = {
+            name: stack.enter_context(httpx.Client(base_url=server.base_url, timeout=60))
+            for name, server in servers.items()
+        }
+        body = {"prompt": "hi", "max_tokens": 1}  # llama-server's default sampling
+        times: dict[str, list[float]] = {name: [] for name in servers}
+        cpu = dict.fromkeys(servers, 0.0)
+        for client in clients.values():
+            for _ in range(100):  # warm-up
+                client.post(COMPLETION, json=body).raise_for_status()
+        for _ in range(args.rounds):
+            for name, client in clients.items():
+                used = cpu_seconds(servers[name].pid)
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    client.post(COMPLETION, json=body).raise_for_status()
+                    times[name].append(time.perf_counter() - start)
+                cpu[name] += cpu_seconds(servers[name].pid) - used
+        for name, values in times.items():
+            p50 = statistics.median(values) * 1000
+            cpu_us = cpu[name] / len(values) * 1e6
+            print(f"{name}: p50 {p50:.3f} ms, CPU {cpu_us:.0f} µs a request", flush=True)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_relay"]:  # floor_relay's process
         trio.run(_relay_server, int(sys.argv[2]), int(sys.argv[3]))
@@ -183,10 +229,12 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("probe", choices=["added", "floor", "stream", "cold"])
+    parser.add_argument("probe", choices=["added", "floor", "stream", "cold", "child"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--profile", help="added: write the router's cProfile stats here")
+    parser.add_argument("--base", help="child: another checkout's folder, its child compared")
+    parser.add_argument("--llama-server", help="child: llama-server's binary, compared too")
     args = parser.parse_args()
     if args.probe == "added":
         added(args, None)
@@ -194,6 +242,8 @@ def main() -> None:
         added(args, floor_relay)
     elif args.probe == "stream":
         stream(args)
+    elif args.probe == "child":
+        child(args)
     else:
         cold(args)
 

@@ -71,7 +71,8 @@ def test_router_table_gives_ratio_and_verdict_per_target() -> None:
 
 def test_the_probes_run_and_print_a_line_a_round() -> None:
     """``bench.probes`` (router_profile.md's numbers): the router and the least relay in front
-    of a real child each print their round; what they say is not asserted."""
+    of a real child each print their round, the child probe a line for each child it compares
+    (here this checkout with itself); what they say is not asserted."""
     for probe in ("added", "floor"):
         done = subprocess.run(
             [sys.executable, "-m", "bench.probes", probe, "--rounds", "2", "--requests", "20"],
@@ -80,3 +81,11 @@ def test_the_probes_run_and_print_a_line_a_round() -> None:
         )  # fmt: skip
         lines = done.stdout.splitlines()
         assert len(lines) == 2 and all("added" in line and "CPU" in line for line in lines)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.probes", "child", "--rounds", "1", "--requests", "10",
+         "--base", "."],
+        check=True, timeout=300, cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["child", "base"]
+    assert all("p50" in line and "CPU" in line for line in lines)
