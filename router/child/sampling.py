@@ -461,7 +461,7 @@ def _add_dist(chain: internals.LlamaSampler, params: SamplingParams, default_see
     if seed == llama_cpp.LLAMA_DEFAULT_SEED:
         # "Random": drawn here, as llama.cpp would draw it (a Mersenne Twister seeded once
         # from the system), because llama.cpp asks std::random_device for every new chain:
-        # ~12 µs of system calls a request, a fifth of what building the chain costs.
+        # ~12 µs of system calls a request, as much as building the rest of the chain.
         seed = _seeds.getrandbits(32)
     chain.add_dist(seed)
     return True

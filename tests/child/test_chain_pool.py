@@ -8,28 +8,19 @@ tokens one at a time, through ``build_sampler``'s sampler.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import llama_cpp
-import pytest
 
 from router.child.engine import SamplingParams
 from router.child.sampling import ChainPool, ChainSampler, build_sampler
+from tests.child.in_process import sampled_tokens
 
 # Penalties that keep a history of the tokens seen, and a random choice: what a chain that
 # was not reset properly would get wrong.
 PENALISED = SamplingParams(
     temperature=1.5, top_k=0, repeat_penalty=1.5, presence_penalty=1.0, repeat_last_n=64
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model: Path) -> Iterator[llama_cpp.Llama]:
-    llama = llama_cpp.Llama(str(tiny_model), n_ctx=512, n_threads=1, verbose=False)
-    yield llama
-    llama.close()
 
 
 def _generate(
@@ -42,39 +33,26 @@ def _generate(
 ) -> list[int]:
     """``n`` tokens after the prompt "x", each sampled by one sampler built for the
     generation (from ``pool`` when given, and given back to it at the end)."""
-    context = llama._ctx.ctx
     model = llama._model
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
-    tokens = llama.tokenize(b"x", add_bos=True, special=True)
     sampler = build_sampler(
         sampling, model=model, n_vocab=model.n_vocab(), default_seed=default_seed, pool=pool
     )
-    generated: list[int] = []
     try:
-        while len(generated) < n:
-            batch = (llama_cpp.llama_token * len(tokens))(*tokens)
-            assert (
-                llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(batch, len(tokens)))
-                == 0
-            )
-            token = sampler.sample(context, -1)
-            generated.append(token)
-            tokens = [token]
-        return generated
+        return sampled_tokens(llama, "x", sampler, max_tokens=n, until_end=False)
     finally:
         sampler.close()
 
 
-def test_a_kept_chain_samples_as_a_new_one(tiny: llama_cpp.Llama) -> None:
+def test_a_kept_chain_samples_as_a_new_one(tiny_llama: llama_cpp.Llama) -> None:
     seeded = replace(PENALISED, seed=11)
-    new = _generate(tiny, seeded, pool=None)
+    new = _generate(tiny_llama, seeded, pool=None)
     pool = ChainPool()
-    assert _generate(tiny, seeded, pool) == new  # built, then kept
-    assert _generate(tiny, seeded, pool) == new  # the kept one, reset
-    assert _generate(tiny, seeded, pool) == new
-    other_seed = _generate(tiny, replace(seeded, seed=12), pool)
+    assert _generate(tiny_llama, seeded, pool) == new  # built, then kept
+    assert _generate(tiny_llama, seeded, pool) == new  # the kept one, reset
+    assert _generate(tiny_llama, seeded, pool) == new
+    other_seed = _generate(tiny_llama, replace(seeded, seed=12), pool)
     assert other_seed != new  # the seed is not kept with the chain
-    model = tiny._model
+    model = tiny_llama._model
     again = build_sampler(seeded, model=model, n_vocab=model.n_vocab(), default_seed=1, pool=pool)
     assert isinstance(again, ChainSampler)
     # One link of each: the penalties, top-k, typical, top-p, min-p, temperature, dist.
@@ -82,19 +60,19 @@ def test_a_kept_chain_samples_as_a_new_one(tiny: llama_cpp.Llama) -> None:
     again.close()
 
 
-def test_unseeded_requests_draw_their_own_seeds(tiny: llama_cpp.Llama) -> None:
+def test_unseeded_requests_draw_their_own_seeds(tiny_llama: llama_cpp.Llama) -> None:
     """Each request's seed is drawn (in Python, not by llama.cpp) when it has none, and
     a kept chain does not keep the seed it had."""
     pool = ChainPool()
     random = llama_cpp.LLAMA_DEFAULT_SEED  # the child's default: no --seed
-    runs = {tuple(_generate(tiny, PENALISED, pool, default_seed=random)) for _ in range(4)}
+    runs = {tuple(_generate(tiny_llama, PENALISED, pool, default_seed=random)) for _ in range(4)}
     assert len(runs) > 1
 
 
 def test_the_pool_is_bounded_and_drops_the_oldest_settings_first(
-    tiny: llama_cpp.Llama,
+    tiny_llama: llama_cpp.Llama,
 ) -> None:
-    model = tiny._model
+    model = tiny_llama._model
     pool = ChainPool(capacity=2)
 
     def sampler(temperature: float) -> ChainSampler:

@@ -8,7 +8,6 @@ tokens, one at a time, through ``GrammarSampler``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from router.child.engine import SamplingParams
 from router.child.parsing import parse_completion
 from router.child.sampling import GrammarSampler
+from tests.child.in_process import sampled_tokens
 
 SCHEMA = {
     "type": "object",
@@ -40,13 +40,6 @@ def _schema_sampling(**settings: Any) -> SamplingParams:
     return replace(sampling, **settings)
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model: Path) -> Iterator[llama_cpp.Llama]:
-    llama = llama_cpp.Llama(str(tiny_model), n_ctx=512, n_threads=1, verbose=False)
-    yield llama
-    llama.close()
-
-
 def _generate(
     llama: llama_cpp.Llama,
     prompt: str,
@@ -57,10 +50,7 @@ def _generate(
 ) -> tuple[list[int], int, int]:
     """The tokens ``sampling`` generates after ``prompt``, how many were resampled, and how
     many of those took the grammar over the whole vocabulary."""
-    context = llama._ctx.ctx
     model = llama._model
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(context), True)
-    tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
     sampler = GrammarSampler(
         sampling,
         model=model,
@@ -69,54 +59,45 @@ def _generate(
         banned_tokens=(),
         grammar_first=grammar_first,
     )
-    generated: list[int] = []
     try:
-        while len(generated) < max_tokens:
-            batch = (llama_cpp.llama_token * len(tokens))(*tokens)
-            assert (
-                llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(batch, len(tokens)))
-                == 0
-            )
-            token = sampler.sample(context, -1)
-            if llama_cpp.llama_vocab_is_eog(model.vocab, token):
-                break
-            generated.append(token)
-            tokens = [token]
+        generated = sampled_tokens(llama, prompt, sampler, max_tokens=max_tokens, until_end=True)
         return generated, sampler.resampled, sampler.full_passes
     finally:
         sampler.close()
 
 
-def test_greedy_tokens_are_those_of_the_grammar_first_pass(tiny: llama_cpp.Llama) -> None:
+def test_greedy_tokens_are_those_of_the_grammar_first_pass(tiny_llama: llama_cpp.Llama) -> None:
     """The tiny model's random weights often choose what the schema does not allow: the
     tokens go through all three paths (first choice, likeliest tokens, whole vocabulary);
     the text is the same as the grammar-first pass's."""
     sampling = _schema_sampling(temperature=0.0)
-    fast, resampled, full_passes = _generate(tiny, "x", sampling, grammar_first=False)
-    full, _, _ = _generate(tiny, "x", sampling, grammar_first=True)
+    fast, resampled, full_passes = _generate(tiny_llama, "x", sampling, grammar_first=False)
+    full, _, _ = _generate(tiny_llama, "x", sampling, grammar_first=True)
     assert fast == full
     assert 0 < full_passes < resampled < len(fast)
 
 
 def test_a_rejected_first_choice_is_sampled_again_within_the_grammar(
-    tiny: llama_cpp.Llama,
+    tiny_llama: llama_cpp.Llama,
 ) -> None:
     """A bias makes "a" the chain's first choice every time; the grammar wants "bbbb"."""
-    a, b = (token for token in tiny.tokenize(b"ab", add_bos=False))
+    a, b = (token for token in tiny_llama.tokenize(b"ab", add_bos=False))
     for temperature in (0.0, 0.8):
         sampling = SamplingParams(
             temperature=temperature, grammar='root ::= "bbbb"', logit_bias={a: 100.0}
         )
-        generated, resampled, _ = _generate(tiny, "x", sampling, grammar_first=False, max_tokens=8)
+        generated, resampled, _ = _generate(
+            tiny_llama, "x", sampling, grammar_first=False, max_tokens=8
+        )
         assert generated == [b] * 4
         assert resampled == 5  # the four "b", then the end of generation
 
 
-def test_sampled_tokens_reproduce_with_a_seed(tiny: llama_cpp.Llama) -> None:
+def test_sampled_tokens_reproduce_with_a_seed(tiny_llama: llama_cpp.Llama) -> None:
     sampling = _schema_sampling(temperature=1.0, top_k=0, seed=5)
-    first = _generate(tiny, "x", sampling, grammar_first=False)
-    assert _generate(tiny, "x", sampling, grammar_first=False) == first
-    other = _generate(tiny, "x", replace(sampling, seed=6), grammar_first=False)
+    first = _generate(tiny_llama, "x", sampling, grammar_first=False)
+    assert _generate(tiny_llama, "x", sampling, grammar_first=False) == first
+    other = _generate(tiny_llama, "x", replace(sampling, seed=6), grammar_first=False)
     assert other != first
 
 
