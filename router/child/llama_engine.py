@@ -15,9 +15,9 @@ import contextlib
 import ctypes
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 import numpy as np
@@ -66,6 +66,21 @@ _POOLING_TYPES = {
 
 # Up to this many tokens, a tokenizer's buffer is a ctypes array (zeroed: cheap when small).
 _SMALL_TOKEN_BUFFER = 4096
+
+
+def _token_buffer(capacity: int) -> tuple[Any, Callable[[int], list[int]]]:
+    """Room for ``capacity`` tokens as llama.cpp takes it, and how to read its first n.
+
+    A small one is a ctypes array (numpy's ``empty`` and ``data_as`` cost three times as much
+    for a short text); a large one is numpy's, left uninitialised, so that only the pages the
+    tokens fill are ever touched.
+    """
+    if capacity <= _SMALL_TOKEN_BUFFER:
+        small = (llama_cpp.llama_token * capacity)()
+        return small, lambda n: small[:n]
+    large = np.empty(capacity, dtype=np.intc)
+    pointer = large.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+    return pointer, lambda n: cast(list[int], large[:n].tolist())
 
 
 class LlamaCppEngine:
@@ -265,27 +280,12 @@ class LlamaCppEngine:
         # A token covers at least one byte, but for the BOS, EOS and space-prefix tokens.
         capacity = len(data) + 8
         while True:
-            if capacity <= _SMALL_TOKEN_BUFFER:  # a ctypes array: a third of numpy's cost
-                small = (llama_cpp.llama_token * capacity)()
-                n_tokens = llama_cpp.llama_tokenize(
-                    self._vocab, data, len(data), small, capacity, add_special, parse_special
-                )
-                if n_tokens >= 0:
-                    return small[:n_tokens]
-            else:  # left uninitialised: only the pages the tokens fill are ever touched
-                buffer = np.empty(capacity, dtype=np.intc)
-                n_tokens = llama_cpp.llama_tokenize(
-                    self._vocab,
-                    data,
-                    len(data),
-                    buffer.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
-                    capacity,
-                    add_special,
-                    parse_special,
-                )
-                if n_tokens >= 0:
-                    tokens: list[int] = buffer[:n_tokens].tolist()
-                    return tokens
+            buffer, read = _token_buffer(capacity)
+            n_tokens = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, add_special, parse_special
+            )
+            if n_tokens >= 0:
+                return read(n_tokens)
             capacity = -n_tokens  # a tokenizer that expands text (normalization): exact size
 
     def detokenize(self, tokens: Sequence[int]) -> str:

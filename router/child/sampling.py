@@ -89,6 +89,7 @@ class ChainSampler:
         self._banned = banned
         self._has_dist = has_dist
         self._kept_in = kept_in
+        self._is_closed = False
 
     def sample(self, context: Any, index: int) -> int:
         token = int(llama_cpp.llama_sampler_sample(self._chain.sampler, context, index))
@@ -97,11 +98,14 @@ class ChainSampler:
         return token
 
     def close(self) -> None:
+        """Free the chain, or give it back to its pool; once (a kept chain is another's)."""
+        if self._is_closed:
+            return
+        self._is_closed = True
         if self._kept_in is None:
             self._chain.close()
             return
         pool, key = self._kept_in
-        self._kept_in = None
         if self._has_dist:  # the request's own seed and random state: not kept
             chain = self._chain.sampler
             last = llama_cpp.llama_sampler_chain_remove(

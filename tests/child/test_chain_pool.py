@@ -99,3 +99,28 @@ def test_the_pool_is_bounded_and_drops_the_oldest_settings_first(
         each.close()
     pool.close()  # what it keeps is freed with it
     assert all(each._chain.sampler is None for each in again)
+
+
+def test_a_sampler_closed_twice_leaves_its_kept_chain_alone(tiny_llama: llama_cpp.Llama) -> None:
+    model = tiny_llama._model
+    pool = ChainPool()
+    built = build_sampler(
+        SamplingParams(), model=model, n_vocab=model.n_vocab(), default_seed=1, pool=pool
+    )
+    assert isinstance(built, ChainSampler)
+    built.close()
+    built.close()  # the chain is the pool's now: not freed, not given back twice
+    kept = built._chain.sampler
+    assert kept is not None
+    assert llama_cpp.llama_sampler_chain_n(kept) == 6  # its dist link gone, once
+    again = build_sampler(
+        SamplingParams(), model=model, n_vocab=model.n_vocab(), default_seed=1, pool=pool
+    )
+    assert isinstance(again, ChainSampler) and again._chain is built._chain
+    other = build_sampler(
+        SamplingParams(), model=model, n_vocab=model.n_vocab(), default_seed=1, pool=pool
+    )
+    assert isinstance(other, ChainSampler) and other._chain is not built._chain  # kept once
+    again.close()
+    other.close()
+    pool.close()
