@@ -1,4 +1,4 @@
-"""A client that leaves before it has read a byte of a streamed answer frees the model at once:
+"""A client that leaves before it has read a byte of its answer frees the model at once:
 its lease ends (``GET /models``: ``in_flight`` back to 0) and the child stops generating, on
 the raw path (a ``Content-Length`` body) and on Quart's (a chunked one), for the OpenAI routes
 and Ollama's alike, long before the router's ``-to/--timeout`` would have given up on it.
@@ -145,6 +145,17 @@ def test_a_client_that_leaves_unread_frees_the_model(
     router: RouterProcess, path: str, body: dict[str, Any], is_chunked: bool
 ) -> None:
     send_and_leave(router, path, body, is_chunked=is_chunked, hold=False)
+    assert_freed(router)
+
+
+@pytest.mark.parametrize("is_chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_leaves_before_a_whole_answer_frees_the_model(
+    router: RouterProcess, is_chunked: bool
+) -> None:
+    """Not streamed: no write to the client fails before the end, so only the watch for
+    the client's leaving (on the raw path, begun once the answer is slow to come) stops it."""
+    body = {**OPENAI_STREAM, "stream": False}
+    send_and_leave(router, "/v1/completions", body, is_chunked=is_chunked, hold=False)
     assert_freed(router)
 
 

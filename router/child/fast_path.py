@@ -23,6 +23,7 @@ from werkzeug.exceptions import RequestTimeout
 from router.child import api_anthropic, api_responses, generations
 from router.child.service import ModelService
 from router.edge.asgi_lifespan import ASGIApp, Message
+from router.edge.client_watch import ClientWatch
 from router.edge.jsonbody import parse_json_object
 from router.edge.raw_asgi import Receive, Send, content_length, read_body
 from router.edge.web import (
@@ -59,6 +60,7 @@ def with_fast_path(
     """``app``, with health checks and small completions answered before it."""
     quart = cast(ASGIApp, app)
     state = app.extensions["llama_router_state"]
+    watch = ClientWatch()  # a request that lasts stops when its client leaves, as on Quart's
 
     async def serve(scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or api_key is not None or state["is_stopping"]:
@@ -81,6 +83,10 @@ def with_fast_path(
             return
         if body is None:
             return  # the client left
+        async with watch.cancelled_when_the_client_leaves(receive, app.nursery):
+            await _answer(handler, body, path, send)
+
+    async def _answer(handler: Handler, body: bytearray, path: str, send: Send) -> None:
         try:
             answer = await handler(service, model_id, parse_json_object(body), app.nursery)
         except RouterError as error:
@@ -88,7 +94,7 @@ def with_fast_path(
             await _send_json(send, error.status, _dumps(error_body(error, path)), headers=headers)
             return
         except Exception as error:  # a bug: answered as Quart would
-            wrapped = internal_error(error, method, path)
+            wrapped = internal_error(error, "POST", path)
             await _send_json(send, 500, _dumps(error_body(wrapped, path)))
             return
         if isinstance(answer, dict):

@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound, RequestTimeout
 
 from router.edge.asgi_lifespan import ASGIApp, Message
+from router.edge.client_watch import ClientWatch
 from router.edge.gate import Gate, is_autoload
 from router.edge.proxy import ForwardRequest, relay
 from router.edge.raw_asgi import Receive, Send, content_length, read_body
@@ -80,6 +81,7 @@ def with_fast_path(
     quart = cast(ASGIApp, app)
     gate: Gate = app.extensions["llama_router_gate"]
     paths = _forwarded_paths(app)
+    watch = ClientWatch()
 
     async def serve(scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in paths:
@@ -100,6 +102,7 @@ def with_fast_path(
             await _forward(
                 gate, scope, receive, send_noting_the_start, autoload, timeout_s, body_timeout_s,
                 load_progress=load_progress,
+                watch=watch, owner=app.nursery,
             )  # fmt: skip
         except Exception as error:
             if is_started:
@@ -130,9 +133,13 @@ async def _forward(
     body_timeout_s: float,
     *,
     load_progress: bool = False,
+    watch: ClientWatch,
+    owner: trio.Nursery,
 ) -> None:
     """What Quart's ``authenticate`` and ``forward`` do, in that order, with the same code.
 
+    ``watch`` cancels the forward if its client leaves (Quart stops a request whose client has
+    gone: so does this path); ``owner``, the app's nursery, runs its alarm.
     Raises RouterError or RequestTimeout before the answer's head.
     """
     headers = [
@@ -167,26 +174,8 @@ async def _forward(
         timeout_s=timeout_s,
         load_progress=load_progress,
     )
-    failure: RouterError | None = None
-    async with trio.open_nursery() as nursery:
-        # Quart stops a request whose client has gone: so does this path, while it waits
-        # for the child (once the answer flows, a failed write says so).
-        nursery.start_soon(_cancel_when_the_client_leaves, receive, nursery.cancel_scope)
-        try:
-            await relay(gate.pool, gate.plugins, request, send)
-        except RouterError as error:  # raised as itself, not in the nursery's group
-            failure = error
-        nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-
-
-async def _cancel_when_the_client_leaves(receive: Receive, scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` on ``http.disconnect``, which the server also sends once the answer is
-    complete (the scope is cancelled by then, and this with it)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+    async with watch.cancelled_when_the_client_leaves(receive, owner):
+        await relay(gate.pool, gate.plugins, request, send)
 
 
 def _forwarded_paths(app: QuartTrio) -> frozenset[str]:
