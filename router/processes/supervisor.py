@@ -135,6 +135,7 @@ class _HolderLifeline:
     def imports_done(self) -> None:
         self._holder.is_waiting = self._holder.child is None
         self._holder.waiting_rss_mib = own_children.resident_mib(self._process.pid)
+        self._supervisor._trim_spares()  # a fresh spare is ready: one past its bound may go
 
     def back_to_spare(self) -> None:
         if self._holder.child is not None:
@@ -451,7 +452,7 @@ class Supervisor:
     def keep_spares(self) -> None:
         """Have ``settings.spares`` spare children waiting (those missing start now, in the
         background: each takes the time of Python's and llama.cpp's imports to be ready)."""
-        while len(self._spares) < self._settings.spares and not self._is_stopping:
+        while len(self._fresh_spares()) < self._settings.spares and not self._is_stopping:
             spare = _Holder(None)
             self._spares.append(spare)
             self._nursery.start_soon(self._run, spare, name="spare child")
@@ -505,12 +506,13 @@ class Supervisor:
 
     def _take_spare(self, child: Child) -> bool:
         """Hand ``child`` to a waiting spare, if there is one it can serve as: a ready one
-        (imports done) first, else the oldest (the nearest to ready; a new process would
-        only be further behind)."""
+        (imports done) first, under its bound of models before past it, else the oldest (the
+        nearest to ready; a new process would only be further behind)."""
         started = [spare for spare in self._spares if spare.process is not None]
-        spare = next((spare for spare in started if spare.is_waiting), None) or next(
-            iter(started), None
-        )
+        ready = sorted(
+            (spare for spare in started if spare.is_waiting), key=self._is_overdue
+        )  # a stable sort: oldest first among the fresh, then among those past their bound
+        spare = next(iter(ready), None) or next(iter(started), None)
         if spare is None or spare.process is None or child.is_command:
             return False
         if child.env != self._base_env():
@@ -556,14 +558,30 @@ class Supervisor:
         return child
 
     def _may_serve_again(self, holder: _Holder) -> bool:
-        """Whether a stop should leave ``holder``'s process waiting as a spare (it started as
-        one, spares are on, and it has served fewer models than the bound)."""
+        """Whether a stop should leave ``holder``'s process waiting as a spare: it started as
+        one, spares are on, and it has served fewer models than ``models_per_process``, or no
+        spare that has not is ready to take its place.
+
+        The bound is soft: a process past it that ended instead would leave the next load a
+        spare still importing (a second of CPU; paused while requests run), and in a swap
+        after swap that load, and every request queued behind it, waited for those imports."""
         return (
             holder.is_spare_process
             and self._settings.spares > 0
             and not self._is_stopping
-            and holder.models_served + 1 < self._settings.models_per_process
+            and (
+                holder.models_served + 1 < self._settings.models_per_process
+                or not any(spare.is_waiting for spare in self._fresh_spares())
+            )
         )
+
+    def _is_overdue(self, spare: _Holder) -> bool:
+        """Whether ``spare``'s process has served its ``models_per_process``."""
+        return spare.models_served >= self._settings.models_per_process
+
+    def _fresh_spares(self) -> list[_Holder]:
+        """The spares under their bound: those ``settings.spares`` counts."""
+        return [spare for spare in self._spares if not self._is_overdue(spare)]
 
     def _back_to_spare(self, holder: _Holder, child: Child) -> None:
         """``child``'s model is freed and its process waits: report the model's exit, with
@@ -586,8 +604,10 @@ class Supervisor:
             holder.assigned.set()  # with no child: it ends
         else:
             log.info(
-                "[%s] unloaded; its process (pid %d, %s MiB) waits as a spare",
+                "[%s] unloaded; its process (pid %d, %s MiB) waits as a spare%s",
                 child.spec.id, holder.process.pid, rss_mib,
+                ", past its bound of models until a new spare is ready"
+                if self._is_overdue(holder) else "",
             )  # fmt: skip
             holder.is_waiting = True
             self._spares.insert(0, holder)
@@ -597,9 +617,18 @@ class Supervisor:
     def _trim_spares(self) -> None:
         """End the spares beyond ``settings.spares`` (a model unloaded with no load after it):
         those still importing first (a ready one serves the next load at once), then those
-        that served the most models."""
-        while len(self._spares) > self._settings.spares:
-            spare = min(self._spares, key=lambda spare: (spare.is_waiting, -spare.models_served))
+        that served the most models. A spare past its bound of models waits on beside them
+        only until one under it is ready."""
+        fresh = self._fresh_spares()
+        ending = [spare for spare in self._spares if self._is_overdue(spare)]
+        if not any(spare.is_waiting for spare in fresh):
+            ending.sort(key=lambda spare: spare.models_served)
+            del ending[: self._settings.spares]  # kept: the least used, as many as asked for
+        while len(fresh) > self._settings.spares:
+            spare = min(fresh, key=lambda spare: (spare.is_waiting, -spare.models_served))
+            fresh.remove(spare)
+            ending.append(spare)
+        for spare in ending:
             self._spares.remove(spare)
             spare.assigned.set()  # with no child: it ends (at once if still importing)
 
