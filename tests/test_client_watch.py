@@ -103,3 +103,17 @@ async def test_an_error_comes_out_as_itself(nursery: trio.Nursery) -> None:
 async def _leave_after(leaves: trio.Event, delay_s: float) -> None:
     await trio.sleep(delay_s)
     leaves.set()
+
+
+async def test_a_quick_block_costs_no_schedule_point(nursery: trio.Nursery) -> None:
+    """On the hot path of every request: a round of trio's loop costs more than the watch."""
+    watch = ClientWatch()
+    others_ran = []
+
+    async def another() -> None:
+        others_ran.append(True)
+
+    nursery.start_soon(another)  # runs at this task's next yield
+    async with watch.cancelled_when_the_client_leaves(never_called, nursery):
+        pass
+    assert others_ran == []

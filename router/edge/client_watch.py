@@ -10,13 +10,15 @@ of a quick answer's whole cost, and a quick answer gains nothing from it: its wo
 before a watch would notice anything.
 
 So a request is watched only once it has lasted ``WATCH_AFTER_S``: one task per app (the
-alarm) sleeps until the first such moment, and starts the watching task then, in the
-request's own nursery. A quick request costs a dictionary entry and a nursery; a client that
-leaves is noticed at most ``WATCH_AFTER_S`` later than with a watch from the start.
+alarm) sleeps until the first such moment, and starts the watching task then (in its own
+nursery; the request waits for its watch to end before it ends). A quick request costs a
+dictionary entry and a cancel scope, and no schedule point (a nursery's end is one); a client
+that leaves is noticed at most ``WATCH_AFTER_S`` later than with a watch from the start.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,12 +30,18 @@ from router.edge.raw_asgi import Receive
 
 WATCH_AFTER_S = 0.02
 
+log = logging.getLogger("router.edge.client_watch")
 
-@dataclass(frozen=True)
-class _Unwatched:
-    deadline: float  # when the request's client is to be watched
-    nursery: trio.Nursery  # the request's: the watch runs in it and cancels it
+
+@dataclass(eq=False)
+class _Watched:
+    """One request: when its client is to be watched, and the watch once it began."""
+
+    deadline: float
+    request: trio.CancelScope  # the request's block: the watch cancels it
     receive: Receive
+    watch: trio.CancelScope | None = None  # the watch's own, once the alarm started it
+    watch_ended: trio.Event | None = None
 
 
 class ClientWatch:
@@ -41,9 +49,9 @@ class ClientWatch:
 
     def __init__(self, after_s: float = WATCH_AFTER_S) -> None:
         self._after_s = after_s
-        # Requests not watched yet, by their nursery; in the order of their deadlines (each is
-        # the entry's time plus the same ``after_s``).
-        self._unwatched: dict[trio.Nursery, _Unwatched] = {}
+        # Requests not watched yet, in the order of their deadlines (each is the time it was
+        # added plus the same ``after_s``).
+        self._unwatched: dict[trio.CancelScope, _Watched] = {}
         self._alarm = trio.CancelScope()  # the alarm's sleep, until the first deadline
         self._has_alarm = False
 
@@ -54,46 +62,53 @@ class ClientWatch:
         """Run the block; if it lasts ``after_s`` and its client leaves (``receive`` gives
         ``http.disconnect``), cancel it. Enter once the request's body has been read.
 
-        ``owner`` (the app's nursery) runs the alarm, from the first request on. An error
-        the block raises comes out as itself, not in an exception group.
+        ``owner`` (the app's nursery) runs the alarm, from the first request on; the watches
+        run in the alarm's nursery, and a block that ends waits for its watch to end (at
+        once: the watch only waits for ``receive``). A quick block costs no schedule point.
         """
         if not self._has_alarm:
             self._has_alarm = True
             owner.start_soon(self._run_alarm)
-        failure: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            deadline = trio.current_time() + self._after_s
-            self._unwatched[nursery] = _Unwatched(deadline, nursery, receive)
-            self._alarm.deadline = min(self._alarm.deadline, deadline)
+        with trio.CancelScope() as request:
+            watched = _Watched(trio.current_time() + self._after_s, request, receive)
+            self._unwatched[request] = watched
+            self._alarm.deadline = min(self._alarm.deadline, watched.deadline)
             try:
                 yield
-            except Exception as error:  # raised below as itself, not in the nursery's group
-                failure = error
             finally:
-                self._unwatched.pop(nursery, None)  # (the alarm took it if it began)
-                nursery.cancel_scope.cancel()  # the watch, if it began
-        if failure is not None:
-            raise failure
+                self._unwatched.pop(request, None)
+                if watched.watch is not None and watched.watch_ended is not None:
+                    watched.watch.cancel()
+                    with trio.CancelScope(shield=True):
+                        await watched.watch_ended.wait()
 
     async def _run_alarm(self) -> None:
         """Start the watch of each request that has lasted ``after_s``, when it has."""
-        while True:
-            with self._alarm:
-                await trio.sleep_forever()
-            self._alarm = trio.CancelScope(deadline=math.inf)
-            now = trio.current_time()
-            for request in list(self._unwatched.values()):
-                if request.deadline > now:
-                    self._alarm.deadline = request.deadline
-                    break
-                del self._unwatched[request.nursery]
-                scope = request.nursery.cancel_scope
-                request.nursery.start_soon(_cancel_when_the_client_leaves, request.receive, scope)
+        async with trio.open_nursery() as watches:
+            while True:
+                with self._alarm:
+                    await trio.sleep_forever()
+                self._alarm = trio.CancelScope(deadline=math.inf)
+                now = trio.current_time()
+                for watched in list(self._unwatched.values()):
+                    if watched.deadline > now:
+                        self._alarm.deadline = watched.deadline
+                        break
+                    del self._unwatched[watched.request]
+                    watched.watch, watched.watch_ended = trio.CancelScope(), trio.Event()
+                    watches.start_soon(_cancel_when_the_client_leaves, watched)
 
 
-async def _cancel_when_the_client_leaves(receive: Receive, scope: trio.CancelScope) -> None:
-    """Cancel ``scope`` on ``http.disconnect``, which the server also sends once the answer is
-    complete (the request is over by then, or about to be)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
+async def _cancel_when_the_client_leaves(watched: _Watched) -> None:
+    """Cancel the request on ``http.disconnect``, which the server also sends once the answer
+    is complete (the request is over by then, or about to be)."""
+    assert watched.watch is not None and watched.watch_ended is not None
+    try:
+        with watched.watch:
+            while (await watched.receive())["type"] != "http.disconnect":
+                pass
+            watched.request.cancel()
+    except Exception:  # the request goes on unwatched; the alarm and the app must not end
+        log.exception("watching a client for its leaving failed")
+    finally:
+        watched.watch_ended.set()

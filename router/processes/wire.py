@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -127,12 +128,16 @@ class ChildConnections:
         ]
         lines += [f"{name}: {value}" for name, value in (*headers, *self._headers)]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        with trio.move_on_after(timeout_s) as waiting:
-            await self._in_use.acquire()
-        if waiting.cancelled_caught:
-            raise ChildTimeout(
-                f"every connection to {self.address} stayed busy for {timeout_s:g} s"
-            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:  # a free place is taken without a schedule point (a round of trio's loop)
+            self._in_use.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_after(timeout_s) as waiting:
+                await self._in_use.acquire()
+            if waiting.cancelled_caught:
+                raise ChildTimeout(
+                    f"every connection to {self.address} stayed busy for {timeout_s:g} s"
+                ) from None
         try:
             response = await self._request(head, body, method, timeout_s)
         except BaseException:
@@ -189,7 +194,7 @@ class ChildConnections:
         is_sent = False
         with watchdog:
             if len(body) <= SMALL_BODY_BYTES:
-                await stream.send_all(head + body)
+                await _send_all(stream, head + body)
                 is_sent = True
                 progress()
                 response = await WireResponse.read_head(self, stream, method, timeout_s, progress)
@@ -238,6 +243,26 @@ class ChildConnections:
         idle, self._idle = self._idle, []
         for stream in idle:
             await _close_quietly(stream)
+
+
+async def _send_all(stream: trio.abc.Stream, data: bytes) -> None:
+    """``stream.send_all(data)``, without its schedule point when a socket takes all of
+    ``data`` at once (a request's small head and body, nearly always): trio's socket layer
+    yields to its loop after every operation that did not wait, a round that costs a
+    forwarded request more than the write itself."""
+    if isinstance(stream, trio.SocketStream):
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            sent = os.write(stream.socket.fileno(), data)  # the socket is non-blocking
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the send failed: {exc}") from exc
+        if sent == len(data):
+            return
+        await stream.send_all(memoryview(data)[sent:])
+        return
+    await stream.send_all(data)
 
 
 async def _send_progressively(
