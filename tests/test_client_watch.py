@@ -23,10 +23,18 @@ async def test_a_quick_request_is_never_watched(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     watch = ClientWatch()
+    asked: list[float] = []
+
+    async def receive() -> Message:
+        asked.append(trio.current_time())
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
     for _ in range(3):
-        async with watch.cancelled_when_the_client_leaves(never_called, nursery):
+        async with watch.cancelled_when_the_client_leaves(receive, nursery):
             await trio.sleep(WATCH_AFTER_S / 2)
     await trio.sleep(WATCH_AFTER_S * 10)  # the alarm set for them goes off meanwhile
+    assert asked == []
 
 
 async def test_a_request_that_lasts_is_cancelled_when_its_client_leaves(
@@ -93,11 +101,43 @@ async def test_a_watched_request_that_ends_ends_its_watch(
             await trio.sleep(WATCH_AFTER_S * 5)
 
 
-async def test_an_error_comes_out_as_itself(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("lasts_s", [0.0, WATCH_AFTER_S * 2], ids=["quick", "watched"])
+async def test_an_error_comes_out_as_itself(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, lasts_s: float
+) -> None:
     watch = ClientWatch()
+
+    async def client_stays() -> Message:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
     with pytest.raises(ValueError, match="the block's"):
-        async with watch.cancelled_when_the_client_leaves(never_called, nursery):
+        async with watch.cancelled_when_the_client_leaves(client_stays, nursery):
+            await trio.sleep(lasts_s)
             raise ValueError("the block's own error")
+
+
+async def test_the_alarm_comes_back_after_its_nursery_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests after the owner's end (a new one given) are still watched."""
+    watch = ClientWatch()
+    async with trio.open_nursery() as first_owner:
+        async with watch.cancelled_when_the_client_leaves(never_called, first_owner):
+            pass
+        first_owner.cancel_scope.cancel()
+    leaves = trio.Event()
+    leaves.set()
+
+    async def receive() -> Message:
+        await leaves.wait()
+        return {"type": "http.disconnect"}
+
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as second_owner:
+            async with watch.cancelled_when_the_client_leaves(receive, second_owner):
+                await trio.sleep_forever()
+            second_owner.cancel_scope.cancel()
 
 
 async def _leave_after(leaves: trio.Event, delay_s: float) -> None:

@@ -18,6 +18,7 @@ that leaves is noticed at most ``WATCH_AFTER_S`` later than with a watch from th
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ import trio
 from router.edge.raw_asgi import Receive
 
 WATCH_AFTER_S = 0.02
+WATCH_END_S = 5.0  # a watch ends at once when cancelled; this bounds a request's wait for it
 
 log = logging.getLogger("router.edge.client_watch")
 
@@ -65,10 +67,13 @@ class ClientWatch:
         ``owner`` (the app's nursery) runs the alarm, from the first request on; the watches
         run in the alarm's nursery, and a block that ends waits for its watch to end (at
         once: the watch only waits for ``receive``). A quick block costs no schedule point.
+        Cancellation: as the block's; the watch ends with it.
         """
         if not self._has_alarm:
             self._has_alarm = True
-            owner.start_soon(self._run_alarm)
+            # In a context of its own: a task inherits its starter's context variables, and
+            # the alarm and its watches would carry the first request's (its access record).
+            contextvars.Context().run(owner.start_soon, self._run_alarm)
         with trio.CancelScope() as request:
             watched = _Watched(trio.current_time() + self._after_s, request, receive)
             self._unwatched[request] = watched
@@ -79,24 +84,33 @@ class ClientWatch:
                 self._unwatched.pop(request, None)
                 if watched.watch is not None and watched.watch_ended is not None:
                     watched.watch.cancel()
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True), trio.move_on_after(WATCH_END_S):
                         await watched.watch_ended.wait()
+                    if not watched.watch_ended.is_set():  # a bug: the request must go on
+                        log.error("a client's watch did not end within %g s", WATCH_END_S)
 
     async def _run_alarm(self) -> None:
-        """Start the watch of each request that has lasted ``after_s``, when it has."""
-        async with trio.open_nursery() as watches:
-            while True:
-                with self._alarm:
-                    await trio.sleep_forever()
-                self._alarm = trio.CancelScope(deadline=math.inf)
-                now = trio.current_time()
-                for watched in list(self._unwatched.values()):
-                    if watched.deadline > now:
-                        self._alarm.deadline = watched.deadline
-                        break
-                    del self._unwatched[watched.request]
-                    watched.watch, watched.watch_ended = trio.CancelScope(), trio.Event()
-                    watches.start_soon(_cancel_when_the_client_leaves, watched)
+        """Start the watch of each request that has lasted ``after_s``, when it has.
+        Cancellation: ends the watches; the next request starts the alarm again."""
+        try:
+            async with trio.open_nursery() as watches:
+                while True:
+                    with self._alarm:
+                        await trio.sleep_forever()
+                    self._alarm = trio.CancelScope(deadline=math.inf)
+                    now = trio.current_time()
+                    for watched in list(self._unwatched.values()):
+                        if watched.deadline > now:
+                            self._alarm.deadline = watched.deadline
+                            break
+                        del self._unwatched[watched.request]
+                        watched.watch, watched.watch_ended = trio.CancelScope(), trio.Event()
+                        watches.start_soon(_cancel_when_the_client_leaves, watched)
+        finally:
+            self._has_alarm = False
+            self._alarm = trio.CancelScope(deadline=min(
+                (watched.deadline for watched in self._unwatched.values()), default=math.inf
+            ))  # fmt: skip
 
 
 async def _cancel_when_the_client_leaves(watched: _Watched) -> None:

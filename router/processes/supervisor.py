@@ -564,7 +564,9 @@ class Supervisor:
 
         The bound is soft: a process past it that ended instead would leave the next load a
         spare still importing (a second of CPU; paused while requests run), and in a swap
-        after swap that load, and every request queued behind it, waited for those imports."""
+        after swap that load, and every request queued behind it, waited for those imports.
+        Where loads keep taking each new spare before this process's next unload, it serves on
+        past the bound for as long: its growth (``spare_growth_mib``) still ends it."""
         return (
             holder.is_spare_process
             and self._settings.spares > 0
