@@ -184,7 +184,7 @@ def llama_cpp_router(binary: Path, models_dir: Path, port: int, *args: str) -> l
             *args]  # fmt: skip
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used by ``pid`` itself so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")

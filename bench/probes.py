@@ -45,9 +45,6 @@ ONE_TOKEN = {"model": "a", "prompt": "hi", "max_tokens": 1}
 REPO = Path(__file__).resolve().parent.parent  # where ``python -m bench.probes`` runs
 
 
-cpu_seconds = harness.process_tree_cpu_seconds  # the process's own user + system time
-
-
 @contextmanager
 def tiny_models() -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as scratch:
@@ -60,13 +57,13 @@ def in_turns(
 ) -> tuple[float, float, float]:
     """(p50 through ms, p50 direct ms, CPU µs of process ``pid`` per request through)."""
     times: dict[httpx.Client, list[float]] = {through: [], direct: []}
-    used = cpu_seconds(pid)
+    used = harness.process_cpu_seconds(pid)
     for _ in range(requests):
         for client in (through, direct):
             start = time.perf_counter()
             client.post(COMPLETION, json=ONE_TOKEN).raise_for_status()
             times[client].append(time.perf_counter() - start)
-    per_request_us = (cpu_seconds(pid) - used) / requests * 1e6
+    per_request_us = (harness.process_cpu_seconds(pid) - used) / requests * 1e6
     return (
         statistics.median(times[through]) * 1000,
         statistics.median(times[direct]) * 1000,
@@ -155,12 +152,12 @@ def stream(args: argparse.Namespace) -> None:
             body = {"model": "a", "prompt": "x", "max_tokens": 3000, "ignore_eos": True,
                     "stream": True}  # fmt: skip
             for _ in range(args.rounds):
-                used, events = cpu_seconds(router.pid), 0
+                used, events = harness.process_cpu_seconds(router.pid), 0
                 with client.stream("POST", router.base_url + COMPLETION, json=body) as answer:
                     answer.raise_for_status()
                     for line in answer.iter_lines():
                         events += line.startswith("data: {")
-                cpu_us = (cpu_seconds(router.pid) - used) / max(events, 1) * 1e6
+                cpu_us = (harness.process_cpu_seconds(router.pid) - used) / max(events, 1) * 1e6
                 print(f"{events} events, router CPU {cpu_us:.0f} µs an event", flush=True)
 
 
@@ -208,12 +205,12 @@ def child(args: argparse.Namespace) -> None:
                 client.post(COMPLETION, json=body).raise_for_status()
         for _ in range(args.rounds):
             for name, client in clients.items():
-                used = cpu_seconds(servers[name].pid)
+                used = harness.process_cpu_seconds(servers[name].pid)
                 for _ in range(args.requests):
                     start = time.perf_counter()
                     client.post(COMPLETION, json=body).raise_for_status()
                     times[name].append(time.perf_counter() - start)
-                cpu[name] += cpu_seconds(servers[name].pid) - used
+                cpu[name] += harness.process_cpu_seconds(servers[name].pid) - used
         for name, values in times.items():
             p50 = statistics.median(values) * 1000
             cpu_us = cpu[name] / len(values) * 1e6

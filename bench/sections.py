@@ -337,9 +337,9 @@ def _load_router(
                 _one_token(client, router.base_url, model)
         for clients in levels:
             per_client = 4 if setup.quick else max(4, 640 // clients)  # 640 requests a level
-            cpu_before = harness.process_tree_cpu_seconds(router.pid)
+            cpu_before = harness.process_cpu_seconds(router.pid)
             run = trio.run(_load_run, router.base_url, clients, per_client)
-            cpu = harness.process_tree_cpu_seconds(router.pid) - cpu_before
+            cpu = harness.process_cpu_seconds(router.pid) - cpu_before
             name = f"load_c{clients}"
             results.add(name, system, "requests_per_s", len(run.latencies) / run.wall_s, "req/s")
             results.add(name, system, "p50_ms", percentile(run.latencies, 0.5) * 1000, "ms")

@@ -130,7 +130,6 @@ class ChainPool:
     def __init__(self, capacity: int = 16) -> None:
         self._capacity = capacity
         self._kept: OrderedDict[Hashable, list[internals.LlamaSampler]] = OrderedDict()
-        self._count = 0
 
     def take(self, key: Hashable) -> internals.LlamaSampler | None:
         """A kept chain of ``key``'s settings, reset; None when there is none."""
@@ -140,18 +139,15 @@ class ChainPool:
         chain = kept.pop()
         if not kept:
             del self._kept[key]
-        self._count -= 1
         llama_cpp.llama_sampler_reset(chain.sampler)
         return chain
 
     def give_back(self, key: Hashable, chain: internals.LlamaSampler) -> None:
         self._kept.setdefault(key, []).append(chain)
         self._kept.move_to_end(key)
-        self._count += 1
-        while self._count > self._capacity:
+        while sum(len(chains) for chains in self._kept.values()) > self._capacity:
             oldest_key, oldest = next(iter(self._kept.items()))
             oldest.pop(0).close()
-            self._count -= 1
             if not oldest:
                 del self._kept[oldest_key]
 
@@ -160,7 +156,6 @@ class ChainPool:
             for chain in chains:
                 chain.close()
         self._kept.clear()
-        self._count = 0
 
 
 class GrammarSampler:
@@ -351,10 +346,16 @@ def end_of_generation_tokens(model: Any) -> list[int]:
     return [token for token in (model.token_eos(), model.token_eot()) if token >= 0]
 
 
+def chooses_greedily(params: SamplingParams) -> bool:
+    """Whether a chain for ``params`` ends with the likeliest token (llama-server: a
+    temperature of 0 or less), not a random choice."""
+    return params.temperature <= 0.0
+
+
 def is_plain_greedy(params: SamplingParams) -> bool:
     """Whether ``params`` amount to taking the likeliest token, whatever came before."""
     return (
-        params.temperature <= 0.0
+        chooses_greedily(params)
         and not params.logit_bias
         and params.grammar is None
         and params.repeat_penalty == 1.0
@@ -447,7 +448,7 @@ def _add_rest(chain: internals.LlamaSampler, params: SamplingParams, n_vocab: in
         penalty_freq=params.frequency_penalty,
         penalty_present=params.presence_penalty,
     )
-    if params.temperature <= 0.0:
+    if chooses_greedily(params):
         chain.add_greedy()
         return
     chain.add_top_k(params.top_k)
@@ -459,7 +460,7 @@ def _add_rest(chain: internals.LlamaSampler, params: SamplingParams, n_vocab: in
 
 def _add_dist(chain: internals.LlamaSampler, params: SamplingParams, default_seed: int) -> bool:
     """The random choice, last link of a chain that is not greedy; whether it was added."""
-    if params.temperature <= 0.0:
+    if chooses_greedily(params):
         return False
     seed = params.seed if params.seed is not None and params.seed >= 0 else default_seed
     if seed == llama_cpp.LLAMA_DEFAULT_SEED:
