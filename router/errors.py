@@ -32,7 +32,8 @@ A client's errors (HTTP status, OpenAI ``error.type``)::
     ├── PluginFailed                    500 server_error: names the plugin and its hook
     ├── QueueFull                       429 rate_limit_error (carries Retry-After)
     └── Unavailable                     503 unavailable_error
-        └── ModelLoadFailed             503   a child could not load its model
+        ├── ModelLoadFailed             503   a child could not load its model
+        └── ModelStopping               503   a child that is stopping takes no new request
 
 Start-up errors::
 
@@ -206,6 +207,13 @@ class Unavailable(RouterError):
 
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+
+class ModelStopping(Unavailable):
+    """A child that is stopping takes no new request (its running ones may end)."""
+
+    def __init__(self) -> None:
+        super().__init__("the model is stopping and takes no new requests")
 
 
 class ModelLoadFailed(Unavailable):

@@ -29,6 +29,7 @@ from router.edge.web import PUBLIC_PATHS, check_api_key, json_response, new_app,
 from router.errors import (
     ContextLengthExceeded,
     InvalidField,
+    ModelStopping,
     NotSupported,
     Unavailable,
 )
@@ -51,7 +52,7 @@ def create_app(service: ModelService, *, model_id: str, api_key: str | None = No
         if request.path in PUBLIC_PATHS:
             return
         if state["is_stopping"]:
-            raise Unavailable("the model is stopping and takes no new requests")
+            raise ModelStopping()
         check_api_key([api_key] if api_key else [])
 
     @app.get("/health")

@@ -10,6 +10,14 @@ The Trio side and the thread meet in two places only: ``submit`` (a thread-safe 
 thread blocks on when idle) and one ``run_sync_soon`` per step that hands the loop every
 piece of text that step produced. A request cancelled on the Trio side sets a flag the
 thread reads before each step, so cancellation takes effect within one token.
+
+One exception, for speed: a request that finds the loop idle and whose first step is
+short (its prompt at the last steps' pace takes ``INLINE_STEP_S`` at most) has that step
+run by ``submit`` itself, on the Trio thread. A handed-over step crosses threads four
+times (waking the decode thread, its taking the GIL, waking the loop, its taking the GIL
+back): on a small model that is as long as the step, and a one-token answer is then made
+with none. Whoever steps holds ``_turn``, so the thread and the Trio side never step at
+once; the thread goes on with a generation that outlives its first step.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import contextlib
 import logging
 import math
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,13 +49,20 @@ from router.child.engine import (
 from router.child.sampling import Sampler
 from router.child.slots import Slot, common_prefix_length, pick_slot
 from router.child.stops import StopScanner
-from router.errors import RouterError, Unavailable
+from router.errors import ModelStopping, RouterError, Unavailable
 
 log = logging.getLogger("router.child")
 
 Item = Piece | Finished | BaseException
 SamplerFactory = Callable[[GenerationRequest], Sampler]
 TokenPiece = Callable[[int], bytes]
+
+# The longest first step ``submit`` runs on the Trio thread itself: while it runs the loop
+# serves nothing else, but a generation arriving then would wait for that step anyway.
+INLINE_STEP_S = 0.002
+# The longest ``submit`` waits for the turn the thread holds while idle (the hand-over of a
+# step's output, its bookkeeping): far longer than that takes, far shorter than a step.
+TURN_WAIT_S = 0.0002
 
 
 class Job:
@@ -98,6 +114,15 @@ class Job:
 
 
 _STOP = object()
+_WAKE = object()  # the Trio side stepped a job that goes on: the thread takes it over
+
+
+class _Failure:
+    """A bug met in a step run on the Trio side: the thread ends the loop with it, as with
+    a bug of its own (every job gets an error; the process is restarted)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class DecodeLoop:
@@ -126,7 +151,11 @@ class DecodeLoop:
         self._make_sampler = make_sampler
         self._token_piece = token_piece
         self._similarity = slot_prompt_similarity
-        self._inbox: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Job | _Failure | object] = queue.SimpleQueue()
+        # Held by whoever steps, the thread or ``submit``: the jobs, the slots, the batch and
+        # the context are theirs alone while they hold it.
+        self._turn = threading.Lock()
+        self._seconds_per_token = math.inf  # what a step took per token in its batch, lately
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []  # in the order they got their slot
         self._outbox: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
@@ -145,10 +174,50 @@ class DecodeLoop:
     # ---- the Trio side -------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Queue ``job`` for the next step. Raises Unavailable once the loop has stopped."""
+        """Queue ``job`` for the next step, or run that step now when the loop is idle and the
+        step short (see the module docstring). Raises Unavailable once the loop has stopped."""
         if self.is_stopped:
-            raise Unavailable("the model is stopping and takes no new requests")
-        self._inbox.put(job)
+            raise ModelStopping()
+        if not (self._is_short(job.request) and self._step_here(job)):
+            self._inbox.put(job)
+
+    def _is_short(self, request: GenerationRequest) -> bool:
+        """Whether ``request``'s first step is known to be short: its prompt at the last
+        steps' pace, and no grammar, images or log-probabilities, whose cost that pace does
+        not tell."""
+        return (
+            request.media is None
+            and request.logprobs is None
+            and request.sampling.grammar is None
+            and len(request.prompt_tokens) * self._seconds_per_token <= INLINE_STEP_S
+        )
+
+    def _step_here(self, job: Job) -> bool:
+        """Run ``job``'s first step on this thread if the loop is idle; False if it is not."""
+        # The thread holds the turn for a step, or for a few microseconds when idle: wait for
+        # it then, so that a request sent right after another's answer is stepped here too.
+        if self._active or self._waiting or not self._turn.acquire(timeout=TURN_WAIT_S):
+            return False
+        try:
+            if self.is_stopped:  # meanwhile, and its inbox drained: it would never see the job
+                raise ModelStopping()
+            if self._active or self._waiting or not self._inbox.empty() or self.stop_requested:
+                return False
+            try:
+                self._waiting.append(job)
+                self._start_waiting_jobs()
+                if self._active:
+                    self._step()
+            except Exception as exc:
+                self._inbox.put(_Failure(exc))
+                return True
+            items, self._outbox = self._outbox, []
+            _deliver(items)
+            if self._active or self._waiting:
+                self._inbox.put(_WAKE)
+            return True
+        finally:
+            self._turn.release()
 
     def stop(self) -> None:
         """Ask the thread to end: running and queued jobs end with an error."""
@@ -163,38 +232,46 @@ class DecodeLoop:
     def run(self, trio_token: trio.lowlevel.TrioToken) -> None:
         """Decode until :meth:`stop`. Runs on its own thread; never raises."""
         self._trio_token = trio_token
+        is_idle = True
         try:
-            while self._take_inbox(block=not (self._active or self._waiting)):
-                self._start_waiting_jobs()
-                if self._active:
-                    self._step()
-                self._flush()
+            while True:
+                # Asleep without the turn: ``submit`` may step meanwhile.
+                first = self._inbox.get() if is_idle else None
+                with self._turn:
+                    if not self._take_inbox(first):
+                        break
+                    self._start_waiting_jobs()
+                    if self._active:
+                        self._step()
+                    self._flush()
+                    is_idle = not (self._active or self._waiting)
         except BaseException as exc:  # a bug here must not leave requests hanging
             log.exception("the decode loop failed")
             error = RouterError(f"generation failed: {type(exc).__name__}: {exc}")
         else:
             error = Unavailable("the model was stopped before this request finished; retry it")
-        self.is_stopped = True
-        for job in [*self._active, *self._waiting, *self._drain_inbox()]:
-            self._post(job, error)
-            self._post(job, None)
-        self._flush()
+        with self._turn:
+            self.is_stopped = True
+            for job in [*self._active, *self._waiting, *self._drain_inbox()]:
+                self._post(job, error)
+                self._post(job, None)
+            self._flush()
 
-    def _take_inbox(self, *, block: bool) -> bool:
-        """Move submitted jobs to the waiting line; False once asked to stop."""
-        if block:
-            item = self._inbox.get()
+    def _take_inbox(self, first: object) -> bool:
+        """Move ``first`` (if not None) and the jobs submitted since to the waiting line;
+        False once asked to stop. Raises the bug of a step run on the Trio side."""
+        item = first
+        while True:
             if item is _STOP:
                 return False
-            self._waiting.append(item)  # type: ignore[arg-type]
-        while True:
+            if isinstance(item, _Failure):
+                raise item.error
+            if isinstance(item, Job):
+                self._waiting.append(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return True
-            if item is _STOP:
-                return False
-            self._waiting.append(item)  # type: ignore[arg-type]
 
     def _drain_inbox(self) -> list[Job]:
         jobs: list[Job] = []
@@ -345,6 +422,15 @@ class DecodeLoop:
         if n == 0:
             return
         self._batch.batch.n_tokens = n
+        started = time.perf_counter()
+        try:
+            self._decode_and_sample(n, outputs, prefill)
+        finally:
+            self._seconds_per_token = (time.perf_counter() - started) / n
+
+    def _decode_and_sample(
+        self, n: int, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]]
+    ) -> None:
         status = llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch)
         metrics = self.metrics
         metrics.n_decode_total += 1
