@@ -6,23 +6,21 @@ much of the waiting prompts as ``n_batch`` leaves room for (chunked prefill), ca
 request joins at the next step, a long prompt never stalls the others' generation for more
 than one chunk, and a generation that ends, stops or is cancelled frees its slot at once.
 
-The Trio side and the thread meet in two places only: ``submit`` (a thread-safe queue the
-thread blocks on when idle) and one ``run_sync_soon`` per step that hands the loop every
-piece of text that step produced. A request cancelled on the Trio side sets a flag the
-thread reads before each step, so cancellation takes effect within one token.
+The Trio side and the thread meet in two places only: ``submit`` (a thread-safe queue, and
+a bell the thread sleeps on when idle) and one ``run_sync_soon`` per step that hands the
+loop every piece of text that step produced. A request cancelled on the Trio side sets a
+flag the thread reads before each step, so cancellation takes effect within one token.
 
-One exception, for speed: a request that finds the loop idle and whose first step is
-short (its prompt at the last steps' pace takes ``INLINE_STEP_S`` at most) has that step
-run by ``submit`` itself, on the Trio thread. A handed-over step crosses threads four
-times (waking the decode thread, its taking the GIL, waking the loop, its taking the GIL
-back): on a small model that is as long as the step, and a one-token answer is then made
-with none. Whoever steps holds ``_turn``, so the thread and the Trio side never step at
-once; the thread goes on with a generation that outlives its first step.
+One exception, for speed: a lone request that finds the loop idle, and whose first step is
+known to be short, has that step run by ``submit`` itself on the Trio thread, on one core
+(``inline_steps.py`` says why and when). Whoever steps holds ``_turn``, so the two never
+step at once, and the thread goes on with a generation that outlives its first step. The
+thread takes submitted jobs off the inbox only while it holds the turn (it sleeps on a
+bell), so ``submit`` sees every job still waiting and never steps past one.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import math
@@ -46,82 +44,30 @@ from router.child.engine import (
     Piece,
     TokenLogprob,
 )
+from router.child.inline_steps import InlineBound
+from router.child.jobs import Item, Job
 from router.child.sampling import Sampler
 from router.child.slots import Slot, common_prefix_length, pick_slot
-from router.child.stops import StopScanner
 from router.errors import ModelStopping, RouterError, Unavailable
 
 log = logging.getLogger("router.child")
 
-Item = Piece | Finished | BaseException
 SamplerFactory = Callable[[GenerationRequest], Sampler]
 TokenPiece = Callable[[int], bytes]
 
-# The longest first step ``submit`` runs on the Trio thread itself: while it runs the loop
-# serves nothing else, but a generation arriving then would wait for that step anyway.
-INLINE_STEP_S = 0.002
 # The longest ``submit`` waits for the turn the thread holds while idle (the hand-over of a
 # step's output, its bookkeeping): far longer than that takes, far shorter than a step.
 TURN_WAIT_S = 0.0002
 
 
-class Job:
-    """One generation as the loop runs it. ``cancelled`` is the only field the Trio side
-    writes; everything else belongs to the loop's thread."""
-
-    def __init__(self, request: GenerationRequest, send: trio.MemorySendChannel[Item]) -> None:
-        self.request = request
-        self.send = send
-        self.cancelled = False
-        self.slot: Slot | None = None
-        self.sampler: Sampler | None = None  # set once the job has its slot
-        self.to_evaluate: list[int] = []  # prompt tokens not yet in the slot's KV cache
-        self.pending_token: int | None = None  # sampled, to be decoded at the next step
-        self.budget = 0  # the most tokens it may generate
-        self.n_generated = 0
-        self.n_reused = 0
-        self.logprobs: list[TokenLogprob] = []  # of tokens whose text was not yet sent
-        self.logprob_bytes_ahead = 0  # bytes of sent tokens whose text is not yet sent
-        self.held: list[Piece] = []  # text kept for the end (``incremental`` is false)
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.scanner = StopScanner(request.stop)
-        self.t_start = 0.0
-        self.t_first_token = 0.0
-        # A job whose prompt another running job is evaluating waits for that one (its
-        # leader), then copies its KV cache and samples from the same logits: n choices of
-        # one prompt, or the same prompt sent at once, evaluate it once.
-        self.leader: Job | None = None
-        self.followers: list[Job] = []
-
-    def release_logprobs(self, n_bytes: int) -> tuple[TokenLogprob, ...]:
-        """The entries of the tokens that spell the next ``n_bytes`` bytes of text sent.
-
-        Text comes out later than its tokens (a possible stop string is held back, a
-        character split across tokens waits for its end), and a stop string's tokens never
-        come out: so entries go with the text they spell, not with the step they came from.
-        """
-        if self.logprob_bytes_ahead >= n_bytes:
-            self.logprob_bytes_ahead -= n_bytes
-            return ()
-        missing = n_bytes - self.logprob_bytes_ahead
-        released = []
-        while missing > 0 and self.logprobs:
-            entry = self.logprobs.pop(0)
-            released.append(entry)
-            missing -= len(entry.piece)
-        self.logprob_bytes_ahead = max(0, -missing)
-        return tuple(released)
-
-
 _STOP = object()
-_WAKE = object()  # the Trio side stepped a job that goes on: the thread takes it over
 
 
 class _Failure:
     """A bug met in a step run on the Trio side: the thread ends the loop with it, as with
     a bug of its own (every job gets an error; the process is restarted)."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 
@@ -152,10 +98,13 @@ class DecodeLoop:
         self._token_piece = token_piece
         self._similarity = slot_prompt_similarity
         self._inbox: queue.SimpleQueue[Job | _Failure | object] = queue.SimpleQueue()
-        # Held by whoever steps, the thread or ``submit``: the jobs, the slots, the batch and
-        # the context are theirs alone while they hold it.
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()  # rung after each put
+        # Held by whoever steps, the thread or ``submit``: the jobs, the slots, the batch, the
+        # context and the inbox's takings are theirs alone while they hold it.
         self._turn = threading.Lock()
-        self._seconds_per_token = math.inf  # what a step took per token in its batch, lately
+        self._inline = InlineBound()
+        self._n_threads = llama_cpp.llama_n_threads(context.ctx)
+        self._n_threads_batch = llama_cpp.llama_n_threads_batch(context.ctx)
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []  # in the order they got their slot
         self._outbox: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
@@ -175,54 +124,78 @@ class DecodeLoop:
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` for the next step, or run that step now when the loop is idle and the
-        step short (see the module docstring). Raises Unavailable once the loop has stopped."""
+        step short (see the module docstring). Raises ModelStopping once the loop has stopped.
+        """
         if self.is_stopped:
             raise ModelStopping()
-        if not (self._is_short(job.request) and self._step_here(job)):
-            self._inbox.put(job)
+        if self._may_step_here(job.request) and self._step_here(job):
+            return
+        self._hand_to_thread(job)
+        self._refuse_leftovers()
 
-    def _is_short(self, request: GenerationRequest) -> bool:
-        """Whether ``request``'s first step is known to be short: its prompt at the last
-        steps' pace, and no grammar, images or log-probabilities, whose cost that pace does
-        not tell."""
+    def _may_step_here(self, request: GenerationRequest) -> bool:
+        """Whether ``request``'s first step may be short: a lone generation (not one of several
+        choices, which share one evaluation of their prompt) with no grammar, images or
+        log-probabilities (whose cost the steps measured do not tell). Whether it is, its
+        slot's cache tells: see ``_step_here``."""
         return (
-            request.media is None
+            request.choices == 1
+            and request.media is None
             and request.logprobs is None
             and request.sampling.grammar is None
-            and len(request.prompt_tokens) * self._seconds_per_token <= INLINE_STEP_S
+            and self._inline.allows(1)
         )
 
     def _step_here(self, job: Job) -> bool:
-        """Run ``job``'s first step on this thread if the loop is idle; False if it is not."""
+        """Start ``job`` on this thread if the loop is idle, and run its first step here, on
+        one core, if it is known to be short; False if the loop is not idle."""
         # The thread holds the turn for a step, or for a few microseconds when idle: wait for
         # it then, so that a request sent right after another's answer is stepped here too.
         if self._active or self._waiting or not self._turn.acquire(timeout=TURN_WAIT_S):
             return False
         try:
-            if self.is_stopped:  # meanwhile, and its inbox drained: it would never see the job
+            if self.is_stopped:  # meanwhile, its inbox emptied: it would never see the job
                 raise ModelStopping()
             if self._active or self._waiting or not self._inbox.empty() or self.stop_requested:
                 return False
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, 1, 1)
             try:
                 self._waiting.append(job)
-                self._start_waiting_jobs()
-                if self._active:
-                    self._step()
-            except Exception as exc:
-                self._inbox.put(_Failure(exc))
+                self._start_waiting_jobs()  # its slot, and the part of its prompt not cached
+                if self._active and self._inline.allows(len(job.to_evaluate)):
+                    self._step(n_threads=1)
+            except BaseException as exc:
+                self._hand_to_thread(_Failure(exc))
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt: the process ends, the thread fails the job
                 return True
+            finally:
+                llama_cpp.llama_set_n_threads(self._ctx.ctx, self._n_threads, self._n_threads_batch)
             items, self._outbox = self._outbox, []
             _deliver(items)
             if self._active or self._waiting:
-                self._inbox.put(_WAKE)
+                self._bell.put(None)  # the thread goes on with it
             return True
         finally:
             self._turn.release()
 
+    def _hand_to_thread(self, item: Job | _Failure | object) -> None:
+        self._inbox.put(item)
+        self._bell.put(None)
+
+    def _refuse_leftovers(self) -> None:
+        """End the jobs left in the inbox of a loop that has stopped (one that stopped as they
+        were put in may have emptied it before)."""
+        if not self.is_stopped:
+            return
+        with self._turn:  # held by the thread only until its last hand-over
+            jobs = self._drain_inbox()
+        _deliver([(job.send, item) for job in jobs for item in (ModelStopping(), None)])
+
     def stop(self) -> None:
         """Ask the thread to end: running and queued jobs end with an error."""
         self.stop_requested = True
-        self._inbox.put(_STOP)
+        self._hand_to_thread(_STOP)
 
     def close(self) -> None:
         self._batch.close()
@@ -235,14 +208,14 @@ class DecodeLoop:
         is_idle = True
         try:
             while True:
-                # Asleep without the turn: ``submit`` may step meanwhile.
-                first = self._inbox.get() if is_idle else None
+                if is_idle:
+                    self._bell.get()  # asleep without the turn: ``submit`` may step meanwhile
                 with self._turn:
-                    if not self._take_inbox(first):
+                    if not self._take_inbox():
                         break
                     self._start_waiting_jobs()
                     if self._active:
-                        self._step()
+                        self._step(n_threads=max(self._n_threads, self._n_threads_batch))
                     self._flush()
                     is_idle = not (self._active or self._waiting)
         except BaseException as exc:  # a bug here must not leave requests hanging
@@ -257,21 +230,25 @@ class DecodeLoop:
                 self._post(job, None)
             self._flush()
 
-    def _take_inbox(self, first: object) -> bool:
-        """Move ``first`` (if not None) and the jobs submitted since to the waiting line;
-        False once asked to stop. Raises the bug of a step run on the Trio side."""
-        item = first
+    def _take_inbox(self) -> bool:
+        """Move the jobs submitted so far to the waiting line; False once asked to stop.
+        Raises the bug of a step run on the Trio side. Called with the turn held."""
+        while True:  # the rings of what is taken now: a later ring means a later put
+            try:
+                self._bell.get_nowait()
+            except queue.Empty:
+                break
         while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
             if item is _STOP:
                 return False
             if isinstance(item, _Failure):
                 raise item.error
             if isinstance(item, Job):
                 self._waiting.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
 
     def _drain_inbox(self) -> list[Job]:
         jobs: list[Job] = []
@@ -394,7 +371,7 @@ class DecodeLoop:
                 return 0
         return reuse
 
-    def _step(self) -> None:
+    def _step(self, *, n_threads: int) -> None:
         """One ``llama_decode``: a token for each generating job, then prompt chunks."""
         outputs: list[tuple[Job, int]] = []  # jobs whose logits come out, and where
         prefill: list[tuple[Job, int]] = []  # jobs with prompt tokens in the batch, and how many
@@ -423,21 +400,18 @@ class DecodeLoop:
             return
         self._batch.batch.n_tokens = n
         started = time.perf_counter()
-        try:
-            self._decode_and_sample(n, outputs, prefill)
-        finally:
-            self._seconds_per_token = (time.perf_counter() - started) / n
+        if self._decode(outputs, prefill):
+            self._inline.record(n, time.perf_counter() - started, n_threads)
 
-    def _decode_and_sample(
-        self, n: int, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]]
-    ) -> None:
+    def _decode(self, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]]) -> bool:
+        """``llama_decode`` the batch, and sample the tokens it made; False if it failed."""
         status = llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch)
         metrics = self.metrics
         metrics.n_decode_total += 1
         metrics.n_busy_slots_total += len({id(job) for job, _ in [*outputs, *prefill]})
         if status != 0:
             self._decode_failed(status, [job for job, _ in outputs] + [job for job, _ in prefill])
-            return
+            return False
         for job, count in prefill:
             assert job.slot is not None
             job.slot.cached.extend(job.to_evaluate[:count])
@@ -455,6 +429,7 @@ class DecodeLoop:
                 self._sample(job, index)
             except Exception as exc:
                 self._fail(job, exc)
+        return True
 
     def _put(self, start: int, tokens: list[int], position: int, seq_id: int) -> None:
         end = start + len(tokens)

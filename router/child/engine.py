@@ -75,6 +75,9 @@ class GenerationRequest:
     # The prompt's images, when it has some (``prompt_tokens`` then holds placeholders in
     # their positions): the engine evaluates them in place, and reuses no cached prefix.
     media: PromptMedia | None = None
+    # How many generations of this prompt one request starts at once (its choices): the
+    # engine evaluates their prompt once, and runs none of them apart from the others.
+    choices: int = 1
 
 
 class PromptMedia(Protocol):

@@ -202,6 +202,7 @@ def generation_requests(
         cache_prompt=settings.cache_prompt,
         incremental=settings.stream,
         media=media,
+        choices=settings.n,
     )
     seed = settings.sampling.seed
     if seed is None or seed < 0:

@@ -25,7 +25,7 @@ import trio
 from llama_cpp import _internals as internals
 
 from router.child.chat_templates import ChatTemplate
-from router.child.decode_loop import DecodeLoop, Item, Job
+from router.child.decode_loop import DecodeLoop
 from router.child.embedding_context import EmbeddingContext, new_context
 from router.child.engine import (
     RERANKER_NEEDED,
@@ -40,6 +40,7 @@ from router.child.engine import (
     TextStream,
 )
 from router.child.gguf_check import capture_llama_log, check_gguf, recent_llama_errors
+from router.child.jobs import Item, Job
 from router.child.multimodal import ImageInput, Projector, no_projector
 from router.child.sampling import ChainPool, Sampler, build_sampler, end_of_generation_tokens
 from router.child.slots import Slot
@@ -136,7 +137,7 @@ class LlamaCppEngine:
         self._context: internals.LlamaContext | None = None
         self._loop: DecodeLoop | None = None
         self._projector: Projector | None = None
-        self._chains = ChainPool()  # the decode thread's, as the samplers it builds
+        self._chains = ChainPool()  # the decode loop's (its turn's holder), as its samplers
         try:
             if options.mmproj is not None:
                 self._projector = Projector(

@@ -123,8 +123,9 @@ class ChainPool:
     millisecond. A chain comes back without its last link, the ``dist`` that holds a seed and
     the random state (each request adds its own); ``llama_sampler_reset`` then makes it as
     good as new (the penalties forget the tokens they saw; the other links keep no state).
-    Used by the decode thread alone. At most ``capacity`` chains are kept, those of the
-    settings least recently given back dropped first.
+    Used by the decode loop alone, by whoever holds its turn (its thread, or ``submit``). At
+    most ``capacity`` chains are kept, those of the settings least recently given back
+    dropped first.
     """
 
     def __init__(self, capacity: int = 16) -> None:
