@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import llama_cpp
 import numpy as np
@@ -48,10 +48,12 @@ from router.child.inline_steps import InlineBound
 from router.child.jobs import Item, Job
 from router.child.sampling import Sampler
 from router.child.slots import Slot, common_prefix_length, pick_slot
+from router.child.thread_calls import ThreadCall
 from router.errors import ModelStopping, RouterError, Unavailable
 
 log = logging.getLogger("router.child")
 
+T = TypeVar("T")
 SamplerFactory = Callable[[GenerationRequest], Sampler]
 TokenPiece = Callable[[int], bytes]
 
@@ -97,7 +99,9 @@ class DecodeLoop:
         self._make_sampler = make_sampler
         self._token_piece = token_piece
         self._similarity = slot_prompt_similarity
-        self._inbox: queue.SimpleQueue[Job | _Failure | object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Job | ThreadCall[Any] | _Failure | object] = (
+            queue.SimpleQueue()
+        )
         self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()  # rung after each put
         # Held by whoever steps, the thread or ``submit``: the jobs, the slots, the batch, the
         # context and the inbox's takings are theirs alone while they hold it.
@@ -179,7 +183,21 @@ class DecodeLoop:
         finally:
             self._turn.release()
 
-    def _hand_to_thread(self, item: Job | _Failure | object) -> None:
+    async def run_between_steps(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the loop's thread before its next step (``thread_calls.py`` says
+        why), and return what it returns. Raises ModelStopping once the loop has stopped.
+
+        Cancellation: as ``ThreadCall.result``: gives the work up if the thread has not begun
+        it, else waits for its end.
+        """
+        if self.is_stopped:
+            raise ModelStopping()
+        call = ThreadCall(work)
+        self._hand_to_thread(call)
+        self._refuse_leftovers()
+        return await call.result()
+
+    def _hand_to_thread(self, item: Job | ThreadCall[Any] | _Failure | object) -> None:
         self._inbox.put(item)
         self._bell.put(None)
 
@@ -189,8 +207,10 @@ class DecodeLoop:
         if not self.is_stopped:
             return
         with self._turn:  # held by the thread only until its last hand-over
-            jobs = self._drain_inbox()
+            jobs, calls = self._drain_inbox()
         _deliver([(job.send, item) for job in jobs for item in (ModelStopping(), None)])
+        for call in calls:
+            call.refuse(ModelStopping())
 
     def stop(self) -> None:
         """Ask the thread to end: running and queued jobs end with an error."""
@@ -225,14 +245,18 @@ class DecodeLoop:
             error = Unavailable("the model was stopped before this request finished; retry it")
         with self._turn:
             self.is_stopped = True
-            for job in [*self._active, *self._waiting, *self._drain_inbox()]:
+            queued, calls = self._drain_inbox()
+            for job in [*self._active, *self._waiting, *queued]:
                 self._post(job, error)
                 self._post(job, None)
             self._flush()
+        for call in calls:
+            call.refuse(error)
 
     def _take_inbox(self) -> bool:
-        """Move the jobs submitted so far to the waiting line; False once asked to stop.
-        Raises the bug of a step run on the Trio side. Called with the turn held."""
+        """Move the jobs submitted so far to the waiting line, and run the calls; False once
+        asked to stop. Raises the bug of a step run on the Trio side. Called with the turn
+        held."""
         while True:  # the rings of what is taken now: a later ring means a later put
             try:
                 self._bell.get_nowait()
@@ -249,16 +273,21 @@ class DecodeLoop:
                 raise item.error
             if isinstance(item, Job):
                 self._waiting.append(item)
+            elif isinstance(item, ThreadCall):
+                item.run()
 
-    def _drain_inbox(self) -> list[Job]:
+    def _drain_inbox(self) -> tuple[list[Job], list[ThreadCall[Any]]]:
         jobs: list[Job] = []
+        calls: list[ThreadCall[Any]] = []
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return jobs
+                return jobs, calls
             if isinstance(item, Job):
                 jobs.append(item)
+            elif isinstance(item, ThreadCall):
+                calls.append(item)
 
     def _start_waiting_jobs(self) -> None:
         """Give waiting jobs free slots, oldest first; drop the cancelled ones."""

@@ -346,8 +346,8 @@ class LlamaCppEngine:
                 "/v1/rerank and makes no embeddings; start it with another --pooling for those"
             )
         async with self._embedding_lock:
-            return await trio.to_thread.run_sync(
-                self._embed_blocking, self._embedding_context, texts
+            return await self._running_loop().run_between_steps(
+                partial(self._embed_blocking, self._embedding_context, texts)
             )
 
     async def rerank(self, prompts: list[list[int]]) -> list[float]:
@@ -356,7 +356,9 @@ class LlamaCppEngine:
         if context is None or not context.is_ranking:
             raise NotSupported(RERANKER_NEEDED)
         async with self._embedding_lock:
-            return await trio.to_thread.run_sync(context.rank, prompts, "documents")
+            return await self._running_loop().run_between_steps(
+                partial(context.rank, prompts, "documents")
+            )
 
     def _embed_blocking(self, context: EmbeddingContext, texts: list[str]) -> Embeddings:
         context.forget_prompt()
