@@ -6,10 +6,12 @@ much of the waiting prompts as ``n_batch`` leaves room for (chunked prefill), ca
 request joins at the next step, a long prompt never stalls the others' generation for more
 than one chunk, and a generation that ends, stops or is cancelled frees its slot at once.
 
-The Trio side and the thread meet in two places only: ``submit`` (a thread-safe queue, and
-a bell the thread sleeps on when idle) and one ``run_sync_soon`` per step that hands the
-loop every piece of text that step produced. A request cancelled on the Trio side sets a
-flag the thread reads before each step, so cancellation takes effect within one token.
+The Trio side and the thread meet in three places only: ``submit`` (a thread-safe queue, and
+a bell the thread sleeps on when idle), one ``run_sync_soon`` per step that hands the loop
+every piece of text that step produced, and ``run_between_steps`` (embeddings and reranking,
+run by the thread before its next step: ``thread_calls.py``). A request cancelled on the
+Trio side sets a flag the thread reads before each step, so cancellation takes effect within
+one token.
 
 One exception, for speed: a lone request that finds the loop idle, and whose first step is
 known to be short, has that step run by ``submit`` itself on the Trio thread, on one core
@@ -45,7 +47,7 @@ from router.child.engine import (
     TokenLogprob,
 )
 from router.child.inline_steps import InlineBound
-from router.child.jobs import Item, Job
+from router.child.jobs import Job, Outbox, deliver
 from router.child.sampling import Sampler
 from router.child.slots import Slot, common_prefix_length, pick_slot
 from router.child.thread_calls import ThreadCall
@@ -62,7 +64,11 @@ TokenPiece = Callable[[int], bytes]
 TURN_WAIT_S = 0.0002
 
 
-_STOP = object()
+class _Stop:
+    """The end of the thread's work: ``stop()`` put it in the inbox."""
+
+
+_STOP = _Stop()
 
 
 class _Failure:
@@ -71,6 +77,9 @@ class _Failure:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+_InboxItem = Job | ThreadCall[Any] | _Failure | _Stop
 
 
 class DecodeLoop:
@@ -99,19 +108,17 @@ class DecodeLoop:
         self._make_sampler = make_sampler
         self._token_piece = token_piece
         self._similarity = slot_prompt_similarity
-        self._inbox: queue.SimpleQueue[Job | ThreadCall[Any] | _Failure | object] = (
-            queue.SimpleQueue()
-        )
+        self._inbox: queue.SimpleQueue[_InboxItem] = queue.SimpleQueue()
         self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()  # rung after each put
-        # Held by whoever steps, the thread or ``submit``: the jobs, the slots, the batch, the
-        # context and the inbox's takings are theirs alone while they hold it.
+        # Held by whoever steps (the thread or ``submit``) or runs a call (the thread): the
+        # jobs, the slots, the batch, the contexts and the inbox's takings are theirs alone.
         self._turn = threading.Lock()
         self._inline = InlineBound()
         self._n_threads = llama_cpp.llama_n_threads(context.ctx)
         self._n_threads_batch = llama_cpp.llama_n_threads_batch(context.ctx)
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []  # in the order they got their slot
-        self._outbox: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
+        self._outbox = Outbox()
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self.is_stopped = False
         self.stop_requested = False
@@ -126,6 +133,7 @@ class DecodeLoop:
 
     # ---- the Trio side -------------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection  # a KeyboardInterrupt midway could lose the turn
     def submit(self, job: Job) -> None:
         """Queue ``job`` for the next step, or run that step now when the loop is idle and the
         step short (see the module docstring). Raises ModelStopping once the loop has stopped.
@@ -147,7 +155,7 @@ class DecodeLoop:
             and request.media is None
             and request.logprobs is None
             and request.sampling.grammar is None
-            and self._inline.allows(1)
+            and self._inline.allows(1, 1)
         )
 
     def _step_here(self, job: Job) -> bool:
@@ -166,8 +174,10 @@ class DecodeLoop:
             try:
                 self._waiting.append(job)
                 self._start_waiting_jobs()  # its slot, and the part of its prompt not cached
-                if self._active and self._inline.allows(len(job.to_evaluate)):
-                    self._step(n_threads=1)
+                if self._active and job.slot is not None:
+                    end = len(job.slot.cached) + len(job.to_evaluate)
+                    if self._inline.allows(len(job.to_evaluate), end):
+                        self._step(n_threads=1)
             except BaseException as exc:
                 self._hand_to_thread(_Failure(exc))
                 if not isinstance(exc, Exception):
@@ -175,14 +185,14 @@ class DecodeLoop:
                 return True
             finally:
                 llama_cpp.llama_set_n_threads(self._ctx.ctx, self._n_threads, self._n_threads_batch)
-            items, self._outbox = self._outbox, []
-            _deliver(items)
+            deliver(self._outbox.take())
             if self._active or self._waiting:
                 self._bell.put(None)  # the thread goes on with it
             return True
         finally:
             self._turn.release()
 
+    @trio.lowlevel.enable_ki_protection  # between the put and the wait: see ThreadCall
     async def run_between_steps(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the loop's thread before its next step (``thread_calls.py`` says
         why), and return what it returns. Raises ModelStopping once the loop has stopped.
@@ -197,7 +207,7 @@ class DecodeLoop:
         self._refuse_leftovers()
         return await call.result()
 
-    def _hand_to_thread(self, item: Job | ThreadCall[Any] | _Failure | object) -> None:
+    def _hand_to_thread(self, item: _InboxItem) -> None:
         self._inbox.put(item)
         self._bell.put(None)
 
@@ -208,7 +218,7 @@ class DecodeLoop:
             return
         with self._turn:  # held by the thread only until its last hand-over
             jobs, calls = self._drain_inbox()
-        _deliver([(job.send, item) for job in jobs for item in (ModelStopping(), None)])
+        deliver([(job.send, item) for job in jobs for item in (ModelStopping(), None)])
         for call in calls:
             call.refuse(ModelStopping())
 
@@ -247,8 +257,8 @@ class DecodeLoop:
             self.is_stopped = True
             queued, calls = self._drain_inbox()
             for job in [*self._active, *self._waiting, *queued]:
-                self._post(job, error)
-                self._post(job, None)
+                self._outbox.post(job, error)
+                self._outbox.post(job, None)
             self._flush()
         for call in calls:
             call.refuse(error)
@@ -297,7 +307,7 @@ class DecodeLoop:
             job = self._waiting[0]
             if job.cancelled:
                 self._waiting.popleft()
-                self._post(job, None)
+                self._outbox.post(job, None)
                 continue
             free = [slot for slot in self.slots if not slot.is_processing]
             if not free:
@@ -404,7 +414,7 @@ class DecodeLoop:
         """One ``llama_decode``: a token for each generating job, then prompt chunks."""
         outputs: list[tuple[Job, int]] = []  # jobs whose logits come out, and where
         prefill: list[tuple[Job, int]] = []  # jobs with prompt tokens in the batch, and how many
-        n = 0
+        n = end = 0  # tokens in the batch, and the furthest position they reach (+1)
         for job in self._active:
             if job.pending_token is not None:
                 assert job.slot is not None
@@ -412,6 +422,7 @@ class DecodeLoop:
                 self._wants_logits[n] = 1
                 outputs.append((job, n))
                 n += 1
+                end = max(end, len(job.slot.cached) + 1)
         for job in self._active:
             if n >= self._n_batch:
                 break
@@ -421,6 +432,7 @@ class DecodeLoop:
             chunk = job.to_evaluate[: self._n_batch - n]
             self._put(n, chunk, len(job.slot.cached), job.slot.id)
             n += len(chunk)
+            end = max(end, len(job.slot.cached) + len(chunk))
             prefill.append((job, len(chunk)))
             if len(chunk) == len(job.to_evaluate):
                 self._wants_logits[n - 1] = 1
@@ -429,8 +441,9 @@ class DecodeLoop:
             return
         self._batch.batch.n_tokens = n
         started = time.perf_counter()
-        if self._decode(outputs, prefill):
-            self._inline.record(n, time.perf_counter() - started, n_threads)
+        is_one_sequence = len({id(job) for job, _ in [*outputs, *prefill]}) == 1
+        if self._decode(outputs, prefill) and is_one_sequence:
+            self._inline.record(n, end, time.perf_counter() - started, n_threads)
 
     def _decode(self, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]]) -> bool:
         """``llama_decode`` the batch, and sample the tokens it made; False if it failed."""
@@ -483,7 +496,7 @@ class DecodeLoop:
             job.logprobs.append(self._logprob(index, token, piece, job.request.logprobs))
         text, hit_stop_string = job.scanner.feed(job.decoder.decode(piece))
         if text:
-            self._post(job, Piece(text, job.release_logprobs(len(text.encode()))))
+            self._outbox.post(job, Piece(text, job.release_logprobs(len(text.encode()))))
         if hit_stop_string:
             self._finish(job, FinishReason.STOP, flush=False)
         elif job.n_generated >= job.budget:
@@ -514,7 +527,7 @@ class DecodeLoop:
         if flush and reason is not FinishReason.CANCELLED:
             tail = job.scanner.flush() + job.decoder.decode(b"", final=True)
             if tail or job.logprobs:
-                self._post(job, Piece(tail, tuple(job.logprobs)))
+                self._outbox.post(job, Piece(tail, tuple(job.logprobs)))
                 job.logprobs.clear()
         now = time.perf_counter()
         first = job.t_first_token or now
@@ -532,8 +545,8 @@ class DecodeLoop:
         metrics.tokens_predicted_total += job.n_generated
         metrics.tokens_predicted_seconds_total += finished.predicted_ms / 1000
         metrics.n_tokens_max = max(metrics.n_tokens_max, len(slot.cached) + 1)
-        self._post(job, finished)
-        self._post(job, None)
+        self._outbox.post(job, finished)
+        self._outbox.post(job, None)
         self._release(job)
 
     def _fail(self, job: Job, error: BaseException) -> None:
@@ -541,8 +554,8 @@ class DecodeLoop:
         if job.slot is not None:
             llama_cpp.llama_memory_seq_rm(self._memory, job.slot.id, -1, -1)
             job.slot.cached.clear()
-        self._post(job, error)
-        self._post(job, None)
+        self._outbox.post(job, error)
+        self._outbox.post(job, None)
         self._release(job)
 
     def _release(self, job: Job) -> None:
@@ -569,37 +582,10 @@ class DecodeLoop:
 
     # ---- to the Trio side ----------------------------------------------------------------
 
-    def _post(self, job: Job, item: Item | None) -> None:
-        """Queue ``item`` (None: the end of the stream) for the next hand-over; the text of a
-        job that is not read incrementally waits for its end, and goes as one piece."""
-        if isinstance(item, Piece) and not job.request.incremental:
-            job.held.append(item)
-            return
-        if job.held:
-            texts: list[str] = []
-            logprobs: list[TokenLogprob] = []
-            for piece in job.held:
-                texts.append(piece.text)
-                logprobs.extend(piece.logprobs)
-            self._outbox.append((job.send, Piece("".join(texts), tuple(logprobs))))
-            job.held.clear()
-        self._outbox.append((job.send, item))
-
     def _flush(self) -> None:
         """Hand the loop everything this step produced, in one call that never waits."""
         if not self._outbox or self._trio_token is None:
             return
-        items, self._outbox = self._outbox, []
+        items = self._outbox.take()
         with contextlib.suppress(trio.RunFinishedError):  # the server, and its readers, are gone
-            self._trio_token.run_sync_soon(_deliver, items)
-
-
-def _deliver(items: list[tuple[trio.MemorySendChannel[Item], Item | None]]) -> None:
-    for send, item in items:
-        try:
-            if item is None:
-                send.close()
-            else:
-                send.send_nowait(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the reader left; its job was (or will be) cancelled
+            self._trio_token.run_sync_soon(deliver, items)

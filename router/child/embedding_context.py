@@ -80,12 +80,18 @@ class EmbeddingContext:
         )
         return int(min(batch, llama_cpp.llama_n_ctx(ctx)))
 
-    def rank(self, prompts: Sequence[Sequence[int]], field: str) -> list[float]:
-        """The score of each prompt (``field[i]`` in errors): the first output of the
-        classifier head, as llama-server's ``send_rerank``. As many prompts a decode as fit
-        one batch and the context's sequences. Blocking.
+    @property
+    def texts_at_once(self) -> int:
+        """The most texts one decode takes: one a sequence."""
+        return int(llama_cpp.llama_n_seq_max(self.context.ctx))
 
-        Raises InvalidField, before any decoding, for a prompt longer than one decode takes.
+    def rank_groups(
+        self, prompts: Sequence[Sequence[int]], field: str
+    ) -> list[list[Sequence[int]]]:
+        """``prompts`` (``field[i]`` in errors) in groups of one decode each (``rank_group``):
+        as many as fit one batch and the context's sequences.
+
+        Raises InvalidField for a prompt longer than one decode takes.
         """
         most = self.most_tokens_at_once
         for index, prompt in enumerate(prompts):
@@ -96,19 +102,21 @@ class EmbeddingContext:
                     f"{most} this reranker scores at once: shorten it, or start the model "
                     "with a larger --ubatch-size (and --batch-size, --ctx-size)",
                 )
-        n_seq_max = llama_cpp.llama_n_seq_max(self.context.ctx)
-        scores: list[float] = []
+        n_seq_max = self.texts_at_once
+        groups: list[list[Sequence[int]]] = []
         group: list[Sequence[int]] = []
         for prompt in prompts:
             if group and (sum(map(len, group)) + len(prompt) > most or len(group) >= n_seq_max):
-                scores += self._rank_together(group)
+                groups.append(group)
                 group = []
             group.append(prompt)
         if group:
-            scores += self._rank_together(group)
-        return scores
+            groups.append(group)
+        return groups
 
-    def _rank_together(self, prompts: Sequence[Sequence[int]]) -> list[float]:
+    def rank_group(self, prompts: Sequence[Sequence[int]]) -> list[float]:
+        """The score of each prompt of a group (``rank_groups``), in one decode: the first
+        output of the classifier head, as llama-server's ``send_rerank``. Blocking."""
         batch = self.llama._batch
         self.context.kv_cache_clear()
         batch.reset()

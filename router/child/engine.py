@@ -297,7 +297,8 @@ class Engine(Protocol):
     async def embed(self, texts: list[str]) -> Embeddings:
         """One normalized vector per text.
 
-        Cancellation: waits for the running batch to finish, then raises.
+        Cancellation: waits for the running batch to finish, then raises (at once if none
+        has begun).
         """
 
     async def rerank(self, prompts: list[list[int]]) -> list[float]:
@@ -305,7 +306,8 @@ class Engine(Protocol):
         them), from a reranker's classifier head; only when ``info.reranking``.
 
         Raises InvalidField when a prompt is longer than the model scores at once.
-        Cancellation: waits for the running batch to finish, then raises.
+        Cancellation: waits for the running batch to finish, then raises (at once if none
+        has begun).
         """
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """One generation as the decode loop runs it (``decode_loop.py``): its slot, its sampler, the
-prompt left to evaluate, and the text and log-probabilities not yet handed to its reader."""
+prompt left to evaluate, and the text and log-probabilities not yet handed to its reader;
+and the outbox that hands what the loop made to the readers, on the Trio thread."""
 
 from __future__ import annotations
 
@@ -62,3 +63,45 @@ class Job:
             missing -= len(entry.piece)
         self.logprob_bytes_ahead = max(0, -missing)
         return tuple(released)
+
+
+class Outbox:
+    """What the loop's turn made for the jobs' readers, until it is handed to Trio."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[trio.MemorySendChannel[Item], Item | None]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def post(self, job: Job, item: Item | None) -> None:
+        """Queue ``item`` (None: the end of the stream) for the next hand-over; the text of a
+        job that is not read incrementally waits for its end, and goes as one piece."""
+        if isinstance(item, Piece) and not job.request.incremental:
+            job.held.append(item)
+            return
+        if job.held:
+            texts: list[str] = []
+            logprobs: list[TokenLogprob] = []
+            for piece in job.held:
+                texts.append(piece.text)
+                logprobs.extend(piece.logprobs)
+            self._items.append((job.send, Piece("".join(texts), tuple(logprobs))))
+            job.held.clear()
+        self._items.append((job.send, item))
+
+    def take(self) -> list[tuple[trio.MemorySendChannel[Item], Item | None]]:
+        items, self._items = self._items, []
+        return items
+
+
+def deliver(items: list[tuple[trio.MemorySendChannel[Item], Item | None]]) -> None:
+    """Hand ``items`` to their readers; on the Trio thread, and it never waits."""
+    for send, item in items:
+        try:
+            if item is None:
+                send.close()
+            else:
+                send.send_nowait(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader left; its job was (or will be) cancelled

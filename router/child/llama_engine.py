@@ -63,6 +63,9 @@ _POOLING_TYPES = {
     Pooling.LAST: llama_cpp.LLAMA_POOLING_TYPE_LAST,
     Pooling.RANK: llama_cpp.LLAMA_POOLING_TYPE_RANK,
 }
+# Texts embedded in one call on the decode thread, between two steps of the generations: a
+# decode or so (a whole request could hold the generations for seconds).
+EMBEDDING_TEXTS_A_CALL = 8
 
 
 # Up to this many tokens, a tokenizer's buffer is a ctypes array (zeroed: cheap when small).
@@ -345,20 +348,34 @@ class LlamaCppEngine:
                 "this model is started as a reranker (pooling rank): it scores documents at "
                 "/v1/rerank and makes no embeddings; start it with another --pooling for those"
             )
+        context = self._embedding_context
+        vectors: list[list[float]] = []
+        n_tokens = 0
         async with self._embedding_lock:
-            return await self._running_loop().run_between_steps(
-                partial(self._embed_blocking, self._embedding_context, texts)
-            )
+            # A few texts at a time, so that generations go on between (and a caller that
+            # leaves stops it after the running group).
+            at_once = min(context.texts_at_once, EMBEDDING_TEXTS_A_CALL)
+            for start in range(0, len(texts), at_once):
+                group = texts[start : start + at_once]
+                embedded = await self._running_loop().run_between_steps(
+                    partial(self._embed_blocking, context, group)
+                )
+                vectors += embedded.vectors
+                n_tokens += embedded.prompt_tokens
+        return Embeddings(vectors=vectors, prompt_tokens=n_tokens)
 
     async def rerank(self, prompts: list[list[int]]) -> list[float]:
         """See ``engine.py``."""
         context = self._embedding_context
         if context is None or not context.is_ranking:
             raise NotSupported(RERANKER_NEEDED)
+        scores: list[float] = []
         async with self._embedding_lock:
-            return await self._running_loop().run_between_steps(
-                partial(context.rank, prompts, "documents")
-            )
+            for group in context.rank_groups(prompts, "documents"):  # one decode each
+                scores += await self._running_loop().run_between_steps(
+                    partial(context.rank_group, group)
+                )
+        return scores
 
     def _embed_blocking(self, context: EmbeddingContext, texts: list[str]) -> Embeddings:
         context.forget_prompt()

@@ -32,7 +32,9 @@ class _State(enum.Enum):
 
 class ThreadCall(Generic[T]):
     """``work``, to be run once by the loop's thread (``run``) and awaited by the Trio task
-    that made this (``result``)."""
+    that made this (``result``), at once: the thread may answer as soon as the call is in its
+    inbox, and the answer goes to that task, which must be waiting for it by then (as in
+    ``DecodeLoop.run_between_steps``: no checkpoint between, and no KeyboardInterrupt)."""
 
     def __init__(self, work: Callable[[], T]) -> None:
         self._work = work
@@ -48,6 +50,9 @@ class ThreadCall(Generic[T]):
         end (llama.cpp cannot stop midway) and returns, as ``trio.to_thread.run_sync`` does;
         the cancellation comes at the caller's next checkpoint.
         """
+
+        if trio.lowlevel.current_task() is not self._task:
+            raise RuntimeError("a ThreadCall is awaited by the task that made it")
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             with self._lock:
@@ -70,8 +75,9 @@ class ThreadCall(Generic[T]):
             self._answer(outcome.Error(error))
 
     def _begin(self) -> bool:
+        """Whether the work is to be answered now: once, and not once its caller gave it up."""
         with self._lock:
-            if self._state is _State.DROPPED:
+            if self._state is not _State.WAITING:
                 return False
             self._state = _State.STARTED
             return True

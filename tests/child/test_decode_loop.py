@@ -8,13 +8,17 @@ bound on a step's time is set out of reach of a slow machine)."""
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import llama_cpp
 import pytest
 import trio
+import trio.testing
 
 from router.child.decode_loop import DecodeLoop
 from router.child.engine import GenerationRequest, SamplingParams
@@ -39,19 +43,25 @@ class Steps:
 
     def __init__(self, loop: DecodeLoop, monkeypatch: pytest.MonkeyPatch) -> None:
         self.where: list[str] = []
+        self.n_threads: list[int] = []  # the context's, as each step ran
         step = loop._step
         trio_thread = threading.current_thread()
 
         def recorded(*, n_threads: int) -> None:
             self.where.append("here" if threading.current_thread() is trio_thread else "thread")
+            self.n_threads.append(llama_cpp.llama_n_threads(loop._ctx.ctx))
             step(n_threads=n_threads)
 
         monkeypatch.setattr(loop, "_step", recorded)
 
 
 @asynccontextmanager
-async def decoding(tiny_model: Path, *, parallel: int = 1) -> AsyncIterator[LlamaCppEngine]:
-    options = EngineOptions(tiny_model, ctx_size=2048 * parallel, threads=1, parallel=parallel)
+async def decoding(
+    tiny_model: Path, *, parallel: int = 1, threads: int = 1
+) -> AsyncIterator[LlamaCppEngine]:
+    options = EngineOptions(
+        tiny_model, ctx_size=2048 * parallel, threads=threads, parallel=parallel
+    )
     engine = await LlamaCppEngine.load(options)
     # Out of reach of a slow machine: which steps run here then depends on their size alone.
     engine._running_loop()._inline = InlineBound(limit_s=WAIT_S)
@@ -67,19 +77,18 @@ async def generated_text(engine: LlamaCppEngine, request: GenerationRequest) -> 
         return "".join([piece.text async for piece in stream])
 
 
-def test_a_step_is_known_short_only_up_to_the_longest_measured_to_fit() -> None:
+def test_a_step_is_known_short_only_within_one_measured_to_fit() -> None:
     bound = InlineBound(limit_s=0.002)
-    assert not bound.allows(1)  # nothing measured yet
-    bound.record(64, 0.0006, n_threads=1)
-    assert bound.allows(64) and not bound.allows(65)
-    bound.record(200, 0.0015, n_threads=2)  # 3 ms on one thread: not known to fit
-    assert bound.allows(64) and not bound.allows(65)
-    bound.record(500, 0.1, n_threads=1)  # a longer step that overran tells nothing new
-    assert bound.allows(64)
-    bound.record(10, 0.003, n_threads=1)  # a shorter one that overran: the machine is slower
-    assert bound.allows(9) and not bound.allows(10)
-    bound.record(30, 0.001, n_threads=1)
-    assert bound.allows(30) and not bound.allows(31)
+    assert not bound.allows(1, 1)  # nothing measured yet
+    bound.record(64, 64, 0.0006, n_threads=1)  # 64 new tokens, from position 0
+    assert bound.allows(64, 64) and bound.allows(8, 8) and not bound.allows(65, 65)
+    assert not bound.allows(21, 1921)  # after a long cached prefix: not known
+    bound.record(1, 1900, 0.0008, n_threads=1)  # one token generated at position 1,899
+    assert bound.allows(1, 1900) and bound.allows(64, 64) and not bound.allows(21, 1921)
+    bound.record(200, 200, 0.0015, n_threads=2)  # 3 ms on one core: not known to fit
+    assert not bound.allows(65, 65)
+    bound.record(10, 10, 0.003, n_threads=1)  # a smaller one overran: the machine is slower
+    assert not bound.allows(64, 64) and not bound.allows(9, 9) and bound.allows(1, 1900)
 
 
 async def test_a_short_first_step_is_run_without_the_decode_thread(
@@ -148,29 +157,55 @@ async def test_a_requests_choices_wait_for_the_thread_and_share_their_prompt(
     assert loop.metrics.prompt_tokens_total - evaluated == len(SHORT_PROMPT)  # once for all
 
 
-async def test_a_job_is_never_stepped_ahead_of_one_submitted_before_it(
-    tiny_model: Path,
+async def test_a_job_is_never_stepped_ahead_of_one_waiting_in_the_inbox(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    long_prompt = [1] + [5 + position % 50 for position in range(1500)]
     ends: list[str] = []
 
-    async def second(engine: LlamaCppEngine) -> None:
-        await generated_text(engine, one_token())
-        ends.append("second")
+    async def generate(engine: LlamaCppEngine, name: str, request: GenerationRequest) -> None:
+        await generated_text(engine, request)
+        ends.append(name)
 
     with trio.fail_after(WAIT_S):
         async with decoding(tiny_model) as engine:  # one slot: one generation at a time
             await generated_text(engine, one_token())
-            # The first goes to the thread (too long to step here); the second, submitted
-            # in the same round of the loop, finds it in the inbox, or running.
-            async with (
-                engine.generate(one_token(long_prompt)) as first,
-                trio.open_nursery() as nursery,
-            ):
-                nursery.start_soon(second, engine)
-                [piece async for piece in first]
-                ends.append("first")
+            loop = engine._running_loop()
+            await trio.sleep(0.05)  # the thread sleeps on its bell
+            bell, loop._bell = loop._bell, queue.SimpleQueue()  # rung now: it sleeps on
+            steps = Steps(loop, monkeypatch)
+            try:
+                async with trio.open_nursery() as nursery:
+                    # Log-probabilities: never stepped here, it waits in the inbox.
+                    nursery.start_soon(generate, engine, "first", one_token(logprobs=0))
+                    await trio.testing.wait_all_tasks_blocked()
+                    nursery.start_soon(generate, engine, "second", one_token())
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert steps.where == []  # the second found the first waiting
+                    bell.put(None)
+            finally:
+                bell.put(None)  # whatever happened: the thread must hear its stop
     assert ends == ["first", "second"]
+    assert steps.where == ["thread", "thread"]
+
+
+async def test_a_first_step_here_runs_on_one_core_and_starts_no_thread(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(WAIT_S):
+        async with decoding(tiny_model, threads=2) as engine:
+            await generated_text(engine, one_token())  # the decode thread's OpenMP team
+            loop = engine._running_loop()
+            context = loop._ctx.ctx
+            steps = Steps(loop, monkeypatch)
+            threads = len(os.listdir("/proc/self/task"))
+            await generated_text(engine, one_token())
+            assert len(os.listdir("/proc/self/task")) == threads
+            assert (
+                llama_cpp.llama_n_threads(context),
+                llama_cpp.llama_n_threads_batch(context),
+            ) == (2, 2)
+    assert steps.where == ["here"]
+    assert steps.n_threads == [1]
 
 
 async def test_a_job_that_reaches_a_stopped_loop_is_refused(tiny_model: Path) -> None:
