@@ -272,19 +272,24 @@ class DecodeLoop:
                 self._bell.get_nowait()
             except queue.Empty:
                 break
-        while True:
+        calls: list[ThreadCall[Any]] = []
+        end: _Stop | _Failure | None = None
+        while end is None:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return True
-            if item is _STOP:
-                return False
-            if isinstance(item, _Failure):
-                raise item.error
-            if isinstance(item, Job):
+                break
+            if isinstance(item, _Stop | _Failure):
+                end = item
+            elif isinstance(item, Job):
                 self._waiting.append(item)
-            elif isinstance(item, ThreadCall):
-                item.run()
+            else:
+                calls.append(item)
+        for call in calls:  # those put while they run wait for the next step: it goes first
+            call.run()
+        if isinstance(end, _Failure):
+            raise end.error
+        return end is None
 
     def _drain_inbox(self) -> tuple[list[Job], list[ThreadCall[Any]]]:
         jobs: list[Job] = []

@@ -7,6 +7,7 @@ on a real tiny model."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -142,3 +143,36 @@ async def test_a_stopped_loop_refuses_calls(
         monkeypatch.setattr(loop, "_hand_to_thread", put_as_the_thread_stops)
         with pytest.raises(ModelStopping):
             await loop.run_between_steps(lambda: None)
+
+
+async def test_generations_go_on_between_the_groups_of_an_embedding_request(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    with trio.fail_after(WAIT_S):
+        async with decoding(tiny_model, threads=1, embeddings=True) as engine:
+            loop = engine._running_loop()
+            step, embed = loop._step, engine._embed_blocking
+
+            def recorded_step(*, n_threads: int) -> None:
+                order.append("step")
+                step(n_threads=n_threads)
+
+            def recorded_embed(*args: object) -> object:
+                order.append("embed")
+                return embed(*args)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(loop, "_step", recorded_step)
+            monkeypatch.setattr(engine, "_embed_blocking", recorded_embed)
+            longer = GenerationRequest(
+                [1, 5, 6], max_tokens=200, sampling=SamplingParams(0.0), ignore_eos=True
+            )
+            async with engine.generate(longer) as stream:
+                pieces = stream.__aiter__()
+                await pieces.__anext__()  # it generates
+                embeddings = await engine.embed([f"text {index}" for index in range(40)])
+                [piece async for piece in pieces]
+    assert len(embeddings.vectors) == 40
+    calls = [index for index, what in enumerate(order) if what == "embed"]
+    assert len(calls) == 5  # 8 texts a call
+    assert all("step" in order[start:end] for start, end in itertools.pairwise(calls))
