@@ -50,7 +50,6 @@ class ThreadCall(Generic[T]):
         end (llama.cpp cannot stop midway) and returns, as ``trio.to_thread.run_sync`` does;
         the cancellation comes at the caller's next checkpoint.
         """
-
         if trio.lowlevel.current_task() is not self._task:
             raise RuntimeError("a ThreadCall is awaited by the task that made it")
 
