@@ -57,7 +57,13 @@ def test_post_models_downloads_tells_its_progress_then_serves_it_and_delete_remo
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"success": True, "model": model}
         wait_until(lambda: model in listed(router.base_url), "the download is listed")
-        mine = [e["event"] for e in sse.events if e["model"] == model]
+
+        def told() -> list[str]:
+            return [e["event"] for e in sse.events if e["model"] == model]
+
+        # The listing may answer before the events stream's reader has read them all.
+        wait_until(lambda: "model_add" in told(), "the new model is told")
+        mine = told()
         assert mine[0] == "download_progress" and set(mine[:-2]) == {"download_progress"}
         assert mine[-2:] == ["download_finished", "model_add"]
         url = f"{hub.endpoint}/{REPO}/resolve/main/tiny-Q8_0.gguf"
