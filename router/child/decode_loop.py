@@ -446,16 +446,18 @@ class DecodeLoop:
             return
         self._batch.batch.n_tokens = n
         started = time.perf_counter()
-        is_one_sequence = len({id(job) for job, _ in [*outputs, *prefill]}) == 1
-        if self._decode(outputs, prefill) and is_one_sequence:
+        n_sequences = len({id(job) for job, _ in [*outputs, *prefill]})
+        if self._decode(outputs, prefill, n_sequences) and n_sequences == 1:
             self._inline.record(n, end, time.perf_counter() - started, n_threads)
 
-    def _decode(self, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]]) -> bool:
+    def _decode(
+        self, outputs: list[tuple[Job, int]], prefill: list[tuple[Job, int]], n_sequences: int
+    ) -> bool:
         """``llama_decode`` the batch, and sample the tokens it made; False if it failed."""
         status = llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch)
         metrics = self.metrics
         metrics.n_decode_total += 1
-        metrics.n_busy_slots_total += len({id(job) for job, _ in [*outputs, *prefill]})
+        metrics.n_busy_slots_total += n_sequences
         if status != 0:
             self._decode_failed(status, [job for job, _ in outputs] + [job for job, _ in prefill])
             return False
