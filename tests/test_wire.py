@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from router.errors import ChildTimeout, WireError
+from router.processes import wire
 from router.processes.wire import ChildConnections
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -338,3 +339,40 @@ async def test_requests_beyond_the_in_use_cap_wait_for_a_connection(
     assert await body_of(pool) == (200, b"ok")
     assert len(connections) == 2
     await pool.aclose()
+
+
+async def test_reading_bytes_already_there_lets_other_tasks_run(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A child that sends faster than the router forwards leaves bytes waiting at every read;
+    # each such read still yields to trio's loop, so the router's other tasks are not starved.
+    monkeypatch.setattr(wire, "RECEIVE_BYTES", 1000)  # 40 reads of an answer the buffer holds
+    chunk, chunks = b"x" * 990, 40
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await read_request(stream)
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(b"3de\r\n" + chunk + b"\r\n" for _ in range(chunks)) + b"0\r\n\r\n"
+        await stream.send_all(head + body)
+        await trio.sleep_forever()
+
+    address, _ = await serve(nursery, handler)
+    client = ChildConnections(address)
+    response = await client.request("GET", "/", [], b"")
+    await trio.sleep(0.3)  # the whole answer waits in the socket's buffer
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as counting:
+        counting.start_soon(count_turns)
+        body = b"".join([piece async for piece in response.aiter_raw()])
+        counting.cancel_scope.cancel()
+    assert body == chunk * chunks
+    assert turns >= chunks // 2  # about one a read; one or two if reads never yielded
+    await response.aclose()
+    await client.aclose()

@@ -26,7 +26,7 @@ import math
 import os
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import trio
 
@@ -265,6 +265,38 @@ async def _send_all(stream: trio.abc.Stream, data: bytes) -> None:
     await stream.send_all(data)
 
 
+async def _receive_some(stream: trio.abc.Stream, timeout_s: float = math.inf) -> bytes | None:
+    """The next bytes ``stream`` receives (b"" at its end), or None when ``timeout_s`` passes
+    without any.
+
+    From a socket without trio's stream layers, as ``_send_all`` writes: trio's socket read
+    yields to its loop after every read that did not wait, a round that costs a streamed event
+    (a wait for it, then its read) about as much as the rest of its forwarding. Here a read
+    after a wait takes no second round, and a deadline (a cancel scope) is set only for a wait.
+    A read that found bytes already there yields as trio's does: a child that sends faster than
+    the router forwards cannot keep the router's other tasks waiting.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        with trio.move_on_after(timeout_s):
+            return bytes(await stream.receive_some(RECEIVE_BYTES))
+        return None
+    fd = stream.socket.fileno()
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = os.read(fd, RECEIVE_BYTES)  # the socket is non-blocking
+    except BlockingIOError:
+        pass
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    with trio.CancelScope(deadline=trio.current_time() + timeout_s):
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            with contextlib.suppress(BlockingIOError):
+                return os.read(fd, RECEIVE_BYTES)
+    return None
+
+
 async def _send_progressively(
     stream: trio.abc.Stream, head: bytes, body: RequestBody, progress: Callable[[], None]
 ) -> None:
@@ -323,7 +355,8 @@ class WireResponse:
         buffer = b""
         while True:
             while b"\r\n\r\n" not in buffer:
-                data = bytes(await stream.receive_some(RECEIVE_BYTES))
+                data = await _receive_some(stream)
+                assert data is not None  # no deadline of its own: the caller's watchdog's
                 if not data and not buffer:
                     raise ClosedBeforeAnswer(
                         f"{owner.address} closed the connection before answering"
@@ -346,49 +379,67 @@ class WireResponse:
         """The body's length, when the answer says it (``Content-Length``, not chunked)."""
         return self._length
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
+    def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive (chunked framing removed).
 
-        Raises ChildTimeout when the child sends nothing for the request's ``timeout_s``.
+        Raises WireError when the connection breaks, and ChildTimeout when the child sends
+        nothing for the request's ``timeout_s``. One generator a framing, not one inside
+        another: a streamed event passes through one.
         """
-        try:
-            if self._chunked:
-                async for piece in self._chunks():
-                    yield piece
-            elif self._length is not None:
-                remaining = self._length
-                while remaining > 0:
-                    if not self._buffer:
-                        self._buffer = await self._receive()
-                    data, self._buffer = self._buffer[:remaining], self._buffer[remaining:]
-                    remaining -= len(data)
-                    yield data
-            else:
-                self.is_reusable = False  # delimited by the connection's end
-                if self._buffer:
-                    yield self._buffer
-                    self._buffer = b""
-                while data := await self._receive(allow_eof=True):
-                    yield data
-            self._is_done = True
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise WireError(f"the connection broke in the middle of the answer: {exc}") from exc
+        if self._chunked:
+            return self._chunks()
+        if self._length is not None:
+            return self._counted(self._length)
+        return self._to_the_end()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            size = self._chunk_size(await self._line())
-            if size == 0:  # the last chunk: then optional trailers, then an empty line
-                while await self._line():
-                    pass
-                return
-            while size > 0:  # a chunk is passed on as it arrives, however large it is
+        with _broken_as_wire_error():
+            while True:
+                line = self._buffered_line()
+                size = self._chunk_size(await self._line() if line is None else line)
+                if size == 0:  # the last chunk: then optional trailers, then an empty line
+                    while await self._line():
+                        pass
+                    self._is_done = True
+                    return
+                while size > 0:  # a chunk is passed on as it arrives, however large it is
+                    if not self._buffer:
+                        self._buffer = await self._receive()
+                    data, self._buffer = self._buffer[:size], self._buffer[size:]
+                    size -= len(data)
+                    yield data
+                line = self._buffered_line()
+                if await self._line() if line is None else line:
+                    raise WireError("a chunk is longer than its size line says")
+
+    async def _counted(self, remaining: int) -> AsyncIterator[bytes]:
+        with _broken_as_wire_error():
+            while remaining > 0:
                 if not self._buffer:
                     self._buffer = await self._receive()
-                data, self._buffer = self._buffer[:size], self._buffer[size:]
-                size -= len(data)
+                data, self._buffer = self._buffer[:remaining], self._buffer[remaining:]
+                remaining -= len(data)
                 yield data
-            if await self._line():
-                raise WireError("a chunk is longer than its size line says")
+            self._is_done = True
+
+    async def _to_the_end(self) -> AsyncIterator[bytes]:
+        self.is_reusable = False  # delimited by the connection's end
+        with _broken_as_wire_error():
+            if self._buffer:
+                yield self._buffer
+                self._buffer = b""
+            while data := await self._receive(allow_eof=True):
+                yield data
+            self._is_done = True
+
+    def _buffered_line(self) -> bytes | None:
+        """The next line when the buffer holds all of it (a streamed chunk's bytes arrive
+        together): no coroutine a line on the stream's hot path."""
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            return None
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        return line
 
     async def _line(self) -> bytes:
         while (end := self._buffer.find(b"\r\n")) < 0:
@@ -407,13 +458,9 @@ class WireResponse:
 
     async def _receive(self, *, allow_eof: bool = False) -> bytes:
         assert self._stream is not None
-        try:
-            with trio.fail_after(self._timeout_s):
-                data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
-        except trio.TooSlowError:
-            raise ChildTimeout(
-                f"{self._owner.address} sent nothing for {self._timeout_s:g} s"
-            ) from None
+        data = await _receive_some(self._stream, self._timeout_s)
+        if data is None:
+            raise ChildTimeout(f"{self._owner.address} sent nothing for {self._timeout_s:g} s")
         if not data and not allow_eof:
             raise WireError("the child closed the connection in the middle of the answer")
         return data
@@ -432,6 +479,14 @@ class WireResponse:
             on_close, self.on_close = self.on_close, None
             if on_close is not None:
                 on_close()
+
+
+@contextlib.contextmanager
+def _broken_as_wire_error() -> Iterator[None]:
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise WireError(f"the connection broke in the middle of the answer: {exc}") from exc
 
 
 def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
