@@ -52,3 +52,26 @@ def test_a_huge_event_is_dropped_and_the_next_one_kept() -> None:
     assert kept == [b"still here"]
     events.feed(b"data: " + b"y" * (EVENT_BYTES // 2) + b"\n")
     assert events.feed(b"data: " + b"z" * (EVENT_BYTES // 2) + b"\n\ndata: next\n\n") == [b"next"]
+
+
+def test_whole_events_a_chunk_are_read_as_the_line_parser_reads_them() -> None:
+    # A child streams one whole event a chunk, which the parser takes without splitting lines;
+    # those chunks, and the same bytes in pieces, give the same events, whatever came before.
+    chunks = [
+        b'data: {"a": 1}\n\n',
+        b"data: \n\n",  # no data: no event
+        b"data: x\ndata: y\n\n",  # two lines: not the one-line case
+        b'data: {"b": 2}\r\n\r\n',
+        b"data: [DONE]\n\n",
+        b"data: " + b"z" * EVENT_BYTES + b"\n\n",  # too long: dropped either way
+        b"data: after\n\n",
+    ]
+    for pending in (b"", b"data: unfin", b": comment\n", b"data: open\n"):
+        whole, pieces = EventStream(), EventStream()
+        taken_whole = whole.feed(pending) + [e for chunk in chunks for e in whole.feed(chunk)]
+        wire = pending + b"".join(chunks)
+        taken_pieces = [
+            e for start in range(0, len(wire), 3) for e in pieces.feed(wire[start : start + 3])
+        ]
+        assert taken_whole == taken_pieces
+        assert whole.end() == pieces.end()

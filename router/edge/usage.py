@@ -119,12 +119,14 @@ class _EventStream:
                 self._take_event(payload)
 
     def _take_event(self, payload: dict[str, Any]) -> None:
-        usage = _usage_object(payload.get("usage"))
-        if usage is not None:
-            self._usage = usage
-        timings = _timings(payload)
-        if timings is not None:
-            self._timings = timings
+        if "usage" in payload:  # one event in a stream, at its end
+            usage = _usage_object(payload["usage"])
+            if usage is not None:
+                self._usage = usage
+        if "timings" in payload:
+            timings = _timings(payload)
+            if timings is not None:
+                self._timings = timings
         choices = payload.get("choices")
         if isinstance(choices, list):
             self._saw_choices = True
