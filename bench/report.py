@@ -42,6 +42,7 @@ METRICS = {
     "seconds_per_swap_spaced": "per swap, 1 s apart",
     "requests_per_s": "requests/s",
     "router_cpu_s": "router CPU",
+    "router_cpu_us_per_event": "router process CPU a streamed event",
     "client_cpu_s": "bench client CPU",
     "cpu_busy_pct": "both CPUs busy",
     "wall_s": "wall time",
@@ -207,6 +208,20 @@ def router_table(results: Results) -> list[str]:
                 _verdict(item.value, 0.99, True, "x"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+            ours_cpu = measured.get((item.name, "llama-router", "router_cpu_us_per_event"))
+            theirs_cpu = measured.get((item.name, "llama.cpp-router", "router_cpu_us_per_event"))
+            if ours_cpu is not None:
+                cells = [
+                    f"{label(item.name)}: the router process's CPU an event (taken from the "
+                    "decode threads on 2 cores)",
+                    f"{ours_cpu.value:.0f} µs",
+                    f"{theirs_cpu.value:.0f} µs" if theirs_cpu else "—",
+                    f"{ours_cpu.value / theirs_cpu.value:.2f}x"
+                    if theirs_cpu and theirs_cpu.value
+                    else "",
+                    "",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
     drops = {s: measured.get(("keepalive_drops", s, "dropped")) for s in SYSTEMS}
     sent = measured.get(("keepalive_drops", "llama-router", "requests"))
     if drops["llama-router"] is not None and sent is not None:

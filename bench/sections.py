@@ -118,7 +118,7 @@ def added_latency(setup: Setup, results: Results) -> None:
     a block, so that a change in the machine's load over the run weighs on both routers."""
     n = 60 if setup.quick else 1000
     args = ["-t", "1", "-c", "512"]
-    with _side_by_side(setup, setup.tiny_dir / "a.gguf", args) as (systems, pairs):
+    with _side_by_side(setup, setup.tiny_dir / "a.gguf", args) as (systems, pairs, _):
         samples, drops = _interleaved_latencies(
             systems, pairs, "a", n, setup.progress, settle_s=setup.settle_s
         )
@@ -140,10 +140,10 @@ def added_latency(setup: Setup, results: Results) -> None:
 @contextlib.contextmanager
 def _side_by_side(
     setup: Setup, model: Path, args: list[str]
-) -> Iterator[tuple[dict[str, str], list[tuple[str, str]]]]:
+) -> Iterator[tuple[dict[str, str], list[tuple[str, str]], dict[str, int]]]:
     """Our child and our router over ``model`` (its folder, for the router), and with
     ``--llama-server`` llama-server and llama.cpp's router, all up for the block: their base
-    URLs by system, and the pairs (child, its router)."""
+    URLs by system, the pairs (child, its router), and their process ids by system."""
     commands = {
         "direct": (harness.our_child, model),
         "llama-router": (harness.our_router, model.parent),
@@ -155,12 +155,12 @@ def _side_by_side(
         commands["llama.cpp-router"] = (partial(harness.llama_cpp_router, binary), model.parent)
         pairs.append(("llama-server", "llama.cpp-router"))
     with contextlib.ExitStack() as stack:
-        systems = {}
+        systems, pids = {}, {}
         for system, (command, path) in commands.items():
             port = harness.free_port()
             server = stack.enter_context(harness.serve(command(path, port, *args), port))
-            systems[system] = server.base_url
-        yield systems, pairs
+            systems[system], pids[system] = server.base_url, server.pid
+        yield systems, pairs, pids
 
 
 WARM_UP = 20
@@ -228,7 +228,9 @@ def streaming(setup: Setup, results: Results) -> None:
     args = ["-t", str(setup.threads), "-c", "2048"]
     name = f"stream_{model.stem}"
     runs: dict[str, list[tuple[float, float, int]]] = {}
-    with _side_by_side(setup, model, args) as (systems, pairs):
+    router_cpu_s: dict[str, float] = {}  # a router process's own CPU over its streams
+    with _side_by_side(setup, model, args) as (systems, pairs, pids):
+        routers = {router for _, router in pairs}
         for base in systems.values():
             _ensure_loaded(base, model.stem)
             _stream(base, model.stem, "Once upon a time", 4)
@@ -238,13 +240,21 @@ def streaming(setup: Setup, results: Results) -> None:
             # both alike; a ratio is the median of its pairs'.
             for pair in pairs:
                 for system in reversed(pair) if round_index % 2 == 0 else pair:
-                    runs.setdefault(system, []).append(
-                        _stream(systems[system], model.stem, "Once upon a time", tokens)
-                    )
+                    used_s = harness.process_cpu_seconds(pids[system])
+                    run = _stream(systems[system], model.stem, "Once upon a time", tokens)
+                    runs.setdefault(system, []).append(run)
+                    if system in routers:
+                        used_s = harness.process_cpu_seconds(pids[system]) - used_s
+                        router_cpu_s[system] = router_cpu_s.get(system, 0.0) + used_s
             setup.progress(f"streaming round {round_index + 1}/{rounds}")
     for system, values in runs.items():
         results.add(name, system, "ttft_ms", median([v[0] for v in values]) * 1000, "ms")
         results.add(name, system, "tokens_per_s", median([v[1] for v in values]), "tok/s")
+    for system, cpu_s in router_cpu_s.items():
+        # On two cores the router's CPU an event is taken from the decode threads. Over all
+        # its streams: the kernel counts CPU time in ticks of 10 ms.
+        events = sum(run[2] for run in runs[system])
+        results.add(name, system, "router_cpu_us_per_event", cpu_s / events * 1e6, "µs")
     for child, router in pairs:
         ratio = median([r[1] / c[1] for r, c in zip(runs[router], runs[child], strict=True)])
         results.add(name, router, "tokens_per_s_ratio", ratio, "x")
