@@ -27,6 +27,7 @@ from werkzeug.exceptions import NotFound, RequestTimeout
 from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.client_watch import ClientWatch
 from router.edge.gate import Gate, is_autoload
+from router.edge.lean_http import THREAD_WRITER
 from router.edge.proxy import ForwardRequest, relay
 from router.edge.raw_asgi import Receive, Send, content_length, read_body
 from router.edge.web import BODY_TIMEOUT_S, http_error_body, internal_error
@@ -175,7 +176,10 @@ async def _forward(
         load_progress=load_progress,
     )
     async with watch.cancelled_when_the_client_leaves(receive, owner):
-        await relay(gate.pool, gate.plugins, request, send)
+        await relay(
+            gate.pool, gate.plugins, request, send,
+            thread_writer=scope.get("extensions", {}).get(THREAD_WRITER),
+        )  # fmt: skip
 
 
 def _forwarded_paths(app: QuartTrio) -> frozenset[str]:

@@ -56,7 +56,7 @@ from hypercorn.config import Config
 from router.edge.asgi_lifespan import ASGI_VERSION, ASGIApp, Lifespan, LifespanFailed, Message
 from router.errors import CutConnection
 
-__all__ = ["ClientDisconnected", "LifespanFailed", "serve"]
+__all__ = ["THREAD_WRITER", "ClientDisconnected", "LifespanFailed", "ThreadWriter", "serve"]
 
 log = logging.getLogger("router.edge.lean_http")
 
@@ -67,6 +67,8 @@ READ_SIZE: Final = 64 * 1024
 # later, its model's slot held meanwhile; this is room for a few writes of any answer.
 SEND_BUFFER_BYTES: Final = 256 * 1024
 ACCEPT_RETRY_S: Final = 0.1  # out of file descriptors: wait for some to close
+# The ASGI scope's extension that gives a ThreadWriter for the answer under way (or None).
+THREAD_WRITER: Final = "llama_router.thread_writer"
 
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -367,7 +369,7 @@ class _Connection:
             "client": self._client,
             "server": self._local,
             "state": server.state.copy(),
-            "extensions": {},
+            "extensions": {THREAD_WRITER: self._thread_writer},
         }
         try:
             await server.app(scope, self._receive, self._send)
@@ -496,6 +498,18 @@ class _Connection:
                 await self._write_or_raise(self._end_head())
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _thread_writer(self) -> ThreadWriter | None:
+        """A writer of this answer's body for a worker thread, or None unless the answer has
+        begun, chunked, and nothing else is writing to the client."""
+        if (
+            self._is_started
+            and self._is_head_sent
+            and self._is_chunked
+            and not (self._is_complete or self._is_disconnected or self._is_writing)
+        ):
+            return ThreadWriter(self)
+        return None
 
     async def _write_or_raise(self, data: bytes) -> None:
         if not await self._write(data):
@@ -698,14 +712,15 @@ class _Connection:
         finally:
             self._is_writing = False
         if waiting.cancelled_caught:
-            log.info(
-                "a client read nothing for %g s: connection closed", self._server.send_timeout_s
-            )
-            self._disconnected()
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            self._stalled()
             return False
         return True
+
+    def _stalled(self) -> None:
+        log.info("a client read nothing for %g s: connection closed", self._server.send_timeout_s)
+        self._disconnected()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def _disconnected(self) -> None:
         self._is_disconnected = True
@@ -716,6 +731,49 @@ class _Connection:
     def _close(self) -> None:
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
+
+
+class ThreadWriter:
+    """Writes the body of a chunked answer that has begun, from a worker thread, while the
+    connection's task waits for that thread (``edge/stream_pump.py``: the router copies a
+    child's stream to its client without a round of trio's loop an event).
+
+    ``write`` is called from the thread alone, and ``settle`` after it, on the connection's
+    task. The bounds are the connection's own: a client that takes nothing for
+    ``send_timeout_s`` loses its connection.
+    """
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._sock = connection._sock
+        self._send_timeout_s = connection._server.send_timeout_s
+        self._failure: Callable[[], None] | None = None
+
+    def write(self, pieces: list[bytes], wait_writable: Callable[[int, float], bool]) -> bool:
+        """Send ``pieces`` of the body, a chunk each, in one write if the client takes it;
+        whether they were sent (False: the client has gone, or took nothing for
+        ``send_timeout_s``; write nothing more). ``wait_writable(fd, timeout_s)`` blocks until
+        ``fd`` takes bytes (False: ``timeout_s`` passed); it may raise to stop the write."""
+        data = memoryview(b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces))
+        while data:
+            try:
+                data = data[self._sock.send(data) :]
+            except BlockingIOError:
+                if not wait_writable(self._sock.fileno(), self._send_timeout_s):
+                    self._failure = self._connection._stalled
+                    return False
+            except OSError:
+                self._failure = self._connection._disconnected
+                return False
+        return True
+
+    def settle(self) -> None:
+        """On the connection's task, once the thread is done: a client the thread found gone
+        is gone for the connection too (ClientDisconnected)."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            failure()
+            raise ClientDisconnected("the client has gone")
 
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}

@@ -34,8 +34,9 @@ from typing import Any
 
 import trio
 
-from router.edge import observe
+from router.edge import observe, stream_pump
 from router.edge.asgi_lifespan import ASGIApp, Message
+from router.edge.lean_http import ThreadWriter
 from router.edge.load_progress import LoadProgress, wants_progress
 from router.edge.raw_asgi import Receive, Send
 from router.edge.usage import UsageCounter
@@ -339,13 +340,20 @@ def _broken_off(model: str, exc: WireError) -> str:
 
 
 async def relay(
-    pool: ModelPool, plugins: Plugins, request: ForwardRequest, send: AnswerSend
+    pool: ModelPool,
+    plugins: Plugins,
+    request: ForwardRequest,
+    send: AnswerSend,
+    *,
+    thread_writer: Callable[[], ThreadWriter | None] | None = None,
 ) -> None:
     """Forward ``request`` and write the answer to ASGI ``send``, all in the caller's task.
 
     For a server that runs the app in the connection's own task until the answer is out (the
     router's, ``lean_http``): no task, no channel between the child and the client. The answer
-    keeps the child's ``Content-Length`` when it has one (one write for head and body).
+    keeps the child's ``Content-Length`` when it has one (one write for head and body). With
+    ``thread_writer`` (``lean_http``'s scope extension), a streamed answer's body is copied by
+    a worker thread (``stream_pump``) while there is room for one.
     Raises RouterError before the answer's head (nothing was sent: answer it); after, a child
     that breaks off ends an event stream with an error event, and anything else with
     CutConnection, on which the server closes the connection. The usage is reported as
@@ -369,8 +377,9 @@ async def relay(
                 try:
                     outcome.status = response.status_code
                     await _relay_answer(
-                        request.model, response, send, outcome.counter, path=request.path
-                    )
+                        request.model, response, send, outcome.counter, path=request.path,
+                        thread_writer=thread_writer if progress is None else None,
+                    )  # fmt: skip
                 finally:
                     with trio.CancelScope(shield=True):
                         await response.aclose()
@@ -388,6 +397,7 @@ async def _relay_answer(
     counter: UsageCounter | None,
     *,
     path: str = "",
+    thread_writer: Callable[[], ThreadWriter | None] | None = None,
 ) -> None:
     if counter is not None:
         counter.begin(response.content_type)
@@ -400,13 +410,25 @@ async def _relay_answer(
     if length is not None:
         headers.append((b"content-length", b"%d" % length))
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    writer = (
+        thread_writer()
+        if thread_writer is not None
+        and response.can_be_read_from_a_thread
+        and stream_pump.has_room()
+        else None
+    )
     sent = 0
     try:
-        async for chunk in response.aiter_raw():
-            if counter is not None:
-                counter.feed(chunk)
-            sent += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": sent != length})
+        if writer is not None:
+            await stream_pump.pump(response, writer, counter)
+        else:
+            async for chunk in response.aiter_raw():
+                if counter is not None:
+                    counter.feed(chunk)
+                sent += len(chunk)
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": sent != length}
+                )
     except WireError as exc:
         reason = _broken_off(model, exc)
         if length is not None or not response.content_type.startswith("text/event-stream"):

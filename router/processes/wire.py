@@ -328,6 +328,8 @@ class WireResponse:
         self._buffer = rest
         self._timeout_s = timeout_s
         self._is_done = False
+        self._chunk_left: int | None = None  # chunked: data left in this chunk; None: a line next
+        self._is_in_trailers = False  # chunked: the last chunk came; trailer lines, then a blank
         lowered = {name.lower(): value for name, value in headers}
         self.content_type = lowered.get("content-type", "")
         self.is_reusable = "close" not in lowered.get("connection", "").lower()
@@ -395,22 +397,82 @@ class WireResponse:
     async def _chunks(self) -> AsyncIterator[bytes]:
         with _broken_as_wire_error():
             while True:
-                line = self._buffered_line()
-                size = self._chunk_size(await self._line() if line is None else line)
-                if size == 0:  # the last chunk: then optional trailers, then an empty line
-                    while await self._line():
-                        pass
-                    self._is_done = True
+                pieces = self._take_chunked()
+                if pieces:  # what one read brought, in one piece: one write to the client
+                    yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if self._is_done:
                     return
-                while size > 0:  # a chunk is passed on as it arrives, however large it is
-                    if not self._buffer:
-                        self._buffer = await self._receive()
-                    data, self._buffer = self._buffer[:size], self._buffer[size:]
-                    size -= len(data)
-                    yield data
-                line = self._buffered_line()
-                if await self._line() if line is None else line:
-                    raise WireError("a chunk is longer than its size line says")
+                self._buffer += await self._receive()
+
+    def _take_chunked(self) -> list[bytes]:
+        """The body's bytes the buffer holds, its chunked framing undone as far as it goes
+        (a chunk is passed on as it arrives, however large it is); ``_is_done`` once the last
+        chunk and its trailers are in. The one reader of the framing, for trio's reads and a
+        worker thread's (``read_pieces_blocking``) alike."""
+        pieces = []
+        buffer = self._buffer
+        while not self._is_done:
+            left = self._chunk_left
+            if left is None:  # a chunk's size line, or a trailer line after the last chunk
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_HEAD_BYTES:
+                        raise WireError("a chunk size or trailer line is too long")
+                    break
+                line, buffer = buffer[:end], buffer[end + 2 :]
+                if self._is_in_trailers:
+                    self._is_done = not line
+                elif (size := self._chunk_size(line)) == 0:
+                    self._is_in_trailers = True
+                else:
+                    self._chunk_left = size
+            elif left > 0:
+                if not buffer:
+                    break
+                data, buffer = buffer[:left], buffer[left:]
+                pieces.append(data)
+                self._chunk_left = left - len(data)
+            elif buffer.startswith(b"\r\n"):  # the end of a chunk's data
+                buffer = buffer[2:]
+                self._chunk_left = None
+            elif buffer in (b"", b"\r"):
+                break
+            else:
+                raise WireError("a chunk is longer than its size line says")
+        self._buffer = buffer
+        return pieces
+
+    @property
+    def can_be_read_from_a_thread(self) -> bool:
+        """Whether ``read_pieces_blocking`` may read the body: chunked, over a plain socket."""
+        return self._chunked and isinstance(self._stream, trio.SocketStream)
+
+    def read_pieces_blocking(self, wait_readable: Callable[[int, float], bool]) -> list[bytes]:
+        """The body's next bytes, from a worker thread while the task that owns the answer
+        waits for it (``edge/stream_pump.py``); [] once the body has ended.
+
+        ``wait_readable(fd, timeout_s)`` blocks until ``fd`` has bytes (False: ``timeout_s``
+        passed without); it may raise to stop the read. Raises WireError and ChildTimeout as
+        ``aiter_raw`` does.
+        """
+        assert isinstance(self._stream, trio.SocketStream) and self._chunked
+        fd = self._stream.socket.fileno()
+        with _broken_as_wire_error():
+            while True:
+                pieces = self._take_chunked()
+                if pieces or self._is_done:
+                    return pieces
+                try:
+                    data = os.read(fd, RECEIVE_BYTES)  # the socket is non-blocking
+                except BlockingIOError:
+                    if not wait_readable(fd, self._timeout_s):
+                        raise ChildTimeout(
+                            f"{self._owner.address} sent nothing for {self._timeout_s:g} s"
+                        ) from None
+                    continue
+                if not data:
+                    raise WireError("the child closed the connection in the middle of the answer")
+                self._buffer += data
 
     async def _counted(self, remaining: int) -> AsyncIterator[bytes]:
         with _broken_as_wire_error():
@@ -431,23 +493,6 @@ class WireResponse:
             while data := await self._receive(allow_eof=True):
                 yield data
             self._is_done = True
-
-    def _buffered_line(self) -> bytes | None:
-        """The next line when the buffer holds all of it (a streamed chunk's bytes arrive
-        together): no coroutine a line on the stream's hot path."""
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            return None
-        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-        return line
-
-    async def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise WireError("a chunk size or trailer line is too long")
-            self._buffer += await self._receive()
-        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-        return line
 
     @staticmethod
     def _chunk_size(line: bytes) -> int:

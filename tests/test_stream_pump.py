@@ -1,0 +1,290 @@
+"""The stream pump (router/edge/stream_pump.py), in process over real loopback sockets: a
+canned child answers chunked events, lean_http serves an app that hands the answer's body to the
+pump, and a raw client reads what it writes.
+
+The pump's thread waits in ``poll`` with real time, so these tests do too; every wait is bounded
+by ``WAIT_S`` (a hang fails the test, nothing here times how fast anything was).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from router.edge import lean_http, stream_pump
+from router.edge.usage import UsageCounter
+from router.errors import ChildTimeout, WireError
+from router.processes.wire import ChildConnections
+from tests.processes import running_router
+from tests.test_lean_http import serving
+from tests.tiny_models import write_tiny_llama
+
+WAIT_S = 30
+EVENTS = [b'data: {"choices":[{"text":"%d"}]}\n\n' % i for i in range(40)]
+
+Message = dict[str, Any]
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def child(nursery: trio.Nursery, handler: Handler) -> tuple[ChildConnections, list[int]]:
+    """A canned child: ``handler`` answers each connection's requests."""
+    connections: list[int] = []
+
+    async def counted(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        await handler(stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, counted, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return ChildConnections(f"http://127.0.0.1:{port}"), connections
+
+
+async def read_request(stream: trio.SocketStream) -> bool:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return False
+        data += chunk
+    return True
+
+
+def streaming(events: list[bytes], *, then: Callable[[], Awaitable[None]] | None = None) -> Handler:
+    """Answer every request with ``events``, a chunk each sent apart; after them ``then`` (if
+    any) instead of the last chunk."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):  # the router may close it
+            await answer_each(stream)
+
+    async def answer_each(stream: trio.SocketStream) -> None:
+        while await read_request(stream):
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for event in events:
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
+                await trio.sleep(0.001)
+            if then is not None:
+                await then()
+                return
+            await stream.send_all(b"0\r\n\r\n")
+
+    return handler
+
+
+class PumpingApp:
+    """An ASGI app that forwards each request to ``connections`` and hands the answer's body
+    to the pump; what the pump raised, and whether a thread copied it, are kept."""
+
+    def __init__(self, connections: ChildConnections, timeout_s: float = WAIT_S) -> None:
+        self.connections = connections
+        self.timeout_s = timeout_s
+        self.raised: list[BaseException] = []
+        self.counter = UsageCounter()
+        self.pumped_by: list[str] = []
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        response = await self.connections.request(
+            "POST", "/v1/completions", [], b"{}", timeout_s=self.timeout_s
+        )
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            writer = scope["extensions"][lean_http.THREAD_WRITER]()
+            assert writer is not None and response.can_be_read_from_a_thread
+            self.counter.begin(response.content_type)
+            original_write = writer.write
+
+            def noting_write(pieces: list[bytes], wait: Callable[[int, float], bool]) -> bool:
+                self.pumped_by.append(threading.current_thread().name)
+                return original_write(pieces, wait)
+
+            writer.write = noting_write  # type: ignore[method-assign]
+            try:
+                await stream_pump.pump(response, writer, self.counter)
+            except BaseException as exc:
+                self.raised.append(exc)
+                raise
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+
+def request(port: int) -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 0\r\n\r\n" % port
+
+
+async def read_answer(sock: trio.socket.SocketType) -> bytes:
+    """Up to the end of one chunked answer (its last chunk)."""
+    data = b""
+    with trio.fail_after(WAIT_S):
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = await sock.recv(65536)
+            assert chunk, f"the connection closed after {data[-200:]!r}"
+            data += chunk
+    return data
+
+
+def unchunked(answer: bytes) -> bytes:
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    out = b""
+    while True:
+        size_line, body = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, body = out + body[:size], body[size + 2 :]
+
+
+async def connect(port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    return sock
+
+
+async def test_a_pumped_stream_arrives_whole_and_both_connections_are_kept(
+    nursery: trio.Nursery,
+) -> None:
+    connections, opened = await child(nursery, streaming(EVENTS))
+    app = PumpingApp(connections)
+    async with serving(app) as served:
+        sock = await connect(served.port)
+        with sock:
+            for _ in range(2):  # the same client connection, the same child connection
+                await sock.send(request(served.port))
+                answer = await read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert unchunked(answer) == b"".join(EVENTS)
+        served.stop.set()
+    assert app.raised == []
+    assert len(opened) == 1  # the child's connection went back to the pool after each answer
+    assert app.pumped_by and all(name != "MainThread" for name in app.pumped_by)
+    usage = app.counter.usage()
+    assert usage is not None and usage.completion_tokens == len(EVENTS)  # the last answer's
+    assert stream_pump._running == 0
+    await connections.aclose()
+
+
+async def test_a_child_that_dies_mid_stream_is_a_wire_error(nursery: trio.Nursery) -> None:
+    async def die() -> None:
+        pass  # the handler returns: trio closes the connection without the last chunk
+
+    connections, _ = await child(nursery, streaming(EVENTS[:3], then=die))
+    app = PumpingApp(connections)
+    async with serving(app) as served:
+        sock = await connect(served.port)
+        with sock:
+            await sock.send(request(served.port))
+            with trio.fail_after(WAIT_S):
+                while await sock.recv(65536):  # the server closes the cut answer's connection
+                    pass
+        served.stop.set()
+    assert [type(exc) for exc in app.raised] == [WireError]
+    await connections.aclose()
+
+
+async def test_a_child_silent_mid_stream_times_out(nursery: trio.Nursery) -> None:
+    connections, _ = await child(nursery, streaming(EVENTS[:3], then=trio.sleep_forever))
+    app = PumpingApp(connections, timeout_s=0.3)
+    async with serving(app) as served:
+        sock = await connect(served.port)
+        with sock:
+            await sock.send(request(served.port))
+            with trio.fail_after(WAIT_S):
+                while await sock.recv(65536):
+                    pass
+        served.stop.set()
+    assert [type(exc) for exc in app.raised] == [ChildTimeout]
+    await connections.aclose()
+
+
+async def test_cancelling_the_task_wakes_the_thread_at_once(nursery: trio.Nursery) -> None:
+    # The child goes silent after three events (and its timeout is long): only the wake-up pipe
+    # can end the thread's wait, when the request's task is cancelled.
+    connections, _ = await child(nursery, streaming(EVENTS[:3], then=trio.sleep_forever))
+    app = PumpingApp(connections, timeout_s=WAIT_S * 10)
+    async with serving(app) as served:
+        sock = await connect(served.port)
+        with sock:
+            await sock.send(request(served.port))
+            data = b""
+            with trio.fail_after(WAIT_S):
+                while data.count(b"data: ") < 3:
+                    data += await sock.recv(65536)
+            assert stream_pump._running == 1
+            served.stop.set()  # shutdown cancels what is still being served, after its grace
+            with trio.fail_after(WAIT_S):
+                while await sock.recv(65536):
+                    pass
+    assert [type(exc) for exc in app.raised] == [trio.Cancelled]
+    assert stream_pump._running == 0
+    await connections.aclose()
+
+
+async def test_a_client_that_stops_reading_loses_its_connection(nursery: trio.Nursery) -> None:
+    big = [b"data: " + b"x" * 60_000 + b"\n\n"] * 200  # far more than the socket buffers hold
+    connections, _ = await child(nursery, streaming(big))
+    app = PumpingApp(connections)
+    async with serving(app, send_timeout_s=0.5) as served:
+        sock = socket.create_connection(("127.0.0.1", served.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with sock:
+            sock.sendall(request(served.port))
+            with trio.fail_after(WAIT_S):
+                while not app.raised:
+                    await trio.sleep(0.05)
+        served.stop.set()
+    assert [type(exc) for exc in app.raised] == [lean_http.ClientDisconnected]
+    await connections.aclose()
+
+
+def test_streams_past_max_pumps_are_copied_on_trios_loop_and_all_arrive_whole(
+    tmp_path: Path,
+) -> None:
+    # Through a real router and child: more streams at once than there are pumps (the others
+    # are copied on trio's loop), each arriving whole: every event, the usage, the end.
+    write_tiny_llama(tmp_path / "a.gguf", context_length=4096)
+    tokens = 40
+    body = {"model": "a", "prompt": "once", "max_tokens": tokens, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+
+    def stream_end(base_url: str) -> tuple[int, str | None, str]:
+        """(completion tokens, last finish reason, last line) of one stream."""
+        usage, finish, last = 0, None, ""
+        with (
+            httpx.Client(timeout=WAIT_S) as client,
+            client.stream("POST", f"{base_url}/v1/completions", json=body) as answer,
+        ):
+            answer.raise_for_status()
+            for line in answer.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    if event.get("usage"):
+                        usage = event["usage"]["completion_tokens"]
+                    for choice in event["choices"]:
+                        finish = choice.get("finish_reason") or finish
+                if line:
+                    last = line
+        return usage, finish, last
+
+    count = stream_pump.MAX_PUMPS + 2
+    with (
+        running_router(tmp_path, "-c", "4096", "-np", str(count)) as router,
+        concurrent.futures.ThreadPoolExecutor(count) as pool,
+    ):
+        ends = list(pool.map(lambda _: stream_end(router.base_url), range(count)))
+    assert ends == [(tokens, "length", "data: [DONE]")] * count
