@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from router.child import responses
 from router.child.engine import Finished, FinishReason, Piece
 from router.edge.sse import EVENT_BYTES
-from router.edge.usage import HEAD_BYTES, TAIL_BYTES, UsageCounter
+from router.edge.usage import BATCH_BYTES, BATCH_CHUNKS, HEAD_BYTES, TAIL_BYTES, UsageCounter
 from router.hooks.plugin_types import Usage
 from tests.processes import running_router
 from tests.tiny_models import write_tiny_llama
@@ -448,3 +448,21 @@ def test_the_router_reports_the_usage_of_every_kind_of_answer(tmp_path: Path) ->
         assert any(chunk.choices and chunk.choices[0].text for chunk in texts)
         last = recorded(record, 4)[-1]
         assert last is not None and last[0] > 0 and last[1] == 6 and last[2] == last[0] + 6
+
+
+def test_chunks_are_read_in_batches_and_all_of_them_count() -> None:
+    # A stream's chunks are kept until a batch is full (its memory bounded), and the usage
+    # asked at any moment counts every chunk fed so far, the last partial batch too.
+    counter = UsageCounter()
+    counter.begin("text/event-stream")
+    event = b'data: {"choices":[{"index":0,"text":"a"}]}\n\n'
+    for fed in range(1, 3 * BATCH_CHUNKS + 5):
+        counter.feed(event)
+        assert len(counter._unread) < BATCH_CHUNKS
+        if fed % 7 == 0:
+            usage = counter.usage()
+            assert usage is not None and usage.completion_tokens == fed
+    counter.feed(b"x" * BATCH_BYTES)  # a batch's worth of bytes in one chunk: read at once
+    assert counter._unread == []
+    usage = counter.usage()
+    assert usage is not None and usage.completion_tokens == 3 * BATCH_CHUNKS + 4

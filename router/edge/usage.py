@@ -28,19 +28,31 @@ from router.hooks.plugin_types import Usage
 
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
+BATCH_CHUNKS = 32  # chunks fed before they are read: a few hundred ms of a small model's stream
+BATCH_BYTES = 64 * 1024  # ... or this many bytes of them, whichever comes first
 
 _USAGE_KEY = re.compile(r'"usage"\s*:\s*(?=\{)')
 _CONTENT_FIELDS = ("content", "reasoning_content", "tool_calls", "function_call", "refusal")
 
 
 class UsageCounter:
-    """Counts the tokens of one answer; call ``begin``, then ``feed`` each chunk, then ``usage``."""
+    """Counts the tokens of one answer; call ``begin``, then ``feed`` each chunk, then ``usage``.
+
+    Chunks are read a batch at a time (``BATCH_CHUNKS`` or ``BATCH_BYTES``, whichever comes
+    first), not as each arrives: a stream's chunk comes every step of the model, and the parser
+    and the JSON decoder, run once a step, run on the caches the step has just emptied (about
+    60 µs a chunk on Gemma, against a few for a batch's every chunk but the first).
+    """
 
     def __init__(self) -> None:
         self._reader: _JsonBody | _EventStream | None = None
+        self._unread: list[bytes] = []
+        self._unread_bytes = 0
 
     def begin(self, content_type: str) -> None:
         """The answer's headers are in: read its body as SSE or as a JSON document."""
+        self._unread.clear()
+        self._unread_bytes = 0
         if content_type.lower().startswith("text/event-stream"):
             self._reader = _EventStream()
         else:
@@ -48,11 +60,24 @@ class UsageCounter:
 
     def feed(self, chunk: bytes) -> None:
         if self._reader is not None:
-            self._reader.feed(chunk)
+            self._unread.append(chunk)
+            self._unread_bytes += len(chunk)
+            if len(self._unread) >= BATCH_CHUNKS or self._unread_bytes >= BATCH_BYTES:
+                self._read()
 
     def usage(self) -> Usage | None:
         """The tokens of the bytes fed so far (all of them, once the answer has ended)."""
-        return None if self._reader is None else self._reader.usage()
+        if self._reader is None:
+            return None
+        self._read()
+        return self._reader.usage()
+
+    def _read(self) -> None:
+        assert self._reader is not None
+        for chunk in self._unread:
+            self._reader.feed(chunk)
+        self._unread.clear()
+        self._unread_bytes = 0
 
 
 class _JsonBody:
