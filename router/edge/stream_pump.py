@@ -49,6 +49,7 @@ class _Wake:
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
+        self._pollers: dict[tuple[int, int], select.poll] = {}  # one a socket and direction
 
     def ring(self) -> None:
         with contextlib.suppress(OSError):  # full: rung already
@@ -57,9 +58,11 @@ class _Wake:
     def wait(self, fd: int, events: int, timeout_s: float) -> bool:
         """Block until ``fd`` is ready for ``events``; False after ``timeout_s``.
         Raises _Woken when the pipe rings."""
-        poller = select.poll()
-        poller.register(fd, events)
-        poller.register(self._read_fd, select.POLLIN)
+        poller = self._pollers.get((fd, events))
+        if poller is None:
+            poller = self._pollers[fd, events] = select.poll()
+            poller.register(fd, events)
+            poller.register(self._read_fd, select.POLLIN)
         ready = poller.poll(None if math.isinf(timeout_s) else max(0, math.ceil(timeout_s * 1000)))
         if any(ready_fd == self._read_fd for ready_fd, _ in ready):
             raise _Woken
