@@ -754,12 +754,16 @@ class ThreadWriter:
         whether they were sent (False: the client has gone, or took nothing for
         ``send_timeout_s``; write nothing more). ``wait_writable(fd, timeout_s)`` blocks until
         ``fd`` takes bytes (False: ``timeout_s`` passed); it may raise to stop the write."""
-        data = memoryview(b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces))
+        data = memoryview(
+            b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces if piece)
+        )
+        deadline = time.monotonic() + self._send_timeout_s  # for the whole write, as _write's
         while data:
             try:
                 data = data[self._sock.send(data) :]
             except BlockingIOError:
-                if not wait_writable(self._sock.fileno(), self._send_timeout_s):
+                left_s = deadline - time.monotonic()
+                if left_s <= 0 or not wait_writable(self._sock.fileno(), left_s):
                     self._failure = self._connection._stalled
                     return False
             except OSError:

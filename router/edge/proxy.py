@@ -413,6 +413,7 @@ async def _relay_answer(
     writer = (
         thread_writer()
         if thread_writer is not None
+        and response.content_type.lower().startswith("text/event-stream")
         and response.can_be_read_from_a_thread
         and stream_pump.has_room()
         else None
