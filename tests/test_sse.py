@@ -62,6 +62,7 @@ def test_whole_events_a_chunk_are_read_as_the_line_parser_reads_them() -> None:
         b"data: \n\n",  # no data: no event
         b"data: x\ndata: y\n\n",  # two lines: not the one-line case
         b'data: {"b": 2}\r\n\r\n',
+        b'data: {"c": 3}\r\n\n',
         b"data: [DONE]\n\n",
         b"data: " + b"z" * EVENT_BYTES + b"\n\n",  # too long: dropped either way
         b"data: after\n\n",

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import json
+import math
 import socket
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import pytest
 import trio
 
 from router.edge import lean_http, stream_pump
 from router.edge.usage import UsageCounter
 from router.errors import ChildTimeout, WireError
-from router.processes.wire import ChildConnections
+from router.processes.wire import ChildConnections, WireResponse
 from tests.processes import running_router
 from tests.test_lean_http import serving
 from tests.tiny_models import write_tiny_llama
@@ -257,10 +260,15 @@ def test_streams_past_max_pumps_are_copied_on_trios_loop_and_all_arrive_whole(
 ) -> None:
     # Through a real router and child: more streams at once than there are pumps (the others
     # are copied on trio's loop), each arriving whole: every event, the usage, the end.
-    write_tiny_llama(tmp_path / "a.gguf", context_length=4096)
-    tokens = 40
+    write_tiny_llama(tmp_path / "a.gguf", context_length=16384)
+    # More than the socket buffers between a held client and the router hold: no stream is
+    # over at the router while its client waits at the barrier.
+    tokens = 2500
     body = {"model": "a", "prompt": "once", "max_tokens": tokens, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+
+    count = stream_pump.MAX_PUMPS + 2
+    all_begun = threading.Barrier(count, timeout=WAIT_S)  # so that they run at once
 
     def stream_end(base_url: str) -> tuple[int, str | None, str]:
         """(completion tokens, last finish reason, last line) of one stream."""
@@ -271,6 +279,8 @@ def test_streams_past_max_pumps_are_copied_on_trios_loop_and_all_arrive_whole(
         ):
             answer.raise_for_status()
             for line in answer.iter_lines():
+                if not last:
+                    all_begun.wait()
                 if line.startswith("data: {"):
                     event = json.loads(line[6:])
                     if event.get("usage"):
@@ -281,10 +291,46 @@ def test_streams_past_max_pumps_are_copied_on_trios_loop_and_all_arrive_whole(
                     last = line
         return usage, finish, last
 
-    count = stream_pump.MAX_PUMPS + 2
     with (
-        running_router(tmp_path, "-c", "4096", "-np", str(count)) as router,
+        running_router(tmp_path, "-c", "16384", "-np", str(count)) as router,
         concurrent.futures.ThreadPoolExecutor(count) as pool,
     ):
         ends = list(pool.map(lambda _: stream_end(router.base_url), range(count)))
     assert ends == [(tokens, "length", "data: [DONE]")] * count
+
+
+@pytest.mark.parametrize("timeout_s", [0.05, 10**7, math.inf])
+def test_a_pumps_wait_takes_any_timeout_and_its_wake_up(timeout_s: float) -> None:
+    # poll(2) takes at most 2**31 - 1 ms; --timeout may be 10**7 s, or none.
+    wake = stream_pump._Wake()
+    left, right = socket.socketpair()
+    try:
+        if timeout_s < 1:
+            assert wake.wait_readable(left.fileno(), timeout_s) is False
+        right.send(b"x")
+        assert wake.wait_readable(left.fileno(), timeout_s) is True
+        left.recv(1)
+        wake.ring()
+        with pytest.raises(stream_pump._Woken):
+            wake.wait_readable(left.fileno(), timeout_s)
+    finally:
+        left.close()
+        right.close()
+        wake.close()
+
+
+async def test_no_room_or_no_pipe_leaves_the_stream_to_trios_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pump() says False before it reads anything; the caller copies the stream itself.
+    response, writer = cast(WireResponse, None), cast(lean_http.ThreadWriter, None)
+    monkeypatch.setattr(stream_pump, "_running", stream_pump.MAX_PUMPS)
+    assert await stream_pump.pump(response, writer, None) is False
+    monkeypatch.setattr(stream_pump, "_running", 0)
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(stream_pump.os, "pipe", no_pipe)
+    assert await stream_pump.pump(response, writer, None) is False
+    assert stream_pump._running == 0  # nothing held for ever

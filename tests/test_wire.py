@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import random
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import cast
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.errors import ChildTimeout, WireError
 from router.processes import wire
@@ -376,3 +380,64 @@ async def test_reading_bytes_already_there_lets_other_tasks_run(
     assert turns >= chunks // 2  # about one a read; one or two if reads never yielded
     await response.aclose()
     await client.aclose()
+
+
+def chunked_answer() -> wire.WireResponse:
+    """An answer whose chunked body is fed by the test (its stream is never read)."""
+    headers = [("Transfer-Encoding", "chunked")]
+    stream = cast(trio.abc.Stream, None)
+    return wire.WireResponse(
+        ChildConnections("unix:/nowhere"), stream, 200, headers, b"", "POST", 1
+    )
+
+
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    extension=st.booleans(),
+    trailer=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+def test_the_chunked_framing_is_undone_wherever_the_reads_cut_it(
+    chunks: list[bytes], extension: bool, trailer: bool, cuts: list[int]
+) -> None:
+    # The one reader of the framing, for trio's reads and the pump's alike: the bytes may
+    # arrive cut anywhere (a CRLF in two reads, a size line across reads, trailers later).
+    ext = b";name=value" if extension else b""
+    body = b"".join(b"%x%b\r\n%b\r\n" % (len(chunk), ext, chunk) for chunk in chunks)
+    body += b"0\r\n" + (b"X-Trailer: yes\r\n" if trailer else b"") + b"\r\n"
+    after = b"HTTP/1.1 200 OK\r\n"  # the next answer's first bytes: never taken for this one
+    data = body + after
+    points = sorted({min(cut, len(data)) for cut in cuts} | {0, len(data)})
+    answer = chunked_answer()
+    pieces: list[bytes] = []
+    for start, end in itertools.pairwise(points):
+        answer._buffer += data[start:end]
+        pieces += answer._take_chunked()
+    assert b"".join(pieces) == b"".join(chunks)
+    assert answer._is_done
+    assert answer._buffer == after
+
+
+def test_bad_framing_ends_the_answer_after_the_pieces_before_it() -> None:
+    answer = chunked_answer()
+    answer._buffer = b"5\r\nhello\r\n3\r\nabcXY\r\n"  # the second chunk is longer than it says
+    assert answer._take_chunked() == [b"hello", b"abc"]
+    with pytest.raises(WireError, match="longer than its size line"):
+        answer._take_chunked()
+    answer = chunked_answer()
+    answer._buffer = b"zz\r\n"
+    with pytest.raises(WireError, match="bad chunk size line"):
+        answer._take_chunked()
+
+
+def test_the_chunked_framing_is_undone_byte_by_byte_and_cut_anywhere() -> None:
+    data = b"5;x=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    ways = [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
+    ways += [[data[i : i + size] for i in range(0, len(data), size)] for size in (1, 2, 3)]
+    for reads in ways:
+        answer = chunked_answer()
+        pieces: list[bytes] = []
+        for read in reads:
+            answer._buffer += read
+            pieces += answer._take_chunked()
+        assert (b"".join(pieces), answer._is_done, answer._buffer) == (b"hello world!", True, b"")

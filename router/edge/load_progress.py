@@ -22,6 +22,7 @@ import trio
 
 from router.edge.asgi_lifespan import Message
 from router.edge.raw_asgi import Send
+from router.edge.sse import is_event_stream
 from router.errors import (
     ANTHROPIC_PATHS,
     RouterError,
@@ -113,7 +114,7 @@ class LoadProgress:
         elif message["type"] == "http.response.start":
             headers = dict(message.get("headers", ()))
             content_type = headers.get(b"content-type", b"")
-            if message["status"] != 200 or not content_type.startswith(b"text/event-stream"):
+            if message["status"] != 200 or not is_event_stream(content_type.decode("latin-1")):
                 self._refusal = bytearray()
                 self._refusal_status = int(message["status"])
         elif self._refusal is None:

@@ -41,7 +41,7 @@ from router.edge.ollama_requests import (
     keep_alive_seconds,
 )
 from router.edge.proxy import BrokenOff, ForwardedResponse, ForwardRequest, start_forward
-from router.edge.sse import EventStream, json_payloads
+from router.edge.sse import EventStream, is_event_stream, json_payloads
 from router.edge.web import internal_error, json_response, request_body
 from router.errors import (
     AuthenticationFailed,
@@ -333,7 +333,7 @@ def _model_field(body: dict[str, Any], *names: str) -> str:
 
 def _is_event_stream(forwarded: ForwardedResponse) -> bool:
     return any(
-        name.lower() == "content-type" and value.lower().startswith("text/event-stream")
+        name.lower() == "content-type" and is_event_stream(value)
         for name, value in forwarded.headers
     )
 

@@ -39,6 +39,7 @@ from router.edge.asgi_lifespan import ASGIApp, Message
 from router.edge.lean_http import ThreadWriter
 from router.edge.load_progress import LoadProgress, wants_progress
 from router.edge.raw_asgi import Receive, Send
+from router.edge.sse import is_event_stream
 from router.edge.usage import UsageCounter
 from router.errors import (
     ChildTimeout,
@@ -278,7 +279,7 @@ async def _forward_with_lease(
         if counter is not None:
             counter.begin(response.content_type)
         send, receive = trio.open_memory_channel[bytes | BrokenOff](CHANNEL_CHUNKS)
-        is_event_stream = response.content_type.startswith("text/event-stream")
+        is_stream = is_event_stream(response.content_type)
         try:
             task_status.started(
                 ForwardedResponse(
@@ -288,7 +289,7 @@ async def _forward_with_lease(
                 )
             )
             async with send:
-                await _pump(request, response, send, is_event_stream, counter)
+                await _pump(request, response, send, is_stream, counter)
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
@@ -298,7 +299,7 @@ async def _pump(
     request: ForwardRequest,
     response: WireResponse,
     send: trio.MemorySendChannel[bytes | BrokenOff],
-    is_event_stream: bool,
+    is_stream: bool,
     counter: UsageCounter | None,
 ) -> None:
     """Copy the child's bytes to the client; never raise into the app's nursery.
@@ -326,7 +327,7 @@ async def _pump(
         reason = _broken_off(model, exc)
         ending = sse_error_event(RouterError(f"{reason}; retry the request"), request.path)
         try:
-            await send.send(ending if is_event_stream else BrokenOff(reason))
+            await send.send(ending if is_stream else BrokenOff(reason))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
@@ -413,16 +414,14 @@ async def _relay_answer(
     writer = (
         thread_writer()
         if thread_writer is not None
-        and response.content_type.lower().startswith("text/event-stream")
+        and response.status_code < 400  # an error's body passes the send wrappers, observed
+        and is_event_stream(response.content_type)
         and response.can_be_read_from_a_thread
-        and stream_pump.has_room()
         else None
     )
     sent = 0
     try:
-        if writer is not None:
-            await stream_pump.pump(response, writer, counter)
-        else:
+        if writer is None or not await stream_pump.pump(response, writer, counter):
             async for chunk in response.aiter_raw():
                 if counter is not None:
                     counter.feed(chunk)
@@ -432,7 +431,7 @@ async def _relay_answer(
                 )
     except WireError as exc:
         reason = _broken_off(model, exc)
-        if length is not None or not response.content_type.startswith("text/event-stream"):
+        if length is not None or not is_event_stream(response.content_type):
             raise CutConnection(reason) from None
         ending = sse_error_event(RouterError(f"{reason}; retry the request"), path)
         await send({"type": "http.response.body", "body": ending, "more_body": False})

@@ -35,6 +35,7 @@ class EventStream:
             chunk.startswith(b"data: ")
             and chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
+            and chunk[-3:-2] != b"\r"  # "data: x\r\n\n": the line parser drops the \r
             and not (self._line or self._data or self._is_line_dropped or self._is_event_dropped)
             and len(chunk) <= self._max_bytes
         ):
@@ -96,6 +97,11 @@ class EventStream:
     def _drop_event(self) -> None:
         self._data.clear()
         self._is_event_dropped = True
+
+
+def is_event_stream(content_type: str) -> bool:
+    """Whether an answer whose ``Content-Type`` is ``content_type`` is Server-Sent Events."""
+    return content_type.lower().startswith("text/event-stream")
 
 
 def json_payloads(events: Iterable[bytes]) -> Iterator[Any]:

@@ -11,17 +11,22 @@ task waits for the thread, so the stream keeps one owner.
 
 What stays as it was: the answer's head, its error event when the child breaks off, the
 deadlines (the child's ``timeout_s``, the client's ``send_timeout_s``) and a client that leaves
-(its task is cancelled: a pipe wakes the thread at once). Only ``MAX_PUMPS`` streams at once
-are pumped (a thread each); the others are copied on trio's loop, as every answer used to be.
+(its task is cancelled: a pipe wakes the thread if it waits, a flag stops it at its next
+write if it never does). Only ``MAX_PUMPS`` streams at once are pumped (a thread each), and
+only while a pipe can be made; the others are copied on trio's loop, as every answer used to
+be. Only an answer that is not an error passes the pump: the ASGI ``send`` wrappers (the
+access log's note of an error's body) never see what the pump writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import select
+import time
 from typing import Final
 
 import outcome
@@ -35,6 +40,9 @@ from router.processes.wire import WireResponse
 # with the decode threads of a small machine; past that, the CPUs are busy anyway, and threads
 # would only contend for the GIL with the Trio thread.
 MAX_PUMPS: Final = 4
+POLL_MAX_MS: Final = 2**31 - 1  # the longest timeout poll(2) takes
+
+log = logging.getLogger("router.edge.stream_pump")
 
 _running = 0  # pumps under way, counted on the Trio thread
 
@@ -44,14 +52,17 @@ class _Woken(Exception):
 
 
 class _Wake:
-    """A pipe the task rings when it is cancelled, watched by the pump's every wait."""
+    """A pipe the task rings when it is cancelled, watched by the pump's every wait, and a
+    flag the pump looks at between its writes (a stream that never waits still stops)."""
 
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
+        self.is_rung = False
         self._pollers: dict[tuple[int, int], select.poll] = {}  # one a socket and direction
 
     def ring(self) -> None:
+        self.is_rung = True
         with contextlib.suppress(OSError):  # full: rung already
             os.write(self._write_fd, b"!")
 
@@ -63,10 +74,16 @@ class _Wake:
             poller = self._pollers[fd, events] = select.poll()
             poller.register(fd, events)
             poller.register(self._read_fd, select.POLLIN)
-        ready = poller.poll(None if math.isinf(timeout_s) else max(0, math.ceil(timeout_s * 1000)))
-        if any(ready_fd == self._read_fd for ready_fd, _ in ready):
-            raise _Woken
-        return bool(ready)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # poll takes at most 2**31 - 1 ms (24 days): a longer timeout is waited in parts.
+            left_ms = (deadline - time.monotonic()) * 1000
+            part_ms = POLL_MAX_MS if left_ms >= POLL_MAX_MS else max(0, math.ceil(left_ms))
+            ready = poller.poll(part_ms)
+            if any(ready_fd == self._read_fd for ready_fd, _ in ready):
+                raise _Woken
+            if ready or part_ms < POLL_MAX_MS:
+                return bool(ready)
 
     def wait_readable(self, fd: int, timeout_s: float) -> bool:
         return self.wait(fd, select.POLLIN, timeout_s)
@@ -79,25 +96,29 @@ class _Wake:
         os.close(self._write_fd)
 
 
-def has_room() -> bool:
-    """Whether one more stream may be pumped now."""
-    return _running < MAX_PUMPS
-
-
-async def pump(response: WireResponse, writer: ThreadWriter, counter: UsageCounter | None) -> None:
+async def pump(response: WireResponse, writer: ThreadWriter, counter: UsageCounter | None) -> bool:
     """Copy the rest of ``response``'s body to ``writer``'s client, each piece fed to
-    ``counter`` on its way, in a worker thread; return when the body has ended.
+    ``counter`` on its way, in a worker thread; True when the body has ended. False, at once
+    and with nothing read, when no pump can start (``MAX_PUMPS`` are running, or no pipe can be
+    made: out of file descriptors): copy it on trio's loop then.
 
     Raises what ``response.aiter_raw`` raises (WireError, ChildTimeout) and ClientDisconnected
-    once the client has gone (its connection is told so). Call only where ``has_room()`` and
-    ``response.can_be_read_from_a_thread``.
-    Cancellation: the thread stops at its next wait (at once, if it waits) and the body is left
-    unfinished, so the connection to the child is closed, not reused.
+    once the client has gone (its connection is told so). ``response`` must be
+    ``can_be_read_from_a_thread``.
+    Cancellation: the thread stops at its next wait or write (at once, if it waits) and the
+    body is left unfinished, so the connection to the child is closed, not reused.
     """
     global _running
-    _running += 1
-    wake = _Wake()
+    if _running >= MAX_PUMPS:
+        return False
     try:
+        wake = _Wake()
+    except OSError as exc:
+        log.warning("a stream is copied on trio's loop: no pipe for its pump (%s)", exc)
+        return False
+    _running += 1
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()  # not in the nursery: no group around it
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_ring_when_cancelled, wake)
             copied: outcome.Outcome[None] = await trio.to_thread.run_sync(
@@ -114,6 +135,7 @@ async def pump(response: WireResponse, writer: ThreadWriter, counter: UsageCount
         await trio.lowlevel.checkpoint()  # the cancellation that rang
         raise AssertionError("woken without a cancellation") from None
     writer.settle()
+    return True
 
 
 async def _ring_when_cancelled(wake: _Wake) -> None:
@@ -132,6 +154,8 @@ def _copy(
     """The thread's work: read, write, count, until the body ends or the client has gone
     (the client has its event before the router parses it)."""
     while pieces := response.read_pieces_blocking(wake.wait_readable):
+        if wake.is_rung:
+            raise _Woken
         is_written = writer.write(pieces, wake.wait_writable)
         if counter is not None:  # what the child made counts, whoever read it
             for piece in pieces:

@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any
 
-from router.edge.sse import EventStream, json_payloads
+from router.edge.sse import EventStream, is_event_stream, json_payloads
 from router.hooks.plugin_types import Usage
 
 HEAD_BYTES = 64 * 1024
@@ -53,7 +53,7 @@ class UsageCounter:
         """The answer's headers are in: read its body as SSE or as a JSON document."""
         self._unread.clear()
         self._unread_bytes = 0
-        if content_type.lower().startswith("text/event-stream"):
+        if is_event_stream(content_type):
             self._reader = _EventStream()
         else:
             self._reader = _JsonBody()

@@ -330,6 +330,7 @@ class WireResponse:
         self._is_done = False
         self._chunk_left: int | None = None  # chunked: data left in this chunk; None: a line next
         self._is_in_trailers = False  # chunked: the last chunk came; trailer lines, then a blank
+        self._framing_error: WireError | None = None  # met after pieces not yet passed on
         lowered = {name.lower(): value for name, value in headers}
         self.content_type = lowered.get("content-type", "")
         self.is_reusable = "close" not in lowered.get("connection", "").lower()
@@ -408,18 +409,36 @@ class WireResponse:
         """The body's bytes the buffer holds, its chunked framing undone as far as it goes
         (a chunk is passed on as it arrives, however large it is); ``_is_done`` once the last
         chunk and its trailers are in. The one reader of the framing, for trio's reads and a
-        worker thread's (``read_pieces_blocking``) alike."""
-        pieces = []
+        worker thread's (``read_pieces_blocking``) alike.
+
+        Bad framing raises WireError, but only once the pieces before it are passed on.
+        """
+        if self._framing_error is not None:
+            raise self._framing_error
+        pieces: list[bytes] = []
+        try:
+            at = self._undo_chunking(pieces)
+        except WireError as exc:
+            if not pieces:
+                raise
+            self._framing_error = exc  # raised at the next call: the answer ends there
+            return pieces
+        self._buffer = self._buffer[at:]  # cut once, not at every piece and line
+        return pieces
+
+    def _undo_chunking(self, pieces: list[bytes]) -> int:
+        """Append to ``pieces`` the data of the buffer's chunks; how much of it was read."""
         buffer = self._buffer
+        at = 0
         while not self._is_done:
             left = self._chunk_left
             if left is None:  # a chunk's size line, or a trailer line after the last chunk
-                end = buffer.find(b"\r\n")
+                end = buffer.find(b"\r\n", at)
                 if end < 0:
-                    if len(buffer) > MAX_HEAD_BYTES:
+                    if len(buffer) - at > MAX_HEAD_BYTES:
                         raise WireError("a chunk size or trailer line is too long")
                     break
-                line, buffer = buffer[:end], buffer[end + 2 :]
+                line, at = buffer[at:end], end + 2
                 if self._is_in_trailers:
                     self._is_done = not line
                 elif (size := self._chunk_size(line)) == 0:
@@ -427,20 +446,20 @@ class WireResponse:
                 else:
                     self._chunk_left = size
             elif left > 0:
-                if not buffer:
+                if at == len(buffer):
                     break
-                data, buffer = buffer[:left], buffer[left:]
+                data = buffer[at : at + left]
                 pieces.append(data)
+                at += len(data)
                 self._chunk_left = left - len(data)
-            elif buffer.startswith(b"\r\n"):  # the end of a chunk's data
-                buffer = buffer[2:]
+            elif buffer.startswith(b"\r\n", at):  # the end of a chunk's data
+                at += 2
                 self._chunk_left = None
-            elif buffer in (b"", b"\r"):
+            elif buffer[at:] in (b"", b"\r"):
                 break
             else:
                 raise WireError("a chunk is longer than its size line says")
-        self._buffer = buffer
-        return pieces
+        return at
 
     @property
     def can_be_read_from_a_thread(self) -> bool:
