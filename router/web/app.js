@@ -648,13 +648,21 @@
   // ---- start ---------------------------------------------------------------------------------
 
   async function showVersion() {
-    const response = await api("/props");
-    if (response.ok) $("version").textContent = String((await response.json()).build_info || "");
+    try {
+      const response = await api("/props");
+      if (response.ok) $("version").textContent = String((await response.json()).build_info || "");
+    } catch {
+      // Only shown: a router out of reach is said by the models table, which reads again.
+    }
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     $("rescan").addEventListener("click", async () => {
-      await postJson("/models/reload", {});
+      try {
+        await postJson("/models/reload", {});
+      } catch {
+        // out of reach: the models table, read again now, says so
+      }
       await refreshModels();
     });
     $("chat-form").addEventListener("submit", sendChat);
