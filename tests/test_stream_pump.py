@@ -16,7 +16,6 @@ import math
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +29,7 @@ from router.errors import ChildTimeout, WireError
 from router.processes.wire import ChildConnections, WireResponse
 from tests.processes import running_router
 from tests.test_lean_http import serving
+from tests.test_wire import read_request, serve
 from tests.tiny_models import write_tiny_llama
 
 WAIT_S = 30
@@ -40,26 +40,9 @@ Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
 
 async def child(nursery: trio.Nursery, handler: Handler) -> tuple[ChildConnections, list[int]]:
-    """A canned child: ``handler`` answers each connection's requests."""
-    connections: list[int] = []
-
-    async def counted(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        await handler(stream)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, counted, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
-    return ChildConnections(f"http://127.0.0.1:{port}"), connections
-
-
-async def read_request(stream: trio.SocketStream) -> bool:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return False
-        data += chunk
-    return True
+    """A canned child (``test_wire.serve``): ``handler`` answers each connection's requests."""
+    address, connections = await serve(nursery, handler)
+    return ChildConnections(address), connections
 
 
 def streaming(events: list[bytes], *, then: Callable[[], Awaitable[None]] | None = None) -> Handler:
