@@ -28,7 +28,8 @@ from router.edge.usage import UsageCounter
 from router.errors import ChildTimeout, WireError
 from router.processes.wire import ChildConnections, WireResponse
 from tests.processes import running_router
-from tests.test_lean_http import serving
+from tests.test_http_safety import dechunked
+from tests.test_lean_http import Served, serving
 from tests.test_wire import read_request, serve
 from tests.tiny_models import write_tiny_llama
 
@@ -125,21 +126,20 @@ async def read_answer(sock: trio.socket.SocketType) -> bytes:
     return data
 
 
-def unchunked(answer: bytes) -> bytes:
-    body = answer.split(b"\r\n\r\n", 1)[1]
-    out = b""
-    while True:
-        size_line, body = body.split(b"\r\n", 1)
-        size = int(size_line, 16)
-        if size == 0:
-            return out
-        out, body = out + body[:size], body[size + 2 :]
-
-
 async def connect(port: int) -> trio.socket.SocketType:
     sock = trio.socket.socket()
     await sock.connect(("127.0.0.1", port))
     return sock
+
+
+async def ask_until_cut(served: Served) -> None:
+    """One request on a new connection, read until the server closes it (a cut answer)."""
+    sock = await connect(served.port)
+    with sock:
+        await sock.send(request(served.port))
+        with trio.fail_after(WAIT_S):
+            while await sock.recv(65536):
+                pass
 
 
 async def test_a_pumped_stream_arrives_whole_and_both_connections_are_kept(
@@ -154,7 +154,7 @@ async def test_a_pumped_stream_arrives_whole_and_both_connections_are_kept(
                 await sock.send(request(served.port))
                 answer = await read_answer(sock)
                 assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-                assert unchunked(answer) == b"".join(EVENTS)
+                assert dechunked(answer) == b"".join(EVENTS)
         served.stop.set()
     assert app.raised == []
     assert len(opened) == 1  # the child's connection went back to the pool after each answer
@@ -172,12 +172,7 @@ async def test_a_child_that_dies_mid_stream_is_a_wire_error(nursery: trio.Nurser
     connections, _ = await child(nursery, streaming(EVENTS[:3], then=die))
     app = PumpingApp(connections)
     async with serving(app) as served:
-        sock = await connect(served.port)
-        with sock:
-            await sock.send(request(served.port))
-            with trio.fail_after(WAIT_S):
-                while await sock.recv(65536):  # the server closes the cut answer's connection
-                    pass
+        await ask_until_cut(served)
         served.stop.set()
     assert [type(exc) for exc in app.raised] == [WireError]
     await connections.aclose()
@@ -187,12 +182,7 @@ async def test_a_child_silent_mid_stream_times_out(nursery: trio.Nursery) -> Non
     connections, _ = await child(nursery, streaming(EVENTS[:3], then=trio.sleep_forever))
     app = PumpingApp(connections, timeout_s=0.3)
     async with serving(app) as served:
-        sock = await connect(served.port)
-        with sock:
-            await sock.send(request(served.port))
-            with trio.fail_after(WAIT_S):
-                while await sock.recv(65536):
-                    pass
+        await ask_until_cut(served)
         served.stop.set()
     assert [type(exc) for exc in app.raised] == [ChildTimeout]
     await connections.aclose()
